@@ -1,0 +1,67 @@
+# Keel: two commands matter.
+#   make qemu-cluster   bring up a three-node lab and print how to use kubectl on it
+#   make test           run every test (unit, API with the real kubectl, end to end on QEMU nodes)
+# Everything else here is a step of those two, or a benchmark (make bench-*).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+OUT := out
+MUSL := x86_64-unknown-linux-musl
+NODE_BIN := target/$(MUSL)/node/keel-node
+export KEEL_OUT := $(abspath $(OUT))
+
+.PHONY: all deps build node-bin image iso qemu-cluster qemu-cluster-down qemu-cluster-status \
+        test test-unit test-e2e fmt lint bench-api bench-boot bench-lab clean
+
+all: build
+
+deps:
+	@scripts/ensure-deps.sh
+
+# Host binaries: keel-server, keel-lab.
+build: deps
+	@echo "==> building host binaries (keel-server, keel-lab)"
+	$(CARGO) build --release -p keel-server -p keel-lab
+
+# The node binary, static (musl).
+node-bin: deps
+	@echo "==> building the node binary (static, musl)"
+	$(CARGO) build --profile node --target $(MUSL) -p keel-node
+
+# Kernel, modules, initramfs: out/vmlinux, out/vmlinuz, out/initramfs.
+image: node-bin
+	@boot/build-image.sh $(NODE_BIN) $(OUT)
+
+# Hybrid BIOS+UEFI ISO: out/keel-node.iso.
+iso: image
+	@boot/build-iso.sh $(OUT)
+
+qemu-cluster: build image
+	@qemu/lab.sh up
+
+qemu-cluster-down:
+	@qemu/lab.sh down
+
+qemu-cluster-status:
+	@qemu/lab.sh status
+
+test: deps
+	@echo "==> building test binaries"
+	$(CARGO) build -p keel-server -p keel-lab
+	$(MAKE) --no-print-directory iso
+	@echo "==> running all tests"
+	$(CARGO) test --workspace --no-fail-fast
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench-api: deps
+	$(CARGO) build --release -p keel-server -p keel-e2e --bins
+	$(CARGO) run --release -p keel-e2e --bin bench-api
+
+clean:
+	rm -rf $(OUT) target

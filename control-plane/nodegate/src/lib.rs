@@ -1,0 +1,1 @@
+//! The control-plane side of the node protocol.

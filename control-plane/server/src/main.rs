@@ -1,0 +1,5 @@
+//! `keel-server`: the whole control plane in one process.
+
+fn main() {
+    println!("keel-server {}", env!("CARGO_PKG_VERSION"));
+}
