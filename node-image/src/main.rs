@@ -1,5 +1,37 @@
 //! The node binary: PID 1, node agent, container runtime, pod network, service proxy and DNS.
+//!
+//! One static (musl) executable with several entry points, chosen by the name it is called by
+//! or by its first argument:
+//!
+//! * `/init` (PID 1): brings the system up and supervises the agent ([`init`]).
+//! * `/sbin/modprobe` (called by the kernel to autoload modules) or `keel-node modprobe NAME…`.
+//! * `keel-node agent`: the node agent, a child of PID 1 that it restarts if it dies ([`agent`]).
 
-fn main() {
-    println!("keel-node {}", env!("CARGO_PKG_VERSION"));
+mod agent;
+mod config;
+mod init;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let called_as = argv0.rsplit('/').next().unwrap_or_default().to_string();
+    let rest: Vec<String> = args.collect();
+
+    if called_as == "init" || std::process::id() == 1 {
+        return init::main();
+    }
+    if called_as == "modprobe" {
+        return init::modprobe_main(&rest);
+    }
+    match rest.first().map(String::as_str) {
+        Some("agent") => agent::main(&rest[1..]),
+        Some("modprobe") => init::modprobe_main(&rest[1..]),
+        Some("init") => init::main(),
+        _ => {
+            eprintln!("usage: keel-node agent [--config FILE] | modprobe NAME… (as /init it is PID 1)");
+            ExitCode::from(2)
+        }
+    }
 }
