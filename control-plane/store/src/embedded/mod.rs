@@ -171,6 +171,13 @@ impl EmbeddedStore {
         self.shared.read().compacted_revision()
     }
 
+    /// Values are copied into an allocation of their exact size: a caller's `Bytes` may be a
+    /// slice of a larger buffer (a whole request body) or carry spare capacity, and the store
+    /// keeps values for a long time.
+    fn own(value: Bytes) -> Bytes {
+        Bytes::copy_from_slice(&value)
+    }
+
     async fn submit(&self, key: &str, op: Op) -> Result<Outcome> {
         let closed = || StoreError::Closed {
             reason: "the store has shut down".into(),
@@ -211,7 +218,15 @@ impl Store for EmbeddedStore {
 
     fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<KeyValue>> {
         Box::pin(async move {
-            match self.submit(key, Op::Create { value }).await? {
+            match self
+                .submit(
+                    key,
+                    Op::Create {
+                        value: Self::own(value),
+                    },
+                )
+                .await?
+            {
                 Outcome::Put(kv) => Ok(kv),
                 Outcome::Deleted(_) => Err(unexpected_outcome()),
             }
@@ -226,7 +241,7 @@ impl Store for EmbeddedStore {
     ) -> BoxFuture<'a, Result<KeyValue>> {
         Box::pin(async move {
             let op = Op::Update {
-                value,
+                value: Self::own(value),
                 expected: expected_mod_revision,
             };
             match self.submit(key, op).await? {
