@@ -1,1 +1,63 @@
 //! The Kubernetes REST API over HTTPS.
+//!
+//! Layers, from the wire inwards:
+//!
+//! * [`http`]: TLS, HTTP/1.1 and HTTP/2, authentication, content negotiation (JSON, YAML,
+//!   server-side Tables), request bodies (JSON, YAML, protobuf), streaming watches. The only
+//!   module that knows wire formats.
+//! * [`route`]: the URL grammar.
+//! * [`objects`]: the verbs on stored objects (Kubernetes object semantics over the store), which
+//!   the in-process [`client::InProcessClient`] exposes to controllers unchanged.
+//! * [`strategy`], [`alloc`], [`gc`]: per-kind rules, Service IP/port allocation, and cascading
+//!   deletion (owner references, finalizers, namespace termination).
+//! * [`machinery`]: the seam to `keel-api`'s pure functions.
+
+pub mod alloc;
+pub mod authn;
+pub mod bootstrap;
+pub mod client;
+pub mod gc;
+pub mod http;
+mod machinery;
+pub mod objects;
+mod protobuf;
+mod reviews;
+pub mod route;
+mod strategy;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use alloc::Cidr;
+pub use objects::Objects;
+
+/// Cluster-wide settings the API server needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the API is served (for the `kubernetes` Endpoints and cluster-info).
+    pub advertise: SocketAddr,
+    pub service_cidr: Cidr,
+    pub node_port_range: (u16, u16),
+    pub cluster_domain: String,
+    /// Whether `metrics.k8s.io` is served (nodes report usage).
+    pub metrics: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            advertise: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            service_cidr: Cidr::parse("10.96.0.0/12").unwrap_or(Cidr { base: std::net::Ipv4Addr::new(10, 96, 0, 0), prefix: 12 }),
+            node_port_range: (30000, 32767),
+            cluster_domain: "cluster.local".into(),
+            metrics: false,
+        }
+    }
+}
+
+/// The API server's state: objects over a store, plus authentication.
+pub struct ApiServer {
+    pub objects: Arc<Objects>,
+    pub authn: authn::Authenticator,
+}

@@ -1,5 +1,178 @@
 //! `keel-server`: the whole control plane in one process.
+//!
+//! `keel-server [--data-dir DIR]` serves: on first start it creates the cluster PKI and
+//! `DIR/admin.kubeconfig`, opens the embedded store in `DIR/store`, ensures the system
+//! namespaces, and serves the Kubernetes API (HTTPS, `--listen`) and the node gate (gRPC over
+//! mutual TLS, `--node-listen`). Subcommands help operators: `token create` (a bootstrap token for
+//! joining nodes), `ca-hash` (the CA pin nodes check).
 
-fn main() {
-    println!("keel-server {}", env!("CARGO_PKG_VERSION"));
+mod cli_client;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use keel_apiserver::{ApiServer, Cidr, Config, Objects};
+use keel_auth::{Pki, PkiOptions, TokenAuthenticator};
+
+#[derive(Parser, Debug)]
+#[command(name = "keel-server", version, about = "The Keel control plane: Kubernetes API, store and node gate")]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ServeArgs {
+    /// Where the PKI, the admin kubeconfig and the store live.
+    #[arg(long, default_value = "./keel-data", global = true)]
+    data_dir: PathBuf,
+    /// The Kubernetes API's address.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// The node gate's address (gRPC; nodes dial in).
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    node_listen: SocketAddr,
+    /// Extra names or IP addresses for the serving certificate (repeatable).
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// Bearer tokens: CSV lines `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// How long a node may miss heartbeats before it is NotReady (e.g. 40s, 2m).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_grace_period: Duration,
+    /// The Service IP range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Bootstrap tokens for joining nodes.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Prints the CA pin (`sha256:<hex>`) that nodes check (`keel.ca-hash=`).
+    CaHash,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Creates a bootstrap token (through the running server's API) and prints it.
+    Create {
+        /// How long the token is valid (e.g. 24h, 30m; 0 = forever).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// The API server to talk to.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        server: SocketAddr,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Command::CaHash) => {
+            let pki = load_pki(&cli.serve)?;
+            println!("{}", pki.ca_pin());
+            Ok(())
+        }
+        Some(Command::Token { action: TokenAction::Create { ttl, server } }) => {
+            let pki = load_pki(&cli.serve)?;
+            let token = runtime.block_on(cli_client::create_bootstrap_token(&pki, server, ttl))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn pki_options(args: &ServeArgs) -> PkiOptions {
+    PkiOptions { extra_sans: args.sans.clone(), kubeconfig_server: format!("https://{}", args.listen) }
+}
+
+fn load_pki(args: &ServeArgs) -> Result<Pki> {
+    if !args.data_dir.join("pki").exists() {
+        bail!("no cluster in {} (start keel-server with --data-dir {} first)", args.data_dir.display(), args.data_dir.display());
+    }
+    Pki::load_or_create(&args.data_dir, &pki_options(args)).with_context(|| format!("loading the PKI in {}", args.data_dir.display()))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let pki = Pki::load_or_create(&args.data_dir, &pki_options(&args))
+        .with_context(|| format!("setting up the PKI in {}", args.data_dir.display()))?;
+    let store = keel_store::embedded::EmbeddedStore::open(store_dir(&args.data_dir), Default::default())
+        .with_context(|| format!("opening the store in {}", store_dir(&args.data_dir).display()))?;
+    let service_cidr = Cidr::parse(&args.service_cidr).with_context(|| format!("--service-cidr {:?}", args.service_cidr))?;
+    let config = Config { advertise: args.listen, service_cidr, ..Config::default() };
+    let objects = Arc::new(Objects::new(Arc::new(store), Arc::new(config)));
+    keel_apiserver::gc::spawn(objects.clone());
+    keel_apiserver::bootstrap::ensure(&objects).await.map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {e}"))?;
+
+    let tokens = match &args.token_auth_file {
+        Some(p) => Some(TokenAuthenticator::from_file(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let server = Arc::new(ApiServer {
+        objects: objects.clone(),
+        authn: keel_apiserver::authn::Authenticator::new(tokens, objects.clone()),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let tls = pki.server_tls_config(&[b"h2", b"http/1.1"]);
+    tracing::info!(
+        listen = %args.listen,
+        kubeconfig = %pki.admin_kubeconfig_path().display(),
+        "serving the Kubernetes API"
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+        tracing::info!("shutting down");
+    };
+    let _ = args.node_listen;
+    let _ = args.node_grace_period;
+    keel_apiserver::http::serve(server, listener, tls, shutdown).await;
+    Ok(())
+}
+
+fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
 }

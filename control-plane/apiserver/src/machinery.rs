@@ -1,0 +1,57 @@
+//! The seam between the API server and `keel-api`'s pure machinery: everything the server calls
+//! about selectors, schemas, patches, defaults and validation goes through here, so the rest of
+//! the server reads as Kubernetes semantics, not as a list of library calls.
+
+use keel_api::registry::ResourceType;
+use keel_api::schema::Gvk;
+use keel_api::status::{ApiError, ApiResult};
+use serde_json::Value;
+
+pub use keel_api::schema::FieldValidation;
+pub use keel_api::selector::{FieldSelector, LabelSelector};
+
+fn gvk(rt: &ResourceType) -> Gvk<'static> {
+    Gvk::new(rt.group, rt.version, rt.kind)
+}
+
+/// Unknown fields per `fieldValidation`: the warnings to send, or the Strict error.
+pub fn check_unknown_fields(rt: &ResourceType, obj: &Value, mode: FieldValidation) -> ApiResult<Vec<String>> {
+    keel_api::schema::check_unknown_fields(gvk(rt), obj, mode)
+}
+
+/// The string form (`app=web,tier in (a,b)`) of a structured `LabelSelector`.
+pub fn label_selector_to_string(selector: &Value) -> String {
+    LabelSelector::from_json(Some(selector)).map(|s| s.to_string()).unwrap_or_default()
+}
+
+pub fn json_patch(current: &Value, ops: &Value) -> ApiResult<Value> {
+    let patch: json_patch::Patch = serde_json::from_value(ops.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    let mut doc = current.clone();
+    json_patch::patch(&mut doc, &patch).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+    Ok(doc)
+}
+
+pub fn merge_patch(current: &Value, patch: &Value) -> ApiResult<Value> {
+    let mut doc = current.clone();
+    json_patch::merge(&mut doc, patch);
+    Ok(doc)
+}
+
+pub fn strategic_merge_patch(_rt: &ResourceType, current: &Value, patch: &Value) -> ApiResult<Value> {
+    merge_patch(current, patch)
+}
+
+pub fn apply(_rt: &ResourceType, current: &Value, body: &Value, _manager: Option<&str>, _force: bool) -> ApiResult<Value> {
+    merge_patch(current, body)
+}
+
+pub fn apply_defaults(_rt: &ResourceType, _obj: &mut Value) {}
+
+pub fn validate_create(_rt: &ResourceType, _obj: &Value) -> ApiResult<()> {
+    Ok(())
+}
+
+pub fn validate_update(_rt: &ResourceType, _new: &Value, _old: &Value) -> ApiResult<()> {
+    Ok(())
+}
