@@ -34,6 +34,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str, overflow: usize) {
     create_get_and_revisions(store, &format!("{prefix}create/")).await;
     compare_and_swap(store, &format!("{prefix}cas/")).await;
     concurrent_updates_have_one_winner(store, &format!("{prefix}race/")).await;
+    concurrent_writes_get_dense_revisions(store, &format!("{prefix}dense/")).await;
     list_at_revision(store, &format!("{prefix}mvcc/")).await;
     pagination_is_consistent(store, &format!("{prefix}pages/")).await;
     watch_replays_then_follows(store, &format!("{prefix}watch/")).await;
@@ -173,6 +174,20 @@ pub async fn concurrent_updates_have_one_winner(store: &dyn Store, prefix: &str)
         }
     }
     assert_eq!(store.get(&key).await.unwrap().as_ref(), Some(winners[0]));
+}
+
+/// Concurrent writes get distinct revisions with no holes, each matching what a read returns.
+pub async fn concurrent_writes_get_dense_revisions(store: &dyn Store, prefix: &str) {
+    let before = store.current_revision().await.unwrap();
+    let keys: Vec<String> = (0..64).map(|i| format!("{prefix}{i:02}")).collect();
+    let results = futures::future::join_all(keys.iter().map(|k| store.create(k, val(k)))).await;
+    let mut revisions: Vec<u64> = results.into_iter().map(|r| r.unwrap().mod_revision).collect();
+    revisions.sort_unstable();
+    let want: Vec<u64> = (before + 1..=before + 64).collect();
+    assert_eq!(revisions, want, "64 writes take the next 64 revisions, once each");
+    let page = store.list(prefix, ListOptions::default()).await.unwrap();
+    assert_eq!(page.items.len(), 64);
+    assert!(page.items.iter().all(|kv| kv.value == val(&kv.key)));
 }
 
 /// `list` at an older revision sees the key space as it was.

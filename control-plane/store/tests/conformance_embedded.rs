@@ -33,6 +33,12 @@ async fn concurrent_updates_have_one_winner() {
     conformance::concurrent_updates_have_one_winner(&store, "/t/").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_get_dense_revisions() {
+    let (_dir, store) = open();
+    conformance::concurrent_writes_get_dense_revisions(&store, "/t/").await;
+}
+
 #[tokio::test]
 async fn list_at_revision() {
     let (_dir, store) = open();
@@ -81,4 +87,38 @@ async fn slow_watcher_is_terminated() {
 async fn all_checks_share_one_store() {
     let (_dir, store) = open();
     conformance::run_all(&store, "/registry/conformance/", WATCH_BUFFER * 3).await;
+}
+
+/// A thousand watchers of one prefix each get every event, in order (the fan-out is shared, not
+/// a bottleneck that drops or reorders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_watchers_see_every_event() {
+    use keel_store::Store;
+    let (_dir, store) = open();
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store);
+    let mut watchers = Vec::new();
+    for _ in 0..1000 {
+        let mut stream = store.watch("/pods/", 0).await.unwrap();
+        watchers.push(tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            while revisions.len() < 20 {
+                revisions.push(conformance::next_event(&mut stream).await.revision());
+            }
+            revisions
+        }));
+    }
+    for i in 0..20 {
+        store
+            .create(&format!("/pods/{i}"), bytes::Bytes::from(vec![b'x'; 3000]))
+            .await
+            .unwrap();
+        store
+            .create(&format!("/other/{i}"), bytes::Bytes::new())
+            .await
+            .unwrap();
+    }
+    let want: Vec<u64> = (0..20).map(|i| 2 * i + 1).collect();
+    for w in watchers {
+        assert_eq!(w.await.unwrap(), want);
+    }
 }

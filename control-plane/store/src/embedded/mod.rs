@@ -117,6 +117,21 @@ struct Request {
     reply: oneshot::Sender<Result<Outcome>>,
 }
 
+impl Request {
+    /// Roughly how many log bytes the request takes.
+    fn size(&self) -> usize {
+        let value = match &self.op {
+            Op::Create { value } | Op::Update { value, .. } => value.len(),
+            Op::Delete { .. } => 0,
+        };
+        self.key.len() + value + 32
+    }
+}
+
+/// A batch stops taking more requests once it holds this many bytes: one `fdatasync` should not
+/// wait for an unbounded write, and the record buffer stays small.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`, recovering its state from the snapshot and
     /// the log. Fails if another store has the directory open.
@@ -470,14 +485,22 @@ impl Committer {
         let mut batch = Vec::with_capacity(self.options.max_batch);
         let mut records = Vec::new();
         while let Some(first) = self.requests.blocking_recv() {
+            let mut bytes = first.size();
             batch.push(first);
-            while batch.len() < self.options.max_batch {
+            while batch.len() < self.options.max_batch && bytes < MAX_BATCH_BYTES {
                 match self.requests.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(request) => {
+                        bytes += request.size();
+                        batch.push(request);
+                    }
                     Err(_) => break,
                 }
             }
             self.commit(&mut batch, &mut records);
+            // Do not keep the buffer of an exceptionally large batch around.
+            if records.capacity() > MAX_BATCH_BYTES {
+                records = Vec::new();
+            }
         }
         self.join_snapshotter();
         self.shared.watchers.close_all();
