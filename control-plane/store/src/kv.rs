@@ -38,6 +38,11 @@ impl Event {
         }
     }
 
+    /// Whether the event created its key (a put with no value before it).
+    pub fn is_create(&self) -> bool {
+        matches!(self, Event::Put { kv, .. } if kv.create_revision == kv.mod_revision)
+    }
+
     /// The key the event is about.
     pub fn key(&self) -> &str {
         match self {

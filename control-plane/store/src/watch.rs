@@ -15,8 +15,8 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::{Event, Result, StoreError};
 
 struct Slot {
+    id: u64,
     prefix: Box<str>,
     tx: mpsc::Sender<Event>,
     lagged: Arc<AtomicBool>,
@@ -36,6 +37,7 @@ pub(crate) struct Watchers {
     buffer: usize,
     /// Set (under the `slots` lock) when the store shuts down: new watchers end at once.
     closed: AtomicBool,
+    next_id: AtomicU64,
 }
 
 impl Watchers {
@@ -45,24 +47,37 @@ impl Watchers {
             slots: Mutex::new(Vec::new()),
             buffer: buffer.max(1),
             closed: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
         }
     }
 
     /// Registers a watcher of `prefix`; live events start flowing into the returned receiver.
-    pub(crate) fn register(&self, prefix: &str) -> Registration {
+    /// The watcher is removed when the stream made from it is dropped.
+    pub(crate) fn register(self: &Arc<Self>, prefix: &str) -> Registration {
         let (tx, rx) = mpsc::channel(self.buffer);
         let lagged = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut slots = self.lock();
         // After shutdown the sender is dropped right here, so the stream ends after its replay.
         if !self.closed.load(Ordering::Acquire) {
             slots.push(Slot {
+                id,
                 prefix: prefix.into(),
                 tx,
                 lagged: lagged.clone(),
             });
         }
         drop(slots);
-        Registration { rx, lagged }
+        Registration {
+            rx,
+            lagged,
+            owner: Arc::downgrade(self),
+            id,
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().retain(|slot| slot.id != id);
     }
 
     /// Delivers `events` (in revision order) to every matching watcher.
@@ -110,6 +125,8 @@ impl Watchers {
 pub(crate) struct Registration {
     rx: mpsc::Receiver<Event>,
     lagged: Arc<AtomicBool>,
+    owner: Weak<Watchers>,
+    id: u64,
 }
 
 impl Registration {
@@ -122,6 +139,8 @@ impl Registration {
             lagged: self.lagged,
             last_revision: after_revision,
             finished: false,
+            owner: self.owner,
+            id: self.id,
         }
     }
 }
@@ -133,6 +152,16 @@ pub(crate) struct WatchEvents {
     lagged: Arc<AtomicBool>,
     last_revision: u64,
     finished: bool,
+    owner: Weak<Watchers>,
+    id: u64,
+}
+
+impl Drop for WatchEvents {
+    fn drop(&mut self) {
+        if let Some(watchers) = self.owner.upgrade() {
+            watchers.remove(self.id);
+        }
+    }
 }
 
 impl Stream for WatchEvents {

@@ -84,7 +84,7 @@ pub struct EmbeddedStore {
 
 struct Shared {
     state: RwLock<Mvcc>,
-    watchers: Watchers,
+    watchers: Arc<Watchers>,
 }
 
 impl Shared {
@@ -152,7 +152,7 @@ impl EmbeddedStore {
         );
         let shared = Arc::new(Shared {
             state: RwLock::new(recovered.state),
-            watchers: Watchers::new(options.watch_buffer),
+            watchers: Arc::new(Watchers::new(options.watch_buffer)),
         });
         let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let committer = Committer {
