@@ -6,12 +6,14 @@
 //! themselves, so they can share one store, even one that holds other data; give each check its
 //! own prefix.
 //!
-//! ```ignore
-//! #[tokio::test]
-//! async fn etcd_conforms() {
-//!     let store = EtcdStore::connect(...).await.unwrap();
-//!     keel_store::conformance::run_all(&store, "/conformance/", 1100).await;
-//! }
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = keel_store::embedded::EmbeddedStore::open(dir.path(), Default::default()).unwrap();
+//! // 2,000 events overflow the default watch buffer of 1,024.
+//! keel_store::conformance::run_all(&store, "/conformance/", 2_000).await;
+//! # }
 //! ```
 
 use std::num::NonZeroUsize;
