@@ -80,6 +80,12 @@ impl SchemaSet {
             Some(Value::Object(m)) => m,
             _ => return Err(LoadError::NoDefs),
         };
+        Ok(SchemaSet::from_definitions(defs))
+    }
+
+    /// A schema set from definitions in the same form (`$ref`s as `#/$defs/<name>`), e.g. the
+    /// schemas of custom resources or test fixtures.
+    pub fn from_definitions(defs: Map<String, Value>) -> Self {
         let mut by_gvk = HashMap::new();
         for (name, def) in &defs {
             for gvk in gvks_of(def) {
@@ -88,7 +94,7 @@ impl SchemaSet {
                     .or_insert_with(|| name.clone());
             }
         }
-        Ok(SchemaSet { defs, by_gvk })
+        SchemaSet { defs, by_gvk }
     }
 
     /// All definitions by name (`io.k8s.api.core.v1.Pod`, …).
