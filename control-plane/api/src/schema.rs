@@ -416,19 +416,139 @@ pub fn check_unknown_fields(
     if mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
-    let unknown = unknown_fields(gvk, obj);
-    if unknown.is_empty() {
+    let problems = unknown_fields(gvk, obj)
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    answer(gvk, problems, mode)
+}
+
+/// Like [`check_unknown_fields`], and also reports keys repeated in the raw JSON `body`
+/// (`duplicate field "metadata.name"`), which decoding into a `Value` silently collapses.
+/// `obj` is `body` decoded.
+pub fn check_fields(
+    gvk: Gvk<'_>,
+    body: &[u8],
+    obj: &Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    if mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
-    let rendered: Vec<String> = unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+    let problems = unknown_fields(gvk, obj)
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .chain(
+            duplicate_fields(body)
+                .iter()
+                .map(|f| format!("duplicate field {f:?}")),
+        )
+        .collect();
+    answer(gvk, problems, mode)
+}
+
+fn answer(gvk: Gvk<'_>, problems: Vec<String>, mode: FieldValidation) -> Result<Vec<String>, ApiError> {
+    if problems.is_empty() || mode == FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
     match mode {
         FieldValidation::Strict => Err(ApiError::bad_request(format!(
             "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
-            rendered.join(", "),
+            problems.join(", "),
             kind = gvk.kind,
             version = gvk.version,
         ))),
-        _ => Ok(rendered),
+        _ => Ok(problems),
+    }
+}
+
+/// The paths of keys that occur twice in one JSON object of `body`, in document order
+/// (`metadata.name`, `spec.containers[0].image`). A body that is not JSON has none (decoding
+/// reports that error elsewhere).
+pub fn duplicate_fields(body: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = DuplicateFinder {
+        path: String::new(),
+        out: &mut out,
+    };
+    match serde::de::DeserializeSeed::deserialize(seed, &mut de) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A serde visitor that walks any JSON and records repeated object keys with their paths.
+struct DuplicateFinder<'a> {
+    path: String,
+    out: &'a mut Vec<String>,
+}
+
+impl DuplicateFinder<'_> {
+    fn child(&mut self, path: String) -> DuplicateFinder<'_> {
+        DuplicateFinder { path, out: self.out }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DuplicateFinder<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DuplicateFinder<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                self.out.push(path.clone());
+            }
+            map.next_value_seed(self.child(path))?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let path = format!("{}[{i}]", self.path);
+            if seq.next_element_seed(self.child(path))?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
@@ -546,6 +666,39 @@ mod tests {
             FieldValidation::Strict
         );
         assert_eq!(FieldValidation::parse(Some("strict")).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn duplicate_fields_are_found_in_the_raw_body() {
+        let body = br#"{"metadata":{"name":"a","name":"b"},"spec":{"containers":[{"name":"c","image":"x","image":"y"}],
+                        "replicas":1},"spec":{}}"#;
+        assert_eq!(
+            duplicate_fields(body),
+            vec!["metadata.name", "spec.containers[0].image", "spec"]
+        );
+        assert!(duplicate_fields(br#"{"a":{"b":1},"c":{"b":2}}"#).is_empty());
+        assert!(duplicate_fields(b"not json").is_empty());
+        let obj: Value = serde_json::from_slice(br#"{"spec":{"bogus":1,"bogus":2}}"#).unwrap();
+        let e = check_fields(
+            POD,
+            br#"{"spec":{"bogus":1,"bogus":2}}"#,
+            &obj,
+            FieldValidation::Strict,
+        )
+        .unwrap_err();
+        assert!(e.message.ends_with(
+            "strict decoding error: unknown field \"spec.bogus\", duplicate field \"spec.bogus\""
+        ));
+        assert_eq!(
+            check_fields(
+                POD,
+                br#"{"kind":"Pod","kind":"Pod"}"#,
+                &json!({"kind": "Pod"}),
+                FieldValidation::Warn
+            )
+            .unwrap(),
+            vec!["duplicate field \"kind\""]
+        );
     }
 
     #[test]
