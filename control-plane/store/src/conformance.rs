@@ -41,6 +41,7 @@ pub async fn run_all(store: &dyn Store, prefix: &str, overflow: usize) {
     pagination_is_consistent(store, &format!("{prefix}pages/")).await;
     watch_replays_then_follows(store, &format!("{prefix}watch/")).await;
     watch_from_future_revision(store, &format!("{prefix}future/")).await;
+    history_replays_to_the_current_state(store, &format!("{prefix}history/")).await;
     compaction_expires_old_revisions(store, &format!("{prefix}compact/")).await;
     slow_watcher_is_terminated(store, &format!("{prefix}slow/"), overflow).await;
 }
@@ -348,6 +349,123 @@ pub async fn watch_replays_then_follows(store: &dyn Store, prefix: &str) {
     // Watching from the middle of the history starts exactly there.
     let mut late = store.watch(prefix, created.mod_revision).await.unwrap();
     assert_eq!(next_event(&mut late).await.revision(), updated.mod_revision);
+}
+
+/// Under concurrent, conflicting writes, the watch history is exactly the successful writes, each
+/// once, in revision order, with correct previous values, and replaying it over a list at the
+/// starting revision yields the current list.
+pub async fn history_replays_to_the_current_state(store: &dyn Store, prefix: &str) {
+    use std::collections::BTreeMap;
+
+    let start = store.current_revision().await.unwrap();
+    let base = store
+        .list(
+            prefix,
+            ListOptions {
+                revision: Some(start),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut watch = store.watch(prefix, start).await.unwrap();
+
+    // Eight writers, each a small deterministic pseudo-random walk over the same ten keys.
+    let writer = |seed: u64| async move {
+        let mut x = seed;
+        let mut done = Vec::new();
+        for step in 0..40 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let key = format!("{prefix}{}", (x >> 33) % 10);
+            let value = val(&format!("w{seed}-{step}"));
+            let result = match store.get(&key).await.unwrap() {
+                None => store.create(&key, value).await.map(|kv| kv.mod_revision),
+                Some(kv) if ((x >> 20) & 3) == 0 => store
+                    .delete(&key, Some(kv.mod_revision))
+                    .await
+                    .map(|d| d.revision),
+                Some(kv) => store
+                    .update(&key, value, Some(kv.mod_revision))
+                    .await
+                    .map(|kv| kv.mod_revision),
+            };
+            match result {
+                Ok(revision) => done.push(revision),
+                Err(
+                    StoreError::Conflict { .. }
+                    | StoreError::NotFound { .. }
+                    | StoreError::AlreadyExists { .. },
+                ) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        done
+    };
+    // The watch is read while the writes happen (a watcher that waits would rightly be cut off
+    // as too slow); a last marker write tells the reader where the history ends.
+    let end_key = format!("{prefix}~end");
+    let writes = async {
+        let mut written: Vec<u64> = futures::future::join_all((1..=8).map(writer)).await.concat();
+        written.push(store.create(&end_key, val("end")).await.unwrap().mod_revision);
+        written.sort_unstable();
+        written
+    };
+    let read = async {
+        let mut events = Vec::new();
+        loop {
+            let event = next_event(&mut watch).await;
+            let end = event.key() == end_key;
+            events.push(event);
+            if end {
+                return events;
+            }
+        }
+    };
+    let (written, events) = futures::join!(writes, read);
+    assert!(written.len() > 1, "some writes must succeed");
+
+    let mut state: BTreeMap<String, KeyValue> = base
+        .items
+        .into_iter()
+        .map(|kv| (kv.key.to_string(), kv))
+        .collect();
+    let mut seen: Vec<u64> = Vec::new();
+    for event in events {
+        assert!(
+            seen.last().is_none_or(|&last| event.revision() > last),
+            "events in revision order"
+        );
+        seen.push(event.revision());
+        match event {
+            Event::Put { kv, prev } => {
+                assert_eq!(
+                    prev.as_ref(),
+                    state.get(&*kv.key),
+                    "prev of {} at {}",
+                    kv.key,
+                    kv.mod_revision
+                );
+                state.insert(kv.key.to_string(), kv);
+            }
+            Event::Delete { prev, revision } => {
+                assert_eq!(
+                    Some(&prev),
+                    state.get(&*prev.key),
+                    "prev of the delete at {revision}"
+                );
+                state.remove(&*prev.key);
+            }
+        }
+    }
+    assert_eq!(seen, written, "one event per successful write, nothing else");
+    let now = store.list(prefix, ListOptions::default()).await.unwrap();
+    let replayed: Vec<KeyValue> = state.into_values().collect();
+    assert_eq!(
+        replayed, now.items,
+        "the history replayed over the old list is the current list"
+    );
 }
 
 /// A watch from a revision not reached yet delivers only events after it.

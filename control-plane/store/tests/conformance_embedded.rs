@@ -63,6 +63,12 @@ async fn watch_from_future_revision() {
     conformance::watch_from_future_revision(&store, "/t/").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_replays_to_the_current_state() {
+    let (_dir, store) = open();
+    conformance::history_replays_to_the_current_state(&store, "/t/").await;
+}
+
 #[tokio::test]
 async fn compaction_expires_old_revisions() {
     let (_dir, store) = open();

@@ -123,17 +123,24 @@ async fn garbage_after_the_last_record_is_ignored() {
     let before = everything(&store).await;
     drop(store);
 
-    let segment = files(dir.path(), "wal-").pop().unwrap();
-    let end = written_end(&segment);
-    let mut data = fs::read(&segment).unwrap();
-    let garbage = [0x17u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3];
-    data.truncate(end);
-    data.extend_from_slice(&garbage);
-    fs::write(&segment, &data).unwrap();
+    let garbage: [&[u8]; 2] = [
+        // A plausible header with a wrong checksum, and a short payload.
+        &[0x17, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3],
+        // A length of almost 4 GiB: recovery must not try to read (or allocate) it.
+        &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 9],
+    ];
+    for garbage in garbage {
+        let segment = files(dir.path(), "wal-").pop().unwrap();
+        let end = written_end(&segment);
+        let mut data = fs::read(&segment).unwrap();
+        data.truncate(end);
+        data.extend_from_slice(garbage);
+        fs::write(&segment, &data).unwrap();
 
-    let store = open(dir.path());
-    assert_eq!(store.current_revision().await.unwrap(), revision);
-    assert_eq!(everything(&store).await, before);
+        let store = open(dir.path());
+        assert_eq!(store.current_revision().await.unwrap(), revision);
+        assert_eq!(everything(&store).await, before);
+    }
 }
 
 #[tokio::test]

@@ -521,7 +521,7 @@ impl Committer {
         if accepted.is_empty() {
             return;
         }
-        if self.log.len() >= self.options.segment_bytes {
+        if self.log.len() > 0 && self.log.len() >= self.options.segment_bytes {
             if let Err(e) = self.rotate(base) {
                 self.fail(accepted, e);
                 return;

@@ -142,6 +142,10 @@ pub(super) fn read_segment(
     mut apply: impl FnMut(u64, Change) -> Result<()>,
 ) -> Result<SegmentScan> {
     let file = File::open(path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| StoreError::io(format!("reading metadata of {}", path.display()), e))?
+        .len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut payload = Vec::new();
@@ -157,6 +161,10 @@ pub(super) fn read_segment(
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if len == 0 {
             return Ok(scan(offset, SegmentEnd::Clean));
+        }
+        // A damaged length must not make recovery allocate gigabytes.
+        if offset + (HEADER as u64) + u64::from(len) > file_len {
+            return Ok(damaged(offset, "record runs past the end of the file"));
         }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         payload.resize(len, 0);
