@@ -29,7 +29,10 @@ impl Cidr {
         let base: Ipv4Addr = ip.parse().ok()?;
         let prefix: u8 = len.parse().ok().filter(|p| *p <= 30)?;
         let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        Some(Cidr { base: Ipv4Addr::from(u32::from(base) & mask), prefix })
+        Some(Cidr {
+            base: Ipv4Addr::from(u32::from(base) & mask),
+            prefix,
+        })
     }
 
     pub fn size(&self) -> u32 {
@@ -68,24 +71,38 @@ fn wants_cluster_ip(svc: &Value) -> bool {
 }
 
 fn wants_node_ports(svc: &Value) -> bool {
-    matches!(svc.pointer("/spec/type").and_then(Value::as_str), Some("NodePort" | "LoadBalancer"))
+    matches!(
+        svc.pointer("/spec/type").and_then(Value::as_str),
+        Some("NodePort" | "LoadBalancer")
+    )
 }
 
 fn ips_of(svc: &Value) -> Vec<Ipv4Addr> {
-    svc.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|s| s.parse().ok()).into_iter().collect()
+    svc.pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .into_iter()
+        .collect()
 }
 
 fn ports_of(svc: &Value) -> Vec<u16> {
     svc.pointer("/spec/ports")
         .and_then(Value::as_array)
         .map(|ps| {
-            ps.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_u64)).filter_map(|p| u16::try_from(p).ok()).collect()
+            ps.iter()
+                .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect()
         })
         .unwrap_or_default()
 }
 
 impl Allocators {
-    async fn load(&self, objects: &Objects, rt: &'static ResourceType) -> ApiResult<tokio::sync::MutexGuard<'_, Option<Sets>>> {
+    async fn load(
+        &self,
+        objects: &Objects,
+        rt: &'static ResourceType,
+    ) -> ApiResult<tokio::sync::MutexGuard<'_, Option<Sets>>> {
         let mut guard = self.sets.lock().await;
         if guard.is_none() {
             let list = objects.list(rt, None, &ListParams::default()).await?;
@@ -99,7 +116,12 @@ impl Allocators {
         Ok(guard)
     }
 
-    pub async fn allocate_on_create(&self, objects: &Objects, rt: &'static ResourceType, svc: &mut Value) -> ApiResult<()> {
+    pub async fn allocate_on_create(
+        &self,
+        objects: &Objects,
+        rt: &'static ResourceType,
+        svc: &mut Value,
+    ) -> ApiResult<()> {
         if !is_service(rt) {
             return Ok(());
         }
@@ -148,7 +170,11 @@ impl Allocators {
         };
 
         if wants_cluster_ip(svc) {
-            let requested = svc.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+            let requested = svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if requested.is_empty() {
                 // An update keeps the old address (clusterIP is immutable once set).
                 let ip = match old_ips.first() {
@@ -156,7 +182,12 @@ impl Allocators {
                     None => match random_free_ip(cfg.service_cidr, &sets.ips) {
                         Some(ip) => ip,
                         None => {
-                            return fail(sets, &taken_ips, &taken_ports, ApiError::internal("failed to allocate a serviceIP: range is full"))
+                            return fail(
+                                sets,
+                                &taken_ips,
+                                &taken_ports,
+                                ApiError::internal("failed to allocate a serviceIP: range is full"),
+                            )
                         }
                     },
                 };
@@ -167,7 +198,15 @@ impl Allocators {
                 svc["spec"]["clusterIP"] = json!(ip.to_string());
             } else {
                 let Ok(ip) = requested.parse::<Ipv4Addr>() else {
-                    let e = ApiError::invalid(rt, &name, vec![Cause::invalid("spec.clusterIPs[0]", &json!(requested), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")]);
+                    let e = ApiError::invalid(
+                        rt,
+                        &name,
+                        vec![Cause::invalid(
+                            "spec.clusterIPs[0]",
+                            &json!(requested),
+                            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                        )],
+                    );
                     return fail(sets, &taken_ips, &taken_ports, e);
                 };
                 if !old_ips.contains(&ip) {
@@ -180,11 +219,17 @@ impl Allocators {
                         return fail(sets, &taken_ips, &taken_ports, e);
                     }
                     if !sets.ips.insert(ip) {
-                        let e = ApiError::invalid(rt, &name, vec![Cause::invalid(
-                            "spec.clusterIPs",
-                            &json!([requested]),
-                            &format!("failed to allocate IP {requested}: provided IP is already allocated"),
-                        )]);
+                        let e = ApiError::invalid(
+                            rt,
+                            &name,
+                            vec![Cause::invalid(
+                                "spec.clusterIPs",
+                                &json!([requested]),
+                                &format!(
+                                    "failed to allocate IP {requested}: provided IP is already allocated"
+                                ),
+                            )],
+                        );
                         return fail(sets, &taken_ips, &taken_ports, e);
                     }
                     taken_ips.push(ip);
@@ -195,15 +240,28 @@ impl Allocators {
 
         if wants_node_ports(svc) {
             let (lo, hi) = cfg.node_port_range;
-            let n = svc.pointer("/spec/ports").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+            let n = svc
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
             for i in 0..n {
-                let requested = svc["spec"]["ports"][i].get("nodePort").and_then(Value::as_i64).unwrap_or(0);
+                let requested = svc["spec"]["ports"][i]
+                    .get("nodePort")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 if requested == 0 {
                     // Keep the old port of the same service port on update.
                     let port = svc["spec"]["ports"][i].get("port").cloned();
-                    let reuse = old.and_then(|o| o.pointer("/spec/ports")).and_then(Value::as_array).and_then(|ps| {
-                        ps.iter().find(|p| p.get("port") == port.as_ref()).and_then(|p| p.get("nodePort")).and_then(Value::as_u64)
-                    });
+                    let reuse = old
+                        .and_then(|o| o.pointer("/spec/ports"))
+                        .and_then(Value::as_array)
+                        .and_then(|ps| {
+                            ps.iter()
+                                .find(|p| p.get("port") == port.as_ref())
+                                .and_then(|p| p.get("nodePort"))
+                                .and_then(Value::as_u64)
+                        });
                     let p = match reuse.and_then(|p| u16::try_from(p).ok()) {
                         Some(p) => p,
                         None => match random_free_port(lo, hi, &sets.ports) {
@@ -212,7 +270,14 @@ impl Allocators {
                                 taken_ports.push(p);
                                 p
                             }
-                            None => return fail(sets, &taken_ips, &taken_ports, ApiError::internal("failed to allocate a nodePort: range is full")),
+                            None => {
+                                return fail(
+                                    sets,
+                                    &taken_ips,
+                                    &taken_ports,
+                                    ApiError::internal("failed to allocate a nodePort: range is full"),
+                                )
+                            }
                         },
                     };
                     svc["spec"]["ports"][i]["nodePort"] = json!(p);
@@ -229,7 +294,15 @@ impl Allocators {
                     let p = requested as u16;
                     if !old_ports.contains(&p) && !taken_ports.contains(&p) {
                         if !sets.ports.insert(p) {
-                            let e = ApiError::invalid(rt, &name, vec![Cause::invalid(field, &json!(requested), "provided port is already allocated")]);
+                            let e = ApiError::invalid(
+                                rt,
+                                &name,
+                                vec![Cause::invalid(
+                                    field,
+                                    &json!(requested),
+                                    "provided port is already allocated",
+                                )],
+                            );
                             return fail(sets, &taken_ips, &taken_ports, e);
                         }
                         taken_ports.push(p);

@@ -27,7 +27,11 @@ impl Authenticator {
         }
         let parsed = BootstrapToken::parse(token).ok()?;
         let secrets = registry::find("", "v1", "secrets")?;
-        let secret = self.objects.get(secrets, Some("kube-system"), &parsed.secret_name()).await.ok()?;
+        let secret = self
+            .objects
+            .get(secrets, Some("kube-system"), &parsed.secret_name())
+            .await
+            .ok()?;
         parsed.authenticate(&secret, SystemTime::now()).ok()
     }
 }

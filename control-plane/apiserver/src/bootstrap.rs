@@ -11,7 +11,9 @@ use crate::objects::{Objects, WriteCtx};
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 pub async fn ensure(objects: &Objects) -> ApiResult<()> {
-    let find = |plural: &str| registry::find("", "v1", plural).ok_or_else(|| ApiError::internal(format!("no {plural}")));
+    let find = |plural: &str| {
+        registry::find("", "v1", plural).ok_or_else(|| ApiError::internal(format!("no {plural}")))
+    };
     let namespaces = find("namespaces")?;
     for ns in SYSTEM_NAMESPACES {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}});

@@ -42,15 +42,36 @@ fn list_object(rt: &ResourceType, list: crate::objects::ListResult) -> Value {
 }
 
 impl ApiClient for InProcessClient {
-    fn get(&self, rt: &'static ResourceType, ns: Option<String>, name: String) -> BoxFuture<'_, ApiResult<Value>> {
+    fn get(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        name: String,
+    ) -> BoxFuture<'_, ApiResult<Value>> {
         Box::pin(async move { self.objects.get(rt, ns.as_deref(), &name).await })
     }
 
-    fn list(&self, rt: &'static ResourceType, ns: Option<String>, params: ListParams) -> BoxFuture<'_, ApiResult<Value>> {
-        Box::pin(async move { Ok(list_object(rt, self.objects.list(rt, ns.as_deref(), &params).await?)) })
+    fn list(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        params: ListParams,
+    ) -> BoxFuture<'_, ApiResult<Value>> {
+        Box::pin(async move {
+            Ok(list_object(
+                rt,
+                self.objects.list(rt, ns.as_deref(), &params).await?,
+            ))
+        })
     }
 
-    fn create(&self, rt: &'static ResourceType, ns: Option<String>, obj: Value, opts: WriteOptions) -> BoxFuture<'_, ApiResult<Value>> {
+    fn create(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        obj: Value,
+        opts: WriteOptions,
+    ) -> BoxFuture<'_, ApiResult<Value>> {
         Box::pin(async move { self.objects.create(rt, ns.as_deref(), obj, &mut ctx(&opts)).await })
     }
 
@@ -64,7 +85,16 @@ impl ApiClient for InProcessClient {
     ) -> BoxFuture<'_, ApiResult<Value>> {
         Box::pin(async move {
             let name = crate::objects::object_name(&obj).to_string();
-            self.objects.update(rt, ns.as_deref(), &name, obj, subresource.as_deref(), &mut ctx(&opts)).await
+            self.objects
+                .update(
+                    rt,
+                    ns.as_deref(),
+                    &name,
+                    obj,
+                    subresource.as_deref(),
+                    &mut ctx(&opts),
+                )
+                .await
         })
     }
 
@@ -78,15 +108,35 @@ impl ApiClient for InProcessClient {
         opts: WriteOptions,
     ) -> BoxFuture<'_, ApiResult<Value>> {
         Box::pin(async move {
-            let (obj, _) = self.objects.patch(rt, ns.as_deref(), &name, &patch, subresource.as_deref(), &mut ctx(&opts)).await?;
+            let (obj, _) = self
+                .objects
+                .patch(
+                    rt,
+                    ns.as_deref(),
+                    &name,
+                    &patch,
+                    subresource.as_deref(),
+                    &mut ctx(&opts),
+                )
+                .await?;
             Ok(obj)
         })
     }
 
-    fn delete(&self, rt: &'static ResourceType, ns: Option<String>, name: String, options: Value) -> BoxFuture<'_, ApiResult<Value>> {
+    fn delete(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        name: String,
+        options: Value,
+    ) -> BoxFuture<'_, ApiResult<Value>> {
         Box::pin(async move {
             let options = if options.is_null() { json!({}) } else { options };
-            match self.objects.delete(rt, ns.as_deref(), &name, &options, &mut WriteCtx::default()).await? {
+            match self
+                .objects
+                .delete(rt, ns.as_deref(), &name, &options, &mut WriteCtx::default())
+                .await?
+            {
                 Deleted::Gone(o) | Deleted::Pending(o) => Ok(o),
             }
         })

@@ -16,13 +16,19 @@ use keel_api::registry::{ResourceType, RESOURCES};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::objects::{is_being_deleted, object_name, object_namespace, object_uid, Deleted, Objects, Propagation, WriteCtx};
+use crate::objects::{
+    is_being_deleted, object_name, object_namespace, object_uid, Deleted, Objects, Propagation, WriteCtx,
+};
 
 pub enum GcEvent {
     /// An object is gone: delete its dependents (background cascade).
     Deleted { rt: &'static ResourceType, obj: Value },
     /// An object has a deletionTimestamp: finish foreground/orphan deletion or namespace termination.
-    MarkedForDeletion { rt: &'static ResourceType, obj: Value, propagation: Propagation },
+    MarkedForDeletion {
+        rt: &'static ResourceType,
+        obj: Value,
+        propagation: Propagation,
+    },
 }
 
 /// Starts the collector for `objects`.
@@ -35,7 +41,9 @@ pub fn spawn(objects: Arc<Objects>) {
         sweep(&objects).await;
         while let Some(ev) = rx.recv().await {
             match ev {
-                GcEvent::Deleted { rt, obj } => delete_dependents(&objects, rt, &obj, Propagation::Background).await,
+                GcEvent::Deleted { rt, obj } => {
+                    delete_dependents(&objects, rt, &obj, Propagation::Background).await
+                }
                 GcEvent::MarkedForDeletion { rt, obj, .. } => {
                     let objects = objects.clone();
                     tokio::spawn(async move { finish(&objects, rt, obj).await });
@@ -48,7 +56,9 @@ pub fn spawn(objects: Arc<Objects>) {
 /// Resumes work left over from before a restart: objects being deleted.
 async fn sweep(objects: &Arc<Objects>) {
     for rt in stored_types() {
-        let Ok(list) = objects.list(rt, None, &ListParams::default()).await else { continue };
+        let Ok(list) = objects.list(rt, None, &ListParams::default()).await else {
+            continue;
+        };
         for obj in list.items.into_iter().filter(is_being_deleted) {
             let objects = objects.clone();
             tokio::spawn(async move { finish(&objects, rt, obj).await });
@@ -58,13 +68,18 @@ async fn sweep(objects: &Arc<Objects>) {
 
 /// The resource types that are stored, once each (the storage version).
 fn stored_types() -> impl Iterator<Item = &'static ResourceType> {
-    RESOURCES.iter().filter(|r| r.is_stored() && r.version == r.storage_version)
+    RESOURCES
+        .iter()
+        .filter(|r| r.is_stored() && r.version == r.storage_version)
 }
 
 fn is_owned_by(obj: &Value, uid: &str) -> bool {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+        })
 }
 
 /// The objects that name `owner` in their ownerReferences.
@@ -78,13 +93,23 @@ async fn dependents(objects: &Objects, owner: &Value) -> Vec<(&'static ResourceT
             continue;
         }
         if let Ok(list) = objects.list(rt, scope, &ListParams::default()).await {
-            out.extend(list.items.into_iter().filter(|o| is_owned_by(o, &uid)).map(|o| (rt, o)));
+            out.extend(
+                list.items
+                    .into_iter()
+                    .filter(|o| is_owned_by(o, &uid))
+                    .map(|o| (rt, o)),
+            );
         }
     }
     out
 }
 
-async fn delete_dependents(objects: &Objects, _rt: &'static ResourceType, owner: &Value, propagation: Propagation) {
+async fn delete_dependents(
+    objects: &Objects,
+    _rt: &'static ResourceType,
+    owner: &Value,
+    propagation: Propagation,
+) {
     let policy = match propagation {
         Propagation::Foreground => "Foreground",
         _ => "Background",
@@ -94,10 +119,15 @@ async fn delete_dependents(objects: &Objects, _rt: &'static ResourceType, owner:
         let ns = (!ns.is_empty()).then_some(ns);
         let mut ctx = WriteCtx::default();
         let opts = json!({"propagationPolicy": policy});
-        match objects.delete(rt, ns.as_deref(), object_name(&dep), &opts, &mut ctx).await {
+        match objects
+            .delete(rt, ns.as_deref(), object_name(&dep), &opts, &mut ctx)
+            .await
+        {
             Ok(Deleted::Gone(_) | Deleted::Pending(_)) => {}
             Err(e) if e.code == 404 => {}
-            Err(e) => tracing::warn!(kind = rt.kind, name = object_name(&dep), error = %e, "cascading delete failed"),
+            Err(e) => {
+                tracing::warn!(kind = rt.kind, name = object_name(&dep), error = %e, "cascading delete failed")
+            }
         }
     }
 }
@@ -110,25 +140,39 @@ async fn orphan_dependents(objects: &Objects, owner: &Value) {
         let uid = uid.clone();
         let result = objects
             .modify(rt, ns.as_deref(), object_name(&dep), move |o| {
-                if let Some(refs) = o.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+                if let Some(refs) = o
+                    .pointer_mut("/metadata/ownerReferences")
+                    .and_then(Value::as_array_mut)
+                {
                     refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
                 }
                 Ok(())
             })
             .await;
-        if let Err(e) = result.map(|_| ()).or_else(|e| if e.code == 404 { Ok(()) } else { Err(e) }) {
+        if let Err(e) = result
+            .map(|_| ())
+            .or_else(|e| if e.code == 404 { Ok(()) } else { Err(e) })
+        {
             tracing::warn!(kind = rt.kind, error = %e, "orphaning a dependent failed");
         }
     }
 }
 
 /// Removes one finalizer from an object (which deletes it if it was the last).
-async fn remove_finalizer(objects: &Objects, rt: &'static ResourceType, obj: &Value, finalizer: &'static str) {
+async fn remove_finalizer(
+    objects: &Objects,
+    rt: &'static ResourceType,
+    obj: &Value,
+    finalizer: &'static str,
+) {
     let ns = object_namespace(obj).to_string();
     let ns = (!ns.is_empty()).then_some(ns);
     let result = objects
         .modify(rt, ns.as_deref(), object_name(obj), |o| {
-            if let Some(f) = o.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
+            if let Some(f) = o
+                .pointer_mut("/metadata/finalizers")
+                .and_then(Value::as_array_mut)
+            {
                 f.retain(|x| x.as_str() != Some(finalizer));
             }
             Ok(())
@@ -142,7 +186,9 @@ async fn remove_finalizer(objects: &Objects, rt: &'static ResourceType, obj: &Va
 }
 
 fn has_finalizer(obj: &Value, f: &str) -> bool {
-    obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == f))
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x == f))
 }
 
 /// Drives one object that is being deleted to its end.
@@ -188,7 +234,15 @@ async fn terminate_namespace(objects: &Arc<Objects>, rt: &'static ResourceType, 
                     continue;
                 }
                 let mut ctx = WriteCtx::default();
-                let _ = objects.delete(t, Some(&ns), object_name(&o), &json!({"propagationPolicy": "Background"}), &mut ctx).await;
+                let _ = objects
+                    .delete(
+                        t,
+                        Some(&ns),
+                        object_name(&o),
+                        &json!({"propagationPolicy": "Background"}),
+                        &mut ctx,
+                    )
+                    .await;
             }
         }
         if remaining == 0 {

@@ -77,7 +77,10 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(handle(server, user, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -97,7 +100,10 @@ struct Req {
 
 impl Req {
     fn q(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -158,12 +164,20 @@ impl Format {
     }
 }
 
-async fn handle(server: Arc<ApiServer>, cert_user: Option<UserInfo>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    server: Arc<ApiServer>,
+    cert_user: Option<UserInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let header = |name: header::HeaderName| {
-        req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
     };
     let accept = header(header::ACCEPT);
     let content_type = header(header::CONTENT_TYPE);
@@ -185,11 +199,28 @@ async fn handle(server: Arc<ApiServer>, cert_user: Option<UserInfo>, req: Reques
     if user.is_none() && !public {
         return error_response(&ApiError::unauthorized());
     }
-    let body = match http_body_util::Limited::new(req.into_body(), 8 << 20).collect().await {
+    let body = match http_body_util::Limited::new(req.into_body(), 8 << 20)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error_response(&ApiError::new(413, "RequestEntityTooLarge", "the request body is too large")),
+        Err(_) => {
+            return error_response(&ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                "the request body is too large",
+            ))
+        }
     };
-    let r = Req { method, path, query, accept, content_type, user, body };
+    let r = Req {
+        method,
+        path,
+        query,
+        accept,
+        content_type,
+        user,
+        body,
+    };
     let resp = match dispatch(&server, route, &r).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
@@ -203,7 +234,9 @@ async fn dispatch(server: &ApiServer, route: Route, r: &Req) -> ApiResult<Respon
         if r.method == Method::GET || r.method == Method::HEAD {
             Ok(())
         } else {
-            Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"))
+            Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            ))
         }
     };
     let metrics = server.objects.config.metrics;
@@ -216,12 +249,25 @@ async fn dispatch(server: &ApiServer, route: Route, r: &Req) -> ApiResult<Respon
         Route::DiscoveryRoot { core } => {
             get_only(r)?;
             if r.accept.contains("as=APIGroupDiscoveryList") {
-                let doc = if core { discovery::aggregated_core() } else { discovery::aggregated_groups(metrics) };
-                Ok(bytes_response(StatusCode::OK, discovery::AGGREGATED_CONTENT_TYPE, to_bytes(&doc), &[]))
+                let doc = if core {
+                    discovery::aggregated_core()
+                } else {
+                    discovery::aggregated_groups(metrics)
+                };
+                Ok(bytes_response(
+                    StatusCode::OK,
+                    discovery::AGGREGATED_CONTENT_TYPE,
+                    to_bytes(&doc),
+                    &[],
+                ))
             } else if core {
                 Ok(json_response(StatusCode::OK, &discovery::api_versions(None), &[]))
             } else {
-                Ok(json_response(StatusCode::OK, &discovery::api_group_list(metrics), &[]))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &discovery::api_group_list(metrics),
+                    &[],
+                ))
             }
         }
         Route::DiscoveryGroup { group } => {
@@ -231,7 +277,8 @@ async fn dispatch(server: &ApiServer, route: Route, r: &Req) -> ApiResult<Respon
         }
         Route::DiscoveryGroupVersion { group, version } => {
             get_only(r)?;
-            let doc = discovery::api_resource_list(&group, &version, metrics).ok_or_else(ApiError::no_such_path)?;
+            let doc =
+                discovery::api_resource_list(&group, &version, metrics).ok_or_else(ApiError::no_such_path)?;
             Ok(json_response(StatusCode::OK, &doc, &[]))
         }
         Route::OpenApiV3Index => {
@@ -241,15 +288,24 @@ async fn dispatch(server: &ApiServer, route: Route, r: &Req) -> ApiResult<Respon
         Route::OpenApiV3Document { group, version } => {
             get_only(r)?;
             let doc = openapi::group_version_document(&group, &version).ok_or_else(ApiError::no_such_path)?;
-            let mut resp = bytes_response(StatusCode::OK, "application/json", Bytes::from(doc.bytes.clone()), &[]);
+            let mut resp = bytes_response(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(doc.bytes.clone()),
+                &[],
+            );
             resp.headers_mut().insert(header::ETAG, etag(&doc.hash));
             if r.q("hash").is_some() {
-                resp.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+                resp.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, immutable"),
+                );
             }
             Ok(resp)
         }
-        Route::Metrics { .. } => Err(ApiError::service_unavailable("the server is currently unable to handle the request (metrics are not available yet)")),
+        Route::Metrics { .. } => Err(ApiError::service_unavailable(
+            "the server is currently unable to handle the request (metrics are not available yet)",
+        )),
         Route::Resource(p) => resource(server, p, r).await,
         Route::NotFound => Err(ApiError::no_such_path()),
     }
@@ -308,7 +364,10 @@ async fn resource(server: &ApiServer, p: ResourcePath, r: &Req) -> ApiResult<Res
                     let name = object_name(&o).to_string();
                     let ons = crate::objects::object_namespace(&o).to_string();
                     let ons = (!ons.is_empty()).then_some(ons);
-                    match objects.delete(rt, ons.as_deref(), &name, &options, &mut ctx).await {
+                    match objects
+                        .delete(rt, ons.as_deref(), &name, &options, &mut ctx)
+                        .await
+                    {
                         Ok(Deleted::Gone(o) | Deleted::Pending(o)) => items.push(o),
                         Err(e) if e.code == 404 => {}
                         Err(e) => return Err(e),
@@ -327,15 +386,25 @@ async fn resource(server: &ApiServer, p: ResourcePath, r: &Req) -> ApiResult<Res
             Method::PUT => {
                 let mut ctx = r.write_ctx()?;
                 let existed = objects.get(rt, ns, name).await.is_ok();
-                let obj = objects.update(rt, ns, name, body_json(r)?, None, &mut ctx).await?;
-                let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+                let obj = objects
+                    .update(rt, ns, name, body_json(r)?, None, &mut ctx)
+                    .await?;
+                let code = if existed {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
                 object_response(rt, code, &obj, r, &ctx.warnings)
             }
             Method::PATCH => {
                 let mut ctx = r.write_ctx()?;
                 let patch = patch_of(r)?;
                 let (obj, created) = objects.patch(rt, ns, name, &patch, None, &mut ctx).await?;
-                let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
                 object_response(rt, code, &obj, r, &ctx.warnings)
             }
             Method::DELETE => {
@@ -375,7 +444,9 @@ async fn subresource(
         }
         ("status" | "finalize" | "approval" | "ephemeralcontainers", &Method::PUT) => {
             let mut ctx = r.write_ctx()?;
-            let obj = objects.update(rt, ns, name, body_json(r)?, Some(sub), &mut ctx).await?;
+            let obj = objects
+                .update(rt, ns, name, body_json(r)?, Some(sub), &mut ctx)
+                .await?;
             object_response(rt, StatusCode::OK, &obj, r, &ctx.warnings)
         }
         ("status" | "approval" | "ephemeralcontainers", &Method::PATCH) => {
@@ -398,33 +469,63 @@ async fn subresource(
                 ctx.validation = FieldValidation::Ignore;
                 strategy::apply_patch(rt, Some("scale"), &scale, &patch_of(r)?, &mut ctx)?
             };
-            if let Some(rv) = new_scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                if !rv.is_empty() && Some(rv) != current.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            if let Some(rv) = new_scale
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
+                if !rv.is_empty()
+                    && Some(rv)
+                        != current
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                {
                     return Err(ApiError::conflict(rt, name));
                 }
             }
-            let replicas = new_scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+            let replicas = new_scale
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             if replicas < 0 {
                 return Err(ApiError::invalid(
                     rt,
                     name,
-                    vec![keel_api::status::Cause::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")],
+                    vec![keel_api::status::Cause::invalid(
+                        "spec.replicas",
+                        &json!(replicas),
+                        "must be greater than or equal to 0",
+                    )],
                 ));
             }
             let mut ctx = r.write_ctx()?;
             let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
             let (obj, _) = objects.patch(rt, ns, name, &patch, None, &mut ctx).await?;
-            Ok(json_response(StatusCode::OK, &strategy::scale_of(rt, &obj), &ctx.warnings))
+            Ok(json_response(
+                StatusCode::OK,
+                &strategy::scale_of(rt, &obj),
+                &ctx.warnings,
+            ))
         }
         ("binding", &Method::POST) => {
             let binding = body_json(r)?;
-            let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let node = binding
+                .pointer("/target/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if node.is_empty() {
-                return Err(ApiError::invalid(rt, name, vec![keel_api::status::Cause::required("target.name")]));
+                return Err(ApiError::invalid(
+                    rt,
+                    name,
+                    vec![keel_api::status::Cause::required("target.name")],
+                ));
             }
             objects
                 .modify(rt, ns, name, |pod| {
-                    let current = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+                    let current = pod
+                        .pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     if !current.is_empty() {
                         return Err(ApiError::conflict_because(
                             rt,
@@ -436,19 +537,29 @@ async fn subresource(
                     Ok(())
                 })
                 .await?;
-            Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &[],
+            ))
         }
         ("eviction", &Method::POST) => {
             let eviction = body_json(r)?;
             let options = eviction.get("deleteOptions").cloned().unwrap_or(json!({}));
             let mut ctx = r.write_ctx()?;
             objects.delete(rt, ns, name, &options, &mut ctx).await?;
-            Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &[],
+            ))
         }
-        ("log" | "exec" | "attach" | "portforward" | "proxy" | "token", _) => Err(ApiError::service_unavailable(format!(
-            "{sub} is not available yet for {}",
-            rt.qualified_plural()
-        ))),
+        ("log" | "exec" | "attach" | "portforward" | "proxy" | "token", _) => {
+            Err(ApiError::service_unavailable(format!(
+                "{sub} is not available yet for {}",
+                rt.qualified_plural()
+            )))
+        }
         _ => Err(method_not_allowed()),
     }
 }
@@ -459,7 +570,9 @@ fn method_not_allowed() -> ApiError {
 
 fn require_ns<'a>(rt: &ResourceType, ns: Option<&'a str>) -> ApiResult<Option<&'a str>> {
     if rt.namespaced && ns.is_none() {
-        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+        return Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        ));
     }
     Ok(ns)
 }
@@ -477,8 +590,11 @@ fn body_json(r: &Req) -> ApiResult<Value> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     match media_type(&r.content_type) {
-        "" | "application/json" | "*/*" => serde_json::from_slice(&r.body)
-            .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}"))),
+        "" | "application/json" | "*/*" => serde_json::from_slice(&r.body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
+        }),
         "application/yaml" => yaml_to_json(&r.body),
         "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(&r.body),
         other => Err(ApiError::unsupported_media_type(other)),
@@ -486,13 +602,17 @@ fn body_json(r: &Req) -> ApiResult<Value> {
 }
 
 fn yaml_to_json(body: &[u8]) -> ApiResult<Value> {
-    serde_yaml_ng::from_slice::<Value>(body)
-        .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as YAML: {e}")))
+    serde_yaml_ng::from_slice::<Value>(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as YAML: {e}"
+        ))
+    })
 }
 
 fn patch_of(r: &Req) -> ApiResult<Patch> {
     let parse = || -> ApiResult<Value> {
-        serde_json::from_slice(&r.body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))
+        serde_json::from_slice(&r.body)
+            .map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))
     };
     match media_type(&r.content_type) {
         "application/json-patch+json" => Ok(Patch::Json(parse()?)),
@@ -505,7 +625,10 @@ fn patch_of(r: &Req) -> ApiResult<Patch> {
                     "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
                 ));
             }
-            Ok(Patch::Apply { body, force: r.flag("force") })
+            Ok(Patch::Apply {
+                body,
+                force: r.flag("force"),
+            })
         }
         other => Err(ApiError::unsupported_media_type(other)),
     }
@@ -543,7 +666,9 @@ fn to_bytes(v: &Value) -> Bytes {
 }
 
 fn full(b: Bytes) -> Body {
-    Full::new(b).map_err(|never: Infallible| match never {}).boxed_unsync()
+    Full::new(b)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }
 
 fn bytes_response(code: StatusCode, content_type: &str, body: Bytes, warnings: &[String]) -> Response<Body> {
@@ -566,7 +691,12 @@ fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response<B
 }
 
 fn text_response(code: StatusCode, text: &'static str) -> Response<Body> {
-    bytes_response(code, "text/plain; charset=utf-8", Bytes::from_static(text.as_bytes()), &[])
+    bytes_response(
+        code,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(text.as_bytes()),
+        &[],
+    )
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
@@ -584,12 +714,35 @@ fn formatted(v: &Value, format: Format, code: StatusCode, warnings: &[String]) -
     }
 }
 
-fn object_response(rt: &ResourceType, code: StatusCode, obj: &Value, r: &Req, warnings: &[String]) -> ApiResult<Response<Body>> {
+fn object_response(
+    rt: &ResourceType,
+    code: StatusCode,
+    obj: &Value,
+    r: &Req,
+    warnings: &[String],
+) -> ApiResult<Response<Body>> {
     match r.wants() {
         Format::Table => {
-            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
-            let t = table::table(rt, std::slice::from_ref(obj), &table::ListMeta { resource_version: rv, continue_token: String::new(), remaining_item_count: None });
-            Ok(bytes_response(code, "application/json;as=Table;v=v1;g=meta.k8s.io", to_bytes(&t), warnings))
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let t = table::table(
+                rt,
+                std::slice::from_ref(obj),
+                &table::ListMeta {
+                    resource_version: rv,
+                    continue_token: String::new(),
+                    remaining_item_count: None,
+                },
+            );
+            Ok(bytes_response(
+                code,
+                "application/json;as=Table;v=v1;g=meta.k8s.io",
+                to_bytes(&t),
+                warnings,
+            ))
         }
         f => Ok(formatted(obj, f, code, warnings)),
     }
@@ -599,9 +752,18 @@ fn list_response(rt: &ResourceType, list: crate::objects::ListResult, r: &Req) -
     let rv = list.resource_version.to_string();
     match r.wants() {
         Format::Table => {
-            let meta = table::ListMeta { resource_version: rv, continue_token: list.continue_token.unwrap_or_default(), remaining_item_count: None };
+            let meta = table::ListMeta {
+                resource_version: rv,
+                continue_token: list.continue_token.unwrap_or_default(),
+                remaining_item_count: None,
+            };
             let t = table::table(rt, &list.items, &meta);
-            Ok(bytes_response(StatusCode::OK, "application/json;as=Table;v=v1;g=meta.k8s.io", to_bytes(&t), &[]))
+            Ok(bytes_response(
+                StatusCode::OK,
+                "application/json;as=Table;v=v1;g=meta.k8s.io",
+                to_bytes(&t),
+                &[],
+            ))
         }
         f => {
             let mut meta = json!({"resourceVersion": rv});
@@ -629,8 +791,21 @@ async fn watch_response(
         let line = match ev {
             Ok(ev) => {
                 let object = if format == Format::Table && ev.kind != WatchEventKind::Bookmark {
-                    let rv = ev.object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
-                    let mut t = table::table(rt, std::slice::from_ref(&ev.object), &table::ListMeta { resource_version: rv, continue_token: String::new(), remaining_item_count: None });
+                    let rv = ev
+                        .object
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    let mut t = table::table(
+                        rt,
+                        std::slice::from_ref(&ev.object),
+                        &table::ListMeta {
+                            resource_version: rv,
+                            continue_token: String::new(),
+                            remaining_item_count: None,
+                        },
+                    );
                     if !first_table {
                         if let Some(o) = t.as_object_mut() {
                             o.insert("columnDefinitions".into(), json!([]));
@@ -649,17 +824,22 @@ async fn watch_response(
         bytes.push(b'\n');
         Ok::<_, std::io::Error>(Frame::data(Bytes::from(bytes)))
     });
-    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>> = match timeout {
-        Some(t) => Box::pin(lines.take_until(tokio::time::sleep(t))),
-        None => Box::pin(lines),
-    };
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>> =
+        match timeout {
+            Some(t) => Box::pin(lines.take_until(tokio::time::sleep(t))),
+            None => Box::pin(lines),
+        };
     let content_type = match format {
         Format::Table => "application/json;as=Table;v=v1;g=meta.k8s.io",
         _ => "application/json",
     };
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     Ok(resp)
 }
 
@@ -683,7 +863,9 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -718,6 +900,9 @@ mod tests {
             Format::Table
         );
         assert_eq!(Format::from_accept("application/yaml"), Format::Yaml);
-        assert_eq!(Format::from_accept("application/vnd.kubernetes.protobuf,application/json"), Format::Json);
+        assert_eq!(
+            Format::from_accept("application/vnd.kubernetes.protobuf,application/json"),
+            Format::Json
+        );
     }
 }

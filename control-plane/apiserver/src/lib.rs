@@ -48,7 +48,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             advertise: SocketAddr::from(([127, 0, 0, 1], 6443)),
-            service_cidr: Cidr::parse("10.96.0.0/12").unwrap_or(Cidr { base: std::net::Ipv4Addr::new(10, 96, 0, 0), prefix: 12 }),
+            service_cidr: Cidr::parse("10.96.0.0/12").unwrap_or(Cidr {
+                base: std::net::Ipv4Addr::new(10, 96, 0, 0),
+                prefix: 12,
+            }),
             node_port_range: (30000, 32767),
             cluster_domain: "cluster.local".into(),
             metrics: false,

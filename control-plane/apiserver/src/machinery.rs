@@ -21,28 +21,40 @@ pub fn check_unknown_fields(rt: &ResourceType, obj: &Value, mode: FieldValidatio
 
 /// The string form (`app=web,tier in (a,b)`) of a structured `LabelSelector`.
 pub fn label_selector_to_string(selector: &Value) -> String {
-    LabelSelector::from_json(Some(selector)).map(|s| s.to_string()).unwrap_or_default()
+    LabelSelector::from_json(Some(selector))
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 pub fn json_patch(current: &Value, ops: &Value) -> ApiResult<Value> {
-    let patch: json_patch::Patch = serde_json::from_value(ops.clone())
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-    let mut doc = current.clone();
-    json_patch::patch(&mut doc, &patch).map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
-    Ok(doc)
+    keel_api::patch::json_patch(current, &serde_json::to_vec(ops).unwrap_or_default())
 }
 
 pub fn merge_patch(current: &Value, patch: &Value) -> ApiResult<Value> {
-    let mut doc = current.clone();
-    json_patch::merge(&mut doc, patch);
-    Ok(doc)
+    keel_api::patch::merge_patch(current, &serde_json::to_vec(patch).unwrap_or_default())
 }
 
-pub fn strategic_merge_patch(_rt: &ResourceType, current: &Value, patch: &Value) -> ApiResult<Value> {
-    merge_patch(current, patch)
+/// Strategic merge patch; `subresource` picks the schema (`scale` patches an autoscaling/v1 Scale).
+pub fn strategic_merge_patch(
+    rt: &ResourceType,
+    subresource: Option<&str>,
+    current: &Value,
+    patch: &Value,
+) -> ApiResult<Value> {
+    let gvk = match subresource {
+        Some("scale") => Gvk::new("autoscaling", "v1", "Scale"),
+        _ => gvk(rt),
+    };
+    keel_api::patch::strategic_merge_patch(current, patch, gvk)
 }
 
-pub fn apply(_rt: &ResourceType, current: &Value, body: &Value, _manager: Option<&str>, _force: bool) -> ApiResult<Value> {
+pub fn apply(
+    _rt: &ResourceType,
+    current: &Value,
+    body: &Value,
+    _manager: Option<&str>,
+    _force: bool,
+) -> ApiResult<Value> {
     merge_patch(current, body)
 }
 

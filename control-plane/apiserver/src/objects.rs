@@ -13,12 +13,12 @@
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+pub use crate::machinery::FieldValidation;
+use crate::machinery::{FieldSelector, LabelSelector};
 use bytes::Bytes;
 use futures::StreamExt;
 use keel_api::client::{BoxStream, ListParams, Patch, WatchEvent, WatchEventKind};
 use keel_api::registry::{self, ResourceType};
-pub use crate::machinery::FieldValidation;
-use crate::machinery::{FieldSelector, LabelSelector};
 use keel_api::status::{ApiError, ApiResult, Cause};
 use keel_api::time;
 use keel_store::{KeyValue, ListOptions, Store, StoreError};
@@ -66,7 +66,12 @@ const MAX_PATCH_RETRIES: usize = 5;
 
 impl Objects {
     pub fn new(store: Arc<dyn Store>, config: Arc<crate::Config>) -> Self {
-        Objects { store, config, alloc: crate::alloc::Allocators::default(), gc: std::sync::OnceLock::new() }
+        Objects {
+            store,
+            config,
+            alloc: crate::alloc::Allocators::default(),
+            gc: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -84,7 +89,12 @@ impl Objects {
     }
 
     /// The object and its store revision, for read-modify-write.
-    async fn get_kv(&self, rt: &'static ResourceType, ns: Option<&str>, name: &str) -> ApiResult<(Value, u64)> {
+    async fn get_kv(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(Value, u64)> {
         let key = rt.key(ns, name);
         match self.store.get(&key).await.map_err(store_error)? {
             Some(kv) => Ok((decode(rt, &kv)?, kv.mod_revision)),
@@ -92,7 +102,12 @@ impl Objects {
         }
     }
 
-    pub async fn list(&self, rt: &'static ResourceType, ns: Option<&str>, params: &ListParams) -> ApiResult<ListResult> {
+    pub async fn list(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        params: &ListParams,
+    ) -> ApiResult<ListResult> {
         let labels = LabelSelector::parse(params.label_selector.as_deref().unwrap_or(""))?;
         let fields = FieldSelector::parse(rt, params.field_selector.as_deref().unwrap_or(""))?;
         let prefix = rt.namespace_prefix(ns);
@@ -107,20 +122,16 @@ impl Objects {
 
         let mut items = Vec::new();
         let mut last_key: Option<String> = None;
-        let mut more;
-        let mut read_revision;
-        loop {
+        let mut more = false;
+        let read_revision;
+        'pages: loop {
             // Read in batches, filtering as we go, until the page is full or the range ends.
             let batch = limit.map(|l| (l - items.len()).max(64));
             let page = self
                 .store
                 .list(
                     &prefix,
-                    ListOptions {
-                        revision,
-                        start_after: start_after.clone(),
-                        limit: batch.and_then(NonZeroUsize::new),
-                    },
+                    ListOptions { revision, start_after: start_after.clone(), limit: batch.and_then(NonZeroUsize::new) },
                 )
                 .await
                 .map_err(|e| match e {
@@ -129,36 +140,38 @@ impl Objects {
                     ),
                     other => store_error(other),
                 })?;
-            read_revision = page.revision;
             revision = Some(page.revision);
-            more = page.more;
             for kv in &page.items {
-                last_key = Some(kv.key.to_string());
                 if limit.is_some_and(|l| items.len() >= l) {
                     more = true;
-                    break;
+                    break 'pages;
                 }
+                last_key = Some(kv.key.to_string());
                 let obj = decode(rt, kv)?;
                 if labels.matches_object(&obj) && fields.matches(&obj) {
                     items.push(obj);
                 }
             }
-            let full = limit.is_some_and(|l| items.len() >= l);
-            if full || !page.more {
-                if full && !page.more {
-                    // The page is full; there are more only if the batch had items past it.
-                    more = page.items.last().map(|kv| Some(kv.key.to_string()) != last_key).unwrap_or(false);
-                }
+            if !page.more {
                 break;
             }
             start_after = last_key.clone();
         }
+        read_revision = revision.unwrap_or(0);
 
         let continue_token = match (more, &last_key) {
-            (true, Some(k)) => Some(watch::encode_continue(read_revision, k.strip_prefix(&prefix).unwrap_or(k))),
+            (true, Some(k)) => Some(watch::encode_continue(
+                read_revision,
+                k.strip_prefix(&prefix).unwrap_or(k),
+            )),
             _ => None,
         };
-        Ok(ListResult { items, resource_version: read_revision, continue_token, remaining: None })
+        Ok(ListResult {
+            items,
+            resource_version: read_revision,
+            continue_token,
+            remaining: None,
+        })
     }
 
     // --------------------------------------------------------------------------------- writes
@@ -178,13 +191,12 @@ impl Objects {
         let meta = meta_mut(&mut obj);
         // Namespace: from the URL; a different one in the body is an error.
         if rt.namespaced {
-            let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required for a namespaced resource"))?;
+            let ns =
+                ns.ok_or_else(|| ApiError::bad_request("a namespace is required for a namespaced resource"))?;
             match meta.get("namespace").and_then(Value::as_str) {
-                Some(body_ns) if !body_ns.is_empty() && body_ns != ns => {
-                    return Err(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ))
-                }
+                Some(body_ns) if !body_ns.is_empty() && body_ns != ns => return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )),
                 _ => {
                     meta.insert("namespace".into(), json!(ns));
                 }
@@ -193,12 +205,21 @@ impl Objects {
             meta.remove("namespace");
         }
         if meta.get("name").and_then(Value::as_str).unwrap_or("").is_empty() {
-            if let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+            if let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
                 let name = format!("{prefix}{}", random_suffix());
                 meta.insert("name".into(), json!(name));
             }
         }
-        for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(k);
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -212,9 +233,10 @@ impl Objects {
         let name = object_name(&obj).to_string();
         crate::machinery::validate_create(rt, &obj)?;
         if rt.namespaced {
-            self.check_namespace_open(ns.unwrap_or_default(), rt, &name).await?;
+            self.check_namespace_open(ns.unwrap_or_default(), rt, &name)
+                .await?;
         }
-                if ctx.dry_run {
+        if ctx.dry_run {
             return Ok(obj);
         }
         let key = rt.key(ns, &name);
@@ -270,7 +292,8 @@ impl Objects {
                 return Err(ApiError::conflict(rt, name));
             }
         }
-        self.write_update(rt, ns, name, old, old_rev, obj, subresource, ctx).await
+        self.write_update(rt, ns, name, old, old_rev, obj, subresource, ctx)
+            .await
     }
 
     /// The shared tail of update and patch: merge with the old object by the subresource's
@@ -293,7 +316,7 @@ impl Objects {
             self.alloc.allocate_on_update(self, rt, &mut obj, &old).await?;
         }
         crate::machinery::validate_update(rt, &obj, &old)?;
-                meta_mut(&mut obj).remove("resourceVersion");
+        meta_mut(&mut obj).remove("resourceVersion");
         if ctx.dry_run {
             set_resource_version(&mut obj, old_rev);
             return Ok(obj);
@@ -374,8 +397,15 @@ impl Objects {
                     object_name(&patched)
                 )));
             }
-            match self.write_update(rt, ns, name, old, old_rev, patched, subresource, ctx).await {
-                Err(e) if e.reason == "Conflict" && precondition.is_none() && attempt + 1 < MAX_PATCH_RETRIES => {
+            match self
+                .write_update(rt, ns, name, old, old_rev, patched, subresource, ctx)
+                .await
+            {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && precondition.is_none()
+                        && attempt + 1 < MAX_PATCH_RETRIES =>
+                {
                     continue;
                 }
                 other => return other.map(|o| (o, false)),
@@ -385,7 +415,13 @@ impl Objects {
     }
 
     /// Read-modify-write with retries on conflict, for in-process callers.
-    pub async fn modify<F>(&self, rt: &'static ResourceType, ns: Option<&str>, name: &str, mut f: F) -> ApiResult<Value>
+    pub async fn modify<F>(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        mut f: F,
+    ) -> ApiResult<Value>
     where
         F: FnMut(&mut Value) -> ApiResult<()>,
     {
@@ -394,7 +430,10 @@ impl Objects {
             let mut new = old.clone();
             f(&mut new)?;
             let mut ctx = WriteCtx::default();
-            match self.write_update(rt, ns, name, old, old_rev, new, None, &mut ctx).await {
+            match self
+                .write_update(rt, ns, name, old, old_rev, new, None, &mut ctx)
+                .await
+            {
                 Err(e) if e.reason == "Conflict" => continue,
                 other => return other,
             }
@@ -447,7 +486,9 @@ impl Objects {
             Propagation::Foreground if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
                 finalizers.push("foregroundDeletion".into())
             }
-            Propagation::Orphan if !finalizers.iter().any(|f| f == "orphan") => finalizers.push("orphan".into()),
+            Propagation::Orphan if !finalizers.iter().any(|f| f == "orphan") => {
+                finalizers.push("orphan".into())
+            }
             _ => {}
         }
         let namespace_finalizers = rt.kind == "Namespace";
@@ -532,12 +573,17 @@ impl Objects {
 
     fn after_mark_deleted(&self, rt: &'static ResourceType, obj: &Value, propagation: Propagation) {
         if let Some(tx) = self.gc.get() {
-            let _ = tx.send(crate::gc::GcEvent::MarkedForDeletion { rt, obj: obj.clone(), propagation });
+            let _ = tx.send(crate::gc::GcEvent::MarkedForDeletion {
+                rt,
+                obj: obj.clone(),
+                propagation,
+            });
         }
     }
 
     async fn check_namespace_open(&self, ns: &str, rt: &'static ResourceType, name: &str) -> ApiResult<()> {
-        let nsrt = registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces"))?;
+        let nsrt =
+            registry::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces"))?;
         match self.get(nsrt, None, ns).await {
             Ok(n) if is_being_deleted(&n) => Err(ApiError::forbidden(
                 rt,
@@ -564,18 +610,34 @@ impl Objects {
         // No version (or "0"): start with the current state as ADDED events, then follow.
         let rv = match params.resource_version.as_deref() {
             None | Some("") | Some("0") => None,
-            Some(s) => Some(s.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("invalid resource version: {s:?}"))
-            })?),
+            Some(s) => Some(
+                s.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
+            ),
         };
         let (initial, from) = match rv {
             Some(rv) => (Vec::new(), rv),
             None => {
-                let list = self.list(rt, ns, &ListParams { label_selector: params.label_selector.clone(), field_selector: params.field_selector.clone(), ..Default::default() }).await?;
+                let list = self
+                    .list(
+                        rt,
+                        ns,
+                        &ListParams {
+                            label_selector: params.label_selector.clone(),
+                            field_selector: params.field_selector.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 let events = list
                     .items
                     .into_iter()
-                    .map(|object| Ok(WatchEvent { kind: WatchEventKind::Added, object }))
+                    .map(|object| {
+                        Ok(WatchEvent {
+                            kind: WatchEventKind::Added,
+                            object,
+                        })
+                    })
                     .collect::<Vec<_>>();
                 (events, list.resource_version)
             }
@@ -590,7 +652,9 @@ impl Objects {
             async move {
                 match ev {
                     Ok(ev) => watch::translate(rt, &ev, &sel.0, &sel.1).transpose(),
-                    Err(StoreError::Compacted { .. }) => Some(Err(ApiError::expired("too old resource version"))),
+                    Err(StoreError::Compacted { .. }) => {
+                        Some(Err(ApiError::expired("too old resource version")))
+                    }
                     Err(e) => Some(Err(store_error(e))),
                 }
             }
@@ -615,7 +679,11 @@ fn propagation_policy(rt: &ResourceType, options: &Value) -> ApiResult<Propagati
         Some(other) => Err(ApiError::invalid(
             rt,
             "",
-            vec![Cause::not_supported("propagationPolicy", &json!(other), &["Foreground", "Background", "Orphan"])],
+            vec![Cause::not_supported(
+                "propagationPolicy",
+                &json!(other),
+                &["Foreground", "Background", "Orphan"],
+            )],
         )),
         None => match options.get("orphanDependents").and_then(Value::as_bool) {
             Some(true) => Ok(Propagation::Orphan),
@@ -637,7 +705,9 @@ pub(crate) fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
 }
 
 pub(crate) fn encode(obj: &Value) -> ApiResult<Bytes> {
-    serde_json::to_vec(obj).map(Bytes::from).map_err(|e| ApiError::internal(e.to_string()))
+    serde_json::to_vec(obj)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
@@ -660,15 +730,24 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
 }
 
 pub fn object_name(obj: &Value) -> &str {
-    meta(obj).and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("")
+    meta(obj)
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 pub fn object_namespace(obj: &Value) -> &str {
-    meta(obj).and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("")
+    meta(obj)
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 pub fn object_uid(obj: &Value) -> &str {
-    meta(obj).and_then(|m| m.get("uid")).and_then(Value::as_str).unwrap_or("")
+    meta(obj)
+        .and_then(|m| m.get("uid"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 pub fn is_being_deleted(obj: &Value) -> bool {
@@ -685,7 +764,10 @@ fn meta_finalizers(obj: &Value) -> Vec<String> {
 
 fn finalizers_empty(rt: &ResourceType, obj: &Value) -> bool {
     let spec_finalizers = rt.kind == "Namespace"
-        && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
     meta_finalizers(obj).is_empty() && !spec_finalizers
 }
 
@@ -708,9 +790,10 @@ fn resource_version_of(obj: &Value) -> ApiResult<Option<u64>> {
     match meta(obj).and_then(|m| m.get("resourceVersion")) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => s.parse::<u64>().map(Some).map_err(|_| {
-            ApiError::bad_request(format!("invalid resourceVersion {s:?}: must be an integer"))
-        }),
+        Some(Value::String(s)) => s
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {s:?}: must be an integer"))),
         Some(other) => Err(ApiError::bad_request(format!("invalid resourceVersion {other}"))),
     }
 }
@@ -753,5 +836,7 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }

@@ -7,5 +7,7 @@ use serde_json::Value;
 
 /// Decodes a protobuf body into the object's JSON.
 pub fn decode(_body: &[u8]) -> ApiResult<Value> {
-    Err(ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf"))
+    Err(ApiError::unsupported_media_type(
+        "application/vnd.kubernetes.protobuf",
+    ))
 }

@@ -22,7 +22,9 @@ pub async fn handle(
     mut body: Value,
 ) -> ApiResult<Response<Body>> {
     if method != Method::POST {
-        return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+        return Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        ));
     }
     let user = user.ok_or_else(ApiError::unauthorized)?;
     body["apiVersion"] = json!(rt.api_version());
@@ -48,9 +50,15 @@ pub async fn handle(
             });
         }
         "TokenReview" => {
-            let token = body.pointer("/spec/token").and_then(Value::as_str).unwrap_or("").to_string();
+            let token = body
+                .pointer("/spec/token")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             body["status"] = match server.authn.bearer(&token).await {
-                Some(u) => json!({"authenticated": true, "user": {"username": u.name, "uid": u.uid, "groups": u.groups}}),
+                Some(u) => {
+                    json!({"authenticated": true, "user": {"username": u.name, "uid": u.uid, "groups": u.groups}})
+                }
                 None => json!({"authenticated": false, "error": "invalid bearer token"}),
             };
         }
@@ -61,9 +69,14 @@ pub async fn handle(
     }
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut resp = Response::new(http_body_util::BodyExt::boxed_unsync(
-        http_body_util::BodyExt::map_err(http_body_util::Full::new(bytes::Bytes::from(bytes)), |never| match never {}),
+        http_body_util::BodyExt::map_err(http_body_util::Full::new(bytes::Bytes::from(bytes)), |never| {
+            match never {}
+        }),
     ));
     *resp.status_mut() = StatusCode::CREATED;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }

@@ -12,17 +12,31 @@ pub enum Route {
     Version,
     Health(&'static str),
     /// `/api` (core) or `/apis` (all other groups).
-    DiscoveryRoot { core: bool },
+    DiscoveryRoot {
+        core: bool,
+    },
     /// `/apis/{group}`.
-    DiscoveryGroup { group: String },
+    DiscoveryGroup {
+        group: String,
+    },
     /// `/api/v1` or `/apis/{group}/{version}`.
-    DiscoveryGroupVersion { group: String, version: String },
+    DiscoveryGroupVersion {
+        group: String,
+        version: String,
+    },
     OpenApiV3Index,
-    OpenApiV3Document { group: String, version: String },
+    OpenApiV3Document {
+        group: String,
+        version: String,
+    },
     /// A resource collection, object or subresource.
     Resource(ResourcePath),
     /// `/apis/metrics.k8s.io/v1beta1/...`: computed node and pod metrics.
-    Metrics { namespace: Option<String>, plural: String, name: Option<String> },
+    Metrics {
+        namespace: Option<String>,
+        plural: String,
+        name: Option<String>,
+    },
     NotFound,
 }
 
@@ -38,7 +52,11 @@ pub struct ResourcePath {
 }
 
 pub fn parse(path: &str) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["version"] => Route::Version,
         ["healthz"] | ["healthz", ..] => Route::Health("healthz"),
@@ -47,12 +65,24 @@ pub fn parse(path: &str) -> Route {
         ["api"] => Route::DiscoveryRoot { core: true },
         ["apis"] => Route::DiscoveryRoot { core: false },
         ["openapi", "v3"] => Route::OpenApiV3Index,
-        ["openapi", "v3", "api", v] => Route::OpenApiV3Document { group: String::new(), version: v.to_string() },
-        ["openapi", "v3", "apis", g, v] => Route::OpenApiV3Document { group: g.to_string(), version: v.to_string() },
-        ["api", v] => Route::DiscoveryGroupVersion { group: String::new(), version: v.to_string() },
+        ["openapi", "v3", "api", v] => Route::OpenApiV3Document {
+            group: String::new(),
+            version: v.to_string(),
+        },
+        ["openapi", "v3", "apis", g, v] => Route::OpenApiV3Document {
+            group: g.to_string(),
+            version: v.to_string(),
+        },
+        ["api", v] => Route::DiscoveryGroupVersion {
+            group: String::new(),
+            version: v.to_string(),
+        },
         ["apis", g] => Route::DiscoveryGroup { group: g.to_string() },
         ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] => metrics(rest),
-        ["apis", g, v] => Route::DiscoveryGroupVersion { group: g.to_string(), version: v.to_string() },
+        ["apis", g, v] => Route::DiscoveryGroupVersion {
+            group: g.to_string(),
+            version: v.to_string(),
+        },
         ["api", v, rest @ ..] => resource("", v, rest),
         ["apis", g, v, rest @ ..] => resource(g, v, rest),
         _ => Route::NotFound,
@@ -65,8 +95,16 @@ fn metrics(rest: &[&str]) -> Route {
         _ => (None, rest),
     };
     match rest {
-        [plural] => Route::Metrics { namespace, plural: plural.to_string(), name: None },
-        [plural, name] => Route::Metrics { namespace, plural: plural.to_string(), name: Some(name.to_string()) },
+        [plural] => Route::Metrics {
+            namespace,
+            plural: plural.to_string(),
+            name: None,
+        },
+        [plural, name] => Route::Metrics {
+            namespace,
+            plural: plural.to_string(),
+            name: Some(name.to_string()),
+        },
         _ => Route::NotFound,
     }
 }
@@ -87,10 +125,12 @@ fn resource(group: &str, version: &str, rest: &[&str]) -> Route {
             Some(rt) => path(rt, None, Some(name), None),
             None => Route::NotFound,
         },
-        ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => match found("namespaces") {
-            Some(rt) => path(rt, None, Some(name), Some(sub)),
-            None => Route::NotFound,
-        },
+        ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => {
+            match found("namespaces") {
+                Some(rt) => path(rt, None, Some(name), Some(sub)),
+                None => Route::NotFound,
+            }
+        }
         ["namespaces", ns, plural, tail @ ..] => match found(plural) {
             Some(rt) if rt.namespaced => match tail {
                 [] => path(rt, Some(ns), None, None),
@@ -129,24 +169,46 @@ mod tests {
 
     #[test]
     fn paths_parse() {
-        assert_eq!(res("/api/v1/namespaces/default/pods"), ("pods".into(), Some("default".into()), None, None));
+        assert_eq!(
+            res("/api/v1/namespaces/default/pods"),
+            ("pods".into(), Some("default".into()), None, None)
+        );
         assert_eq!(res("/api/v1/pods"), ("pods".into(), None, None, None));
-        assert_eq!(res("/api/v1/namespaces/kube-system"), ("namespaces".into(), None, Some("kube-system".into()), None));
+        assert_eq!(
+            res("/api/v1/namespaces/kube-system"),
+            ("namespaces".into(), None, Some("kube-system".into()), None)
+        );
         assert_eq!(
             res("/api/v1/namespaces/x/finalize"),
-            ("namespaces".into(), None, Some("x".into()), Some("finalize".into()))
+            (
+                "namespaces".into(),
+                None,
+                Some("x".into()),
+                Some("finalize".into())
+            )
         );
         assert_eq!(
             res("/apis/apps/v1/namespaces/d/deployments/web/scale"),
-            ("deployments".into(), Some("d".into()), Some("web".into()), Some("scale".into()))
+            (
+                "deployments".into(),
+                Some("d".into()),
+                Some("web".into()),
+                Some("scale".into())
+            )
         );
-        assert_eq!(res("/api/v1/nodes/n1/status"), ("nodes".into(), None, Some("n1".into()), Some("status".into())));
+        assert_eq!(
+            res("/api/v1/nodes/n1/status"),
+            ("nodes".into(), None, Some("n1".into()), Some("status".into()))
+        );
         assert_eq!(parse("/api/v1/pods/x"), Route::NotFound);
         assert_eq!(parse("/apis/nope/v1/things"), Route::NotFound);
         assert_eq!(parse("/api"), Route::DiscoveryRoot { core: true });
         assert_eq!(
             parse("/openapi/v3/apis/apps/v1"),
-            Route::OpenApiV3Document { group: "apps".into(), version: "v1".into() }
+            Route::OpenApiV3Document {
+                group: "apps".into(),
+                version: "v1".into()
+            }
         );
     }
 }

@@ -45,10 +45,17 @@ pub fn prepare_for_create(rt: &ResourceType, obj: &mut Value) {
         "Namespace" => Some(json!({"phase": "Active"})),
         "Service" => Some(json!({"loadBalancer": {}})),
         "PersistentVolumeClaim" | "PersistentVolume" => Some(json!({"phase": "Pending"})),
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "ReplicationController" | "Job" | "CronJob"
-        | "HorizontalPodAutoscaler" | "PodDisruptionBudget" | "CertificateSigningRequest" | "Ingress" => {
-            Some(json!({}))
-        }
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicationController"
+        | "Job"
+        | "CronJob"
+        | "HorizontalPodAutoscaler"
+        | "PodDisruptionBudget"
+        | "CertificateSigningRequest"
+        | "Ingress" => Some(json!({})),
         _ => None,
     };
     if let Some(status) = fresh {
@@ -99,7 +106,12 @@ fn qos_class(pod: &Value) -> &'static str {
 }
 
 /// Builds the object to store from a client's new version and the stored old one.
-pub fn prepare_for_update(rt: &ResourceType, subresource: Option<&str>, new: Value, old: &Value) -> ApiResult<Value> {
+pub fn prepare_for_update(
+    rt: &ResourceType,
+    subresource: Option<&str>,
+    new: Value,
+    old: &Value,
+) -> ApiResult<Value> {
     let mut obj = match subresource {
         None => {
             let mut obj = new;
@@ -145,8 +157,10 @@ pub fn prepare_for_update(rt: &ResourceType, subresource: Option<&str>, new: Val
         }
         Some("ephemeralcontainers") => {
             let mut obj = old.clone();
-            obj["spec"]["ephemeralContainers"] =
-                new.pointer("/spec/ephemeralContainers").cloned().unwrap_or(json!([]));
+            obj["spec"]["ephemeralContainers"] = new
+                .pointer("/spec/ephemeralContainers")
+                .cloned()
+                .unwrap_or(json!([]));
             obj
         }
         Some(other) => {
@@ -158,7 +172,14 @@ pub fn prepare_for_update(rt: &ResourceType, subresource: Option<&str>, new: Val
     // Fields nobody may change.
     let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
     let m = meta_mut(&mut obj);
-    for k in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "name",
+    ] {
         match old_meta.get(k) {
             Some(v) => {
                 m.insert(k.into(), v.clone());
@@ -171,7 +192,10 @@ pub fn prepare_for_update(rt: &ResourceType, subresource: Option<&str>, new: Val
     if GENERATION_KINDS.contains(&rt.kind) {
         let old_gen = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
         let changed = strip(old) != strip(&obj);
-        meta_mut(&mut obj).insert("generation".into(), json!(if changed { old_gen + 1 } else { old_gen }));
+        meta_mut(&mut obj).insert(
+            "generation".into(),
+            json!(if changed { old_gen + 1 } else { old_gen }),
+        );
     }
     Ok(obj)
 }
@@ -194,14 +218,17 @@ pub fn apply_patch(
     patch: &Patch,
     ctx: &mut WriteCtx,
 ) -> ApiResult<Value> {
-    let _ = subresource;
     let patched = match patch {
         Patch::Json(ops) => crate::machinery::json_patch(current, ops)?,
         Patch::Merge(p) => crate::machinery::merge_patch(current, p)?,
-        Patch::Strategic(p) => crate::machinery::strategic_merge_patch(rt, current, p)?,
-        Patch::Apply { body, force } => crate::machinery::apply(rt, current, body, ctx.field_manager.as_deref(), *force)?,
+        Patch::Strategic(p) => crate::machinery::strategic_merge_patch(rt, subresource, current, p)?,
+        Patch::Apply { body, force } => {
+            crate::machinery::apply(rt, current, body, ctx.field_manager.as_deref(), *force)?
+        }
     };
-    check_unknown_fields(rt, &patched, ctx)?;
+    if subresource != Some("scale") {
+        check_unknown_fields(rt, &patched, ctx)?;
+    }
     Ok(patched)
 }
 
@@ -218,13 +245,23 @@ pub fn grace_period(rt: &ResourceType, obj: &Value, options: &Value) -> Option<i
     if rt.kind != "Pod" {
         return None;
     }
-    let unscheduled = obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty();
-    let terminal = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let unscheduled = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty();
+    let terminal = matches!(
+        obj.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
     if unscheduled || terminal {
         return Some(0);
     }
     let requested = options.get("gracePeriodSeconds").and_then(Value::as_i64);
-    let spec = obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+    let spec = obj
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
     Some(requested.unwrap_or(spec).max(0))
 }
 
@@ -239,7 +276,10 @@ pub fn convert(rt: &ResourceType, obj: &mut Value, target_api_version: &str) -> 
             hpa_v2_to_v1(obj);
             Ok(())
         }
-        _ => Err(ApiError::internal(format!("no conversion of {} to {target_api_version}", rt.kind))),
+        _ => Err(ApiError::internal(format!(
+            "no conversion of {} to {target_api_version}",
+            rt.kind
+        ))),
     }
 }
 
@@ -269,7 +309,10 @@ fn hpa_v2_to_v1(obj: &mut Value) {
         metrics.and_then(Value::as_array).and_then(|ms| {
             ms.iter().find_map(|m| {
                 (m.pointer("/resource/name") == Some(&json!("cpu")))
-                    .then(|| m.pointer(&format!("/resource/{field}/averageUtilization")).cloned())
+                    .then(|| {
+                        m.pointer(&format!("/resource/{field}/averageUtilization"))
+                            .cloned()
+                    })
                     .flatten()
             })
         })
@@ -308,13 +351,17 @@ pub fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
             .pointer("/spec/selector")
             .and_then(Value::as_object)
             .map(|m| {
-                let mut pairs: Vec<String> =
-                    m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+                let mut pairs: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
                 pairs.sort();
                 pairs.join(",")
             })
             .unwrap_or_default(),
-        _ => crate::machinery::label_selector_to_string(obj.pointer("/spec/selector").unwrap_or(&Value::Null)),
+        _ => {
+            crate::machinery::label_selector_to_string(obj.pointer("/spec/selector").unwrap_or(&Value::Null))
+        }
     };
     json!({
         "kind": "Scale",

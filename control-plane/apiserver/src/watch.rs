@@ -44,7 +44,10 @@ pub fn translate(
                 return Ok(None);
             }
             set_resource_version(&mut object, *revision);
-            Ok(Some(WatchEvent { kind: WatchEventKind::Deleted, object }))
+            Ok(Some(WatchEvent {
+                kind: WatchEventKind::Deleted,
+                object,
+            }))
         }
     }
 }
@@ -67,7 +70,11 @@ pub fn decode_continue(token: &str) -> ApiResult<(u64, String)> {
     if v.get("v").and_then(Value::as_str) != Some("meta.k8s.io/v1") {
         return Err(bad());
     }
-    let rv = v.get("rv").and_then(Value::as_u64).filter(|r| *r > 0).ok_or_else(bad)?;
+    let rv = v
+        .get("rv")
+        .and_then(Value::as_u64)
+        .filter(|r| *r > 0)
+        .ok_or_else(bad)?;
     let start = v.get("start").and_then(Value::as_str).ok_or_else(bad)?;
     let start = start.strip_suffix('\u{0}').unwrap_or(start);
     if start.contains("..") || start.starts_with('/') {

@@ -1,0 +1,309 @@
+//! The Kubernetes API as `kubectl` users see it, with no nodes: each test starts its own
+//! `keel-server` on a fresh data directory and drives the real kubectl (fresh HOME) against it,
+//! asserting the output a user of a real cluster would see.
+
+mod common;
+
+use common::Server;
+use serde_json::Value;
+
+fn json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+"#;
+
+#[test]
+fn system_namespaces_and_kubernetes_service_exist_from_the_start() {
+    let s = Server::start();
+    let k = s.kubectl();
+    let out = s.ok(&k, &["get", "namespaces"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("STATUS") && lines[0].contains("AGE"),
+        "{out}"
+    );
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(ns) && l.contains("Active")),
+            "{ns} missing in\n{out}"
+        );
+    }
+    let svc = s.ok(&k, &["get", "svc", "kubernetes", "-o", "wide"]);
+    assert!(
+        svc.contains("ClusterIP") && svc.contains("10.96.0.1") && svc.contains("443/TCP"),
+        "{svc}"
+    );
+    assert!(
+        svc.lines().next().unwrap_or("").contains("SELECTOR"),
+        "wide column missing: {svc}"
+    );
+    let info = s.ok(&k, &["cluster-info"]);
+    assert!(
+        info.contains("Kubernetes control plane is running at https://127.0.0.1:"),
+        "{info}"
+    );
+    let version = s.ok(&k, &["version", "-o", "json"]);
+    assert_eq!(json(&version)["serverVersion"]["minor"], "32");
+}
+
+#[test]
+fn apply_twice_scale_label_and_select() {
+    let s = Server::start();
+    let k = s.kubectl();
+    assert!(s.apply(&k, DEPLOYMENT).contains("deployment.apps/web created"));
+    assert!(s.apply(&k, DEPLOYMENT).contains("deployment.apps/web unchanged"));
+    let changed = DEPLOYMENT
+        .replace("replicas: 2", "replicas: 3")
+        .replace("nginx:1.25", "nginx:1.26");
+    assert!(s.apply(&k, &changed).contains("deployment.apps/web configured"));
+    let d = json(&s.ok(&k, &["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.26"
+    );
+    assert_eq!(d["metadata"]["generation"], 2);
+    assert!(d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].is_string());
+
+    // Both forms of scale: the merge patch on /scale, and the PUT with a precondition.
+    assert!(s
+        .ok(&k, &["scale", "deploy", "web", "--replicas=5"])
+        .contains("scaled"));
+    assert!(s
+        .ok(
+            &k,
+            &["scale", "deploy", "web", "--current-replicas=5", "--replicas=4"]
+        )
+        .contains("scaled"));
+    let wrong = k
+        .run(&["scale", "deploy", "web", "--current-replicas=9", "--replicas=1"])
+        .unwrap();
+    assert!(!wrong.success(), "a wrong --current-replicas must fail");
+    assert_eq!(
+        s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "4"
+    );
+
+    s.ok(&k, &["label", "deploy", "web", "tier=frontend"]);
+    s.ok(&k, &["annotate", "deploy", "web", "note=hello"]);
+    let wide = s.ok(&k, &["get", "deploy", "-o", "wide", "--show-labels"]);
+    assert!(
+        wide.contains("CONTAINERS") && wide.contains("nginx:1.26") && wide.contains("tier=frontend"),
+        "{wide}"
+    );
+    assert!(s
+        .ok(&k, &["get", "deploy", "-l", "tier=frontend", "-o", "name"])
+        .contains("deployment.apps/web"));
+    let none = k.run(&["get", "deploy", "-l", "tier!=frontend"]).unwrap();
+    assert!(
+        none.stderr.contains("No resources found in default namespace."),
+        "{none:?}"
+    );
+    let by_field = s.ok(
+        &k,
+        &[
+            "get",
+            "deploy",
+            "--field-selector",
+            "metadata.name=web",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(by_field.trim(), "deployment.apps/web");
+    let bad = k
+        .run(&["get", "pods", "--field-selector", "spec.bogus=1"])
+        .unwrap();
+    assert!(
+        bad.stderr.contains("field label not supported: spec.bogus"),
+        "{bad:?}"
+    );
+    s.ok(&k, &["label", "deploy", "web", "tier-"]);
+    assert!(!s
+        .ok(&k, &["get", "deploy", "web", "--show-labels"])
+        .contains("tier="));
+}
+
+#[test]
+fn errors_read_as_upstream() {
+    let s = Server::start();
+    let k = s.kubectl();
+    let missing = k.run(&["get", "pod", "nope"]).unwrap();
+    assert_eq!(
+        missing.stderr.trim(),
+        "Error from server (NotFound): pods \"nope\" not found"
+    );
+    s.apply(
+        &k,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\ndata: {a: b}\n",
+    );
+    let again = k
+        .run_with_stdin(
+            &["create", "-f", "-"],
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c1}\n"),
+        )
+        .unwrap();
+    assert!(
+        again.stderr.contains("Error from server (AlreadyExists)")
+            && again.stderr.contains("configmaps \"c1\" already exists"),
+        "{again:?}"
+    );
+    // Strict field validation is the server's: kubectl sends fieldValidation=Strict.
+    let typo = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c2}\ndatta: {a: b}\n";
+    let strict = k.run_with_stdin(&["create", "-f", "-"], Some(typo)).unwrap();
+    assert!(
+        strict
+            .stderr
+            .contains("strict decoding error: unknown field \"datta\""),
+        "{strict:?}"
+    );
+    let warn = k
+        .run_with_stdin(&["create", "--validate=warn", "-f", "-"], Some(typo))
+        .unwrap();
+    assert!(
+        warn.success() && warn.stderr.contains("unknown field \"datta\""),
+        "{warn:?}"
+    );
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  type: NodePort\n  selector: {app: x}\n  ports:\n  - port: 80\n    nodePort: 3333\n";
+    let port = k.run_with_stdin(&["create", "-f", "-"], Some(svc)).unwrap();
+    assert!(
+        port.stderr.contains("spec.ports[0].nodePort: Invalid value: 3333: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+        "{port:?}"
+    );
+}
+
+#[test]
+fn lists_paginate_and_watches_follow() {
+    let s = Server::start();
+    let k = s.kubectl();
+    let mut docs = String::new();
+    for i in 0..7 {
+        docs.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm{i}, labels: {{n: \"{i}\"}}}}\ndata: {{k: v}}\n"));
+    }
+    s.apply(&k, &docs);
+    let chunked = s.ok(&k, &["get", "cm", "--chunk-size=2", "-o", "name"]);
+    let names: Vec<&str> = chunked
+        .lines()
+        .filter(|l| l.starts_with("configmap/cm"))
+        .collect();
+    assert_eq!(names.len(), 7, "{chunked}");
+    let all = s.ok(&k, &["get", "cm", "-A", "-o", "wide"]);
+    assert!(all.lines().next().unwrap_or("").starts_with("NAMESPACE"), "{all}");
+
+    // A watch started now sees a later change.
+    let mut watch = s.kubectl_spawn(&k, &["get", "cm", "-w", "--output-watch-events", "-o", "name"]);
+    watch.wait_for_line(|l| l.contains("configmap/cm6"));
+    s.ok(&k, &["patch", "cm", "cm3", "-p", r#"{"data":{"k":"changed"}}"#]);
+    watch.wait_for_line(|l| l.contains("MODIFIED") && l.contains("configmap/cm3"));
+    s.ok(&k, &["delete", "cm", "cm5"]);
+    watch.wait_for_line(|l| l.contains("DELETED") && l.contains("configmap/cm5"));
+}
+
+#[test]
+fn patches_of_three_kinds_and_deletes_that_finish() {
+    let s = Server::start();
+    let k = s.kubectl();
+    s.apply(&k, DEPLOYMENT);
+    s.ok(
+        &k,
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"replicas":7}}"#,
+        ],
+    );
+    s.ok(
+        &k,
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/replicas","value":8}]"#,
+        ],
+    );
+    s.ok(
+        &k,
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.27"}]}}}}"#,
+        ],
+    );
+    let d = json(&s.ok(&k, &["get", "deploy", "web", "-o", "json"]));
+    assert_eq!(d["spec"]["replicas"], 8);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.27"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80,
+        "SMP merged by name"
+    );
+
+    // Namespace deletion removes the contents and returns.
+    s.ok(&k, &["create", "namespace", "scratch"]);
+    s.apply(
+        &k,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: scratch}\n",
+    );
+    assert!(s
+        .ok(&k, &["delete", "namespace", "scratch"])
+        .contains("namespace \"scratch\" deleted"));
+    let gone = k.run(&["get", "namespace", "scratch"]).unwrap();
+    assert!(gone.stderr.contains("NotFound"), "{gone:?}");
+    assert!(k
+        .run(&["get", "cm", "x", "-n", "scratch"])
+        .unwrap()
+        .stderr
+        .contains("NotFound"));
+
+    // Cascading delete: a ReplicaSet owned by the Deployment goes with it.
+    let uid = s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let rs = format!(
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: web-1\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: web, uid: {uid}, controller: true}}]\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: nginx, image: nginx}}]}}\n"
+    );
+    s.apply(&k, &rs);
+    s.ok(&k, &["delete", "deploy", "web"]);
+    s.ok(&k, &["wait", "--for=delete", "rs/web-1", "--timeout=20s"]);
+}
+
+#[test]
+fn discovery_and_explain() {
+    let s = Server::start();
+    let k = s.kubectl();
+    let res = s.ok(&k, &["api-resources"]);
+    for line in ["deployments", "deploy", "apps/v1", "Deployment"] {
+        assert!(res.contains(line), "{line} missing:\n{res}");
+    }
+    let explain = s.ok(&k, &["explain", "pods.spec.containers.image"]);
+    assert!(explain.contains("Container image name."), "{explain}");
+}
