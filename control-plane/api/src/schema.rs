@@ -405,6 +405,55 @@ fn walk_unknown(node: Node<'_>, value: &Value, path: &mut String, out: &mut Vec<
     }
 }
 
+/// Drops the fields the schema of `gvk` does not know, as upstream's decoding into typed objects
+/// does (`fieldValidation=Ignore|Warn` store the object without them). Kinds without a schema
+/// are left untouched.
+pub fn prune_unknown_fields(gvk: Gvk<'_>, obj: &mut Value) {
+    if let Some(root) = schemas().root(gvk) {
+        prune(root, obj);
+    }
+}
+
+fn prune(node: Node<'_>, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if node.accepts_anything() {
+                return;
+            }
+            map.retain(|key, _| node.field(key).is_some());
+            for (key, child) in map.iter_mut() {
+                if let Some(child_node) = node.field(key) {
+                    prune(child_node, child);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_node) = node.items() {
+                items.iter_mut().for_each(|item| prune(item_node, item));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The whole `fieldValidation` step for a create, update or patch of kind `gvk`: reports unknown
+/// fields of `obj` (the object to store) and duplicate keys of the raw request `body` (when
+/// given) per `mode`, then prunes the unknown fields. `Ok` carries the `Warning` texts (only for
+/// `Warn`); `Strict` answers 400 when anything was found.
+pub fn validate_and_prune(
+    gvk: Gvk<'_>,
+    body: Option<&[u8]>,
+    obj: &mut Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    let warnings = match body {
+        Some(b) => check_fields(gvk, b, obj, mode)?,
+        None => check_unknown_fields(gvk, obj, mode)?,
+    };
+    prune_unknown_fields(gvk, obj);
+    Ok(warnings)
+}
+
 /// Applies `fieldValidation` to a request body of kind `gvk`: `Ok` with the warnings to send
 /// (`unknown field "spec.foo"`, one per field, only for `Warn`), or the 400 `Strict` answers with:
 /// `Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown field "…"`.
@@ -699,6 +748,44 @@ mod tests {
             .unwrap(),
             vec!["duplicate field \"kind\""]
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_pruned_unless_strict() {
+        let mut pod = json!({"metadata": {"name": "p", "labels": {"x": "y"}, "bogus": 1},
+            "spec": {"containers": [{"name": "c", "image": "i", "imagez": "j"}]}, "extra": []});
+        let warnings = validate_and_prune(POD, None, &mut pod, FieldValidation::Warn).unwrap();
+        assert_eq!(
+            warnings,
+            vec![
+                "unknown field \"metadata.bogus\"",
+                "unknown field \"spec.containers[0].imagez\"",
+                "unknown field \"extra\""
+            ]
+        );
+        assert_eq!(
+            pod,
+            json!({"metadata": {"name": "p", "labels": {"x": "y"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}})
+        );
+        let mut again = json!({"spec": {"nodeName": "n", "nodeNamez": "m"}});
+        let body = br#"{"spec":{"nodeName":"n","nodeNamez":"m"}}"#;
+        assert!(
+            validate_and_prune(POD, Some(body), &mut again, FieldValidation::Ignore)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(again, json!({"spec": {"nodeName": "n"}}));
+        let mut strict = json!({"spec": {"nodeNamez": "m"}});
+        assert_eq!(
+            validate_and_prune(POD, None, &mut strict, FieldValidation::Strict)
+                .unwrap_err()
+                .code,
+            400
+        );
+        let mut crd = json!({"anything": {"goes": 1}});
+        prune_unknown_fields(Gvk::new("x.io", "v1", "Thing"), &mut crd);
+        assert_eq!(crd, json!({"anything": {"goes": 1}}));
     }
 
     #[test]
