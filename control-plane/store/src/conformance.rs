@@ -9,10 +9,13 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
+//! use keel_store::embedded::{EmbeddedStore, Options};
+//!
 //! let dir = tempfile::tempdir().unwrap();
-//! let store = keel_store::embedded::EmbeddedStore::open(dir.path(), Default::default()).unwrap();
-//! // 2,000 events overflow the default watch buffer of 1,024.
-//! keel_store::conformance::run_all(&store, "/conformance/", 2_000).await;
+//! let options = Options { watch_buffer: 64, ..Options::default() };
+//! let store = EmbeddedStore::open(dir.path(), options).unwrap();
+//! // 200 events overflow a watch buffer of 64.
+//! keel_store::conformance::run_all(&store, "/conformance/", 200).await;
 //! # }
 //! ```
 

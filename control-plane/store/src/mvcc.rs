@@ -51,6 +51,9 @@ pub(crate) struct Mvcc {
     current: u64,
     compacted: u64,
     live: usize,
+    /// Value bytes introduced by the retained events: what the history costs in memory beyond
+    /// the live state.
+    history_bytes: u64,
 }
 
 impl Mvcc {
@@ -73,6 +76,7 @@ impl Mvcc {
             events: VecDeque::new(),
             current: revision,
             compacted: revision,
+            history_bytes: 0,
         }
     }
 
@@ -92,6 +96,33 @@ impl Mvcc {
     /// How many revisions of history are retained.
     pub(crate) fn history_len(&self) -> u64 {
         self.current - self.compacted
+    }
+
+    /// Compacts just enough that at most `max_revisions` of history remain and the retained
+    /// events hold at most `max_bytes` of values, with hysteresis: nothing happens until a bound
+    /// is exceeded by an eighth, and then the history is cut to seven eighths of the byte bound,
+    /// so that the work is done in occasional chunks rather than on every write.
+    pub(crate) fn compact_to_bounds(&mut self, max_revisions: u64, max_bytes: u64) {
+        let over_revisions = self.history_len() > max_revisions.saturating_add(max_revisions / 8);
+        let over_bytes = self.history_bytes > max_bytes.saturating_add(max_bytes / 8);
+        if !over_revisions && !over_bytes {
+            return;
+        }
+        let mut target = self.current.saturating_sub(max_revisions).max(self.compacted);
+        let byte_goal = max_bytes - max_bytes / 8;
+        if self.history_bytes > byte_goal {
+            let mut bytes = self.history_bytes;
+            let mut revision = self.compacted;
+            for event in &self.events {
+                if bytes <= byte_goal {
+                    break;
+                }
+                bytes -= event_bytes(event);
+                revision = event.revision();
+            }
+            target = target.max(revision);
+        }
+        self.compact(target);
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<KeyValue> {
@@ -223,6 +254,7 @@ impl Mvcc {
             }
         };
         self.current = revision;
+        self.history_bytes += event_bytes(&event);
         self.events.push_back(event.clone());
         event
     }
@@ -235,6 +267,7 @@ impl Mvcc {
                 break;
             };
             self.compacted += 1;
+            self.history_bytes -= event_bytes(&event);
             let key = event.key();
             let Some(versions) = self.keys.get_mut(key) else {
                 continue;
@@ -268,6 +301,14 @@ impl Mvcc {
             });
         }
         Ok(())
+    }
+}
+
+/// The memory an event adds to the history: its new value (a delete adds nothing).
+fn event_bytes(event: &Event) -> u64 {
+    match event {
+        Event::Put { kv, .. } => kv.value.len() as u64 + kv.key.len() as u64,
+        Event::Delete { prev, .. } => prev.key.len() as u64,
     }
 }
 
@@ -360,6 +401,33 @@ mod tests {
         assert!(!m.keys.contains_key("/b"));
         assert_eq!(m.events_after("", 3).unwrap().len(), 1);
         assert_eq!(m.history_len(), 1);
+    }
+
+    #[test]
+    fn history_is_bounded_by_revisions_and_bytes() {
+        let mut m = Mvcc::default();
+        let big = "x".repeat(1000);
+        for i in 0..100u64 {
+            m.apply(put(&format!("/k/{}", i % 10), &big, i + 1));
+        }
+        // Within both bounds (hysteresis included): nothing happens.
+        m.compact_to_bounds(90, 1 << 20);
+        assert_eq!(m.compacted_revision(), 0);
+        // Over the revision bound: cut to exactly the bound.
+        m.compact_to_bounds(50, 1 << 20);
+        assert_eq!(m.history_len(), 50);
+        // Over the byte bound (~50 KB held, 20 KB allowed): cut to at most 7/8 of it.
+        m.compact_to_bounds(50, 20_000);
+        assert!(m.history_bytes <= 17_500, "{}", m.history_bytes);
+        assert!(
+            m.history_len() >= 16,
+            "only what is needed is dropped: {}",
+            m.history_len()
+        );
+        // The live state is untouched.
+        assert_eq!(m.live_items().len(), 10);
+        let all: u64 = m.events.iter().map(event_bytes).sum();
+        assert_eq!(all, m.history_bytes, "the byte count follows the events");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Options {
     /// How many revisions of history to keep for MVCC reads and watch replays (at least).
     /// Older history is compacted automatically. Default 10,000.
     pub history_revisions: u64,
+    /// The most value bytes the history may hold beyond the live state; older history is
+    /// compacted to stay within it (large objects shorten the history). Default 256 MiB.
+    pub history_bytes: u64,
     /// Size of a write-ahead log segment; passing it starts a new segment and a snapshot.
     /// Default 64 MiB.
     pub segment_bytes: u64,
@@ -67,6 +70,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             history_revisions: 10_000,
+            history_bytes: 256 << 20,
             segment_bytes: 64 << 20,
             watch_buffer: 1024,
             max_batch: 512,
@@ -424,6 +428,7 @@ fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
     remove_obsolete(dir, base)?;
     let current = state.current_revision();
     state.compact(current.saturating_sub(options.history_revisions));
+    state.compact_to_bounds(options.history_revisions, options.history_bytes);
     Ok(Recovered {
         state,
         log,
@@ -537,11 +542,7 @@ impl Committer {
             for a in &accepted {
                 events.push(state.apply(a.change.clone()));
             }
-            let history = self.options.history_revisions;
-            if state.history_len() > history + history / 8 {
-                let keep_from = state.current_revision() - history;
-                state.compact(keep_from);
-            }
+            state.compact_to_bounds(self.options.history_revisions, self.options.history_bytes);
         }
         for a in accepted {
             let _ = a.reply.send(Ok(a.outcome));
