@@ -146,10 +146,7 @@ pub(super) fn pod(p: &Printer, pod: &Value) -> Vec<Value> {
     }
 
     let restarts_str = match last_restart {
-        Some(t) if restarts != 0 => format!(
-            "{restarts} ({} ago)",
-            super::human(p.seconds_since(t))
-        ),
+        Some(t) if restarts != 0 => format!("{restarts} ({} ago)", super::human(p.seconds_since(t))),
         _ => restarts.to_string(),
     };
 

@@ -2,3 +2,4 @@
 //! messages.
 
 pub mod names;
+pub mod quantity;
