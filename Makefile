@@ -65,3 +65,8 @@ bench-api: deps
 
 clean:
 	rm -rf $(OUT) target
+
+# The lab's figures: `make qemu-cluster` to three Ready nodes (target <= 30 s with nothing to
+# build) and the whole lab's resident memory (target <= 2 GiB); the lab is stopped afterwards.
+bench-lab: build image
+	@qemu/lab.sh bench

@@ -602,7 +602,8 @@ impl Lab {
     }
 
     fn node_environment(&self, switch_port: u16) -> Result<NodeEnvironment, LabError> {
-        let token = self.server_cli(&["token", "create", "--ttl", "24h"])?;
+        let api = format!("127.0.0.1:{}", self.state.api_port);
+        let token = self.server_cli(&["token", "create", "--ttl", "24h", "--server", &api])?;
         if !is_bootstrap_token(&token) {
             return Err(LabError::Server(format!(
                 "`token create` printed {token:?}, not a bootstrap token"
