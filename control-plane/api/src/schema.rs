@@ -241,7 +241,16 @@ impl<'a> Node<'a> {
     /// Patch and list metadata of a field of this object.
     pub fn field_meta(&self, name: &str) -> PatchMeta<'a> {
         match self.property(name) {
-            Some(p) => PatchMeta::of(p),
+            Some(p) => {
+                let mut meta = PatchMeta::of(p);
+                let map_type = p
+                    .get("x-kubernetes-map-type")
+                    .or_else(|| self.set.resolve(p).get("x-kubernetes-map-type"));
+                if map_type.and_then(Value::as_str) == Some("atomic") {
+                    meta.atomic_map = true;
+                }
+                meta
+            }
             None => PatchMeta::default(),
         }
     }
@@ -281,6 +290,9 @@ pub struct PatchMeta<'a> {
     /// `x-kubernetes-patch-merge-key`, for merged lists of objects.
     pub merge_key: Option<&'a str>,
     pub list_type: ListType<'a>,
+    /// `x-kubernetes-map-type: atomic` on the field or its type (`nodeSelector`,
+    /// `LabelSelector`…): server-side apply owns the map as one value.
+    pub atomic_map: bool,
 }
 
 impl<'a> PatchMeta<'a> {
@@ -817,5 +829,8 @@ mod tests {
         .unwrap();
         assert_eq!(pdb.strategy, PatchStrategy::Replace);
         assert!(patch_meta(POD, &["spec", "nope", "x"]).is_none());
+        assert!(patch_meta(POD, &["spec", "nodeSelector"]).unwrap().atomic_map);
+        assert!(patch_meta(DEPLOY, &["spec", "selector"]).unwrap().atomic_map);
+        assert!(!patch_meta(DEPLOY, &["spec", "template"]).unwrap().atomic_map);
     }
 }
