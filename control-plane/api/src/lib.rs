@@ -15,6 +15,7 @@
 pub mod client;
 pub mod defaults;
 pub mod discovery;
+pub mod managed;
 pub mod openapi;
 pub mod patch;
 pub mod registry;
