@@ -511,3 +511,47 @@ fn explain_and_api_resources_read_our_documents() {
         );
     }
 }
+
+#[test]
+fn retain_keys_switches_strategy_and_volume_source() {
+    let Some(c) = Cluster::start("retain") else {
+        return;
+    };
+    let rolling = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: postgres}]
+      volumes: [{name: data, emptyDir: {}}]
+"#;
+    let recreate = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  strategy:
+    type: Recreate
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: postgres}]
+      volumes: [{name: data, hostPath: {path: /srv/db}}]
+"#;
+    c.must(&["apply", "-f", "-"], Some(rolling));
+    c.must(&["apply", "-f", "-"], Some(recreate));
+    let d = c.deployment("db");
+    assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}), "{d}");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["volumes"],
+        json!([{"name": "data", "hostPath": {"path": "/srv/db"}}])
+    );
+}
