@@ -1,0 +1,90 @@
+//! The state shared by the gate's handlers, sessions and lifecycle loop.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_api::client::ApiClient;
+use keel_api::registry::{self, ResourceType};
+use keel_auth::Pki;
+use tokio::sync::watch;
+
+use crate::Error;
+
+/// The resource types the gate writes, looked up once in the registry.
+pub(crate) struct Kinds {
+    pub nodes: &'static ResourceType,
+    pub leases: &'static ResourceType,
+    pub secrets: &'static ResourceType,
+    pub csrs: &'static ResourceType,
+    pub pods: &'static ResourceType,
+    pub events: &'static ResourceType,
+}
+
+impl Kinds {
+    pub(crate) fn resolve() -> Result<Kinds, Error> {
+        let find = |group: &'static str, version: &'static str, plural: &'static str| {
+            registry::find(group, version, plural).ok_or(Error::MissingResource(plural))
+        };
+        Ok(Kinds {
+            nodes: find("", "v1", "nodes")?,
+            leases: find("coordination.k8s.io", "v1", "leases")?,
+            secrets: find("", "v1", "secrets")?,
+            csrs: find("certificates.k8s.io", "v1", "certificatesigningrequests")?,
+            pods: find("", "v1", "pods")?,
+            events: find("", "v1", "events")?,
+        })
+    }
+}
+
+pub(crate) struct Gate {
+    pub pki: Arc<Pki>,
+    pub client: Arc<dyn ApiClient>,
+    pub kinds: Kinds,
+    pub heartbeat_seconds: u32,
+    pub grace_period: Duration,
+    pub cluster_name: String,
+    /// Becomes `true` when the gate shuts down; sessions and loops end on it.
+    pub shutdown: watch::Receiver<bool>,
+    /// Nodes whose status the lifecycle loop overwrote; their sessions post it again.
+    repost: Mutex<HashSet<String>>,
+}
+
+impl Gate {
+    pub(crate) fn new(
+        pki: Arc<Pki>,
+        client: Arc<dyn ApiClient>,
+        heartbeat_seconds: u32,
+        grace_period: Duration,
+        cluster_name: String,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Gate, Error> {
+        Ok(Gate {
+            pki,
+            client,
+            kinds: Kinds::resolve()?,
+            heartbeat_seconds,
+            grace_period,
+            cluster_name,
+            shutdown,
+            repost: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub(crate) fn request_status_repost(&self, node: &str) {
+        if let Ok(mut set) = self.repost.lock() {
+            set.insert(node.to_string());
+        }
+    }
+
+    /// True (once) if the node's status should be posted again.
+    pub(crate) fn take_status_repost(&self, node: &str) -> bool {
+        self.repost.lock().map(|mut s| s.remove(node)).unwrap_or(false)
+    }
+}
+
+/// Completes once the gate is shutting down (or its shutdown sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here, not across the caller's awaits.
+    let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -1,0 +1,288 @@
+//! Node lifecycle: marks nodes whose Lease stopped being renewed as unreachable, and undoes
+//! that when they come back (what upstream's node-lifecycle controller does).
+//!
+//! Level-triggered: every tick it lists Nodes and Leases and makes each Node right, whatever it
+//! missed. Staleness is measured on *this process's* clock, from when it last saw a Lease's
+//! `renewTime` change (as upstream does with its probe timestamps): no dependence on clock skew
+//! between machines, and a freshly started control plane gives every node a full grace period
+//! to reconnect before calling it lost.
+//!
+//! * Lease stale → the kubelet-owned conditions become `Unknown` (`NodeStatusUnknown`,
+//!   "Kubelet stopped posting node status.") and the taints `node.kubernetes.io/unreachable`
+//!   `NoSchedule` and `NoExecute` are added.
+//! * Lease fresh again → the node's session is asked to post its status again (it restores
+//!   `Ready`), and once `Ready` is `True` the unreachable taints are removed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::client::{ListParams, WriteOptions};
+use keel_api::status::ApiResult;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::gate::Gate;
+use crate::node_status::{KUBELET_CONDITIONS, LEASE_NAMESPACE};
+
+pub(crate) const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+const UNKNOWN_REASON: &str = "NodeStatusUnknown";
+const UNKNOWN_MESSAGE: &str = "Kubelet stopped posting node status.";
+
+/// Sets every kubelet-owned condition to `Unknown`. Returns whether anything changed.
+pub(crate) fn mark_conditions_unknown(conditions: &mut Vec<Value>, now: &str) -> bool {
+    let mut changed = false;
+    for kind in KUBELET_CONDITIONS {
+        match conditions.iter_mut().find(|c| c["type"] == kind) {
+            Some(c) if c["status"] == "Unknown" && c["reason"] == UNKNOWN_REASON => {}
+            Some(c) => {
+                c["status"] = json!("Unknown");
+                c["reason"] = json!(UNKNOWN_REASON);
+                c["message"] = json!(UNKNOWN_MESSAGE);
+                c["lastTransitionTime"] = json!(now);
+                changed = true;
+            }
+            None => {
+                conditions.push(json!({
+                    "type": kind,
+                    "status": "Unknown",
+                    "lastHeartbeatTime": now,
+                    "lastTransitionTime": now,
+                    "reason": UNKNOWN_REASON,
+                    "message": UNKNOWN_MESSAGE,
+                }));
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+/// Adds the unreachable `NoSchedule` and `NoExecute` taints if missing. Returns whether
+/// anything changed.
+pub(crate) fn add_unreachable_taints(taints: &mut Vec<Value>, now: &str) -> bool {
+    let mut changed = false;
+    for effect in ["NoSchedule", "NoExecute"] {
+        if !taints
+            .iter()
+            .any(|t| t["key"] == UNREACHABLE_TAINT && t["effect"] == effect)
+        {
+            let mut t = json!({"key": UNREACHABLE_TAINT, "effect": effect});
+            if effect == "NoExecute" {
+                t["timeAdded"] = json!(now);
+            }
+            taints.push(t);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Removes the unreachable taints. Returns whether anything changed.
+pub(crate) fn remove_unreachable_taints(taints: &mut Vec<Value>) -> bool {
+    let before = taints.len();
+    taints.retain(|t| t["key"] != UNREACHABLE_TAINT);
+    taints.len() != before
+}
+
+fn ready_status(node: &Value) -> &str {
+    node.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("Unknown")
+}
+
+/// When this process last saw each node's Lease change.
+#[derive(Default)]
+struct Observed {
+    by_node: HashMap<String, (String, Instant)>,
+}
+
+impl Observed {
+    /// Records the Lease's current renewTime and returns how long ago it last changed.
+    fn age(&mut self, node: &str, renew_time: &str, now: Instant) -> Duration {
+        let entry = self
+            .by_node
+            .entry(node.to_string())
+            .or_insert_with(|| (renew_time.to_string(), now));
+        if entry.0 != renew_time {
+            *entry = (renew_time.to_string(), now);
+        }
+        now.duration_since(entry.1)
+    }
+}
+
+/// Runs until the gate shuts down.
+pub(crate) async fn run(gate: Arc<Gate>) {
+    let period = (gate.grace_period / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut observed = Observed::default();
+    let mut shutdown = gate.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = crate::gate::stopped(&mut shutdown) => return,
+        }
+        if let Err(e) = reconcile_all(&gate, &mut observed).await {
+            tracing::warn!(error = %e, "node lifecycle: listing nodes or leases failed");
+        }
+    }
+}
+
+async fn reconcile_all(gate: &Gate, observed: &mut Observed) -> ApiResult<()> {
+    let nodes = gate
+        .client
+        .list(gate.kinds.nodes, None, ListParams::default())
+        .await?;
+    let leases = gate
+        .client
+        .list(
+            gate.kinds.leases,
+            Some(LEASE_NAMESPACE.to_string()),
+            ListParams::default(),
+        )
+        .await?;
+    let renew_times: HashMap<&str, &str> = leases["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            Some((
+                l.pointer("/metadata/name")?.as_str()?,
+                l.pointer("/spec/renewTime")?.as_str()?,
+            ))
+        })
+        .collect();
+    let now = Instant::now();
+    let items = nodes["items"].as_array().cloned().unwrap_or_default();
+    observed.by_node.retain(|name, _| {
+        items
+            .iter()
+            .any(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some(name))
+    });
+    for node in items {
+        let Some(name) = node.pointer("/metadata/name").and_then(Value::as_str) else {
+            continue;
+        };
+        let renew = renew_times.get(name).copied().unwrap_or("");
+        let stale = observed.age(name, renew, now) > gate.grace_period;
+        if let Err(e) = reconcile_node(gate, name, &node, stale).await {
+            tracing::warn!(node = name, error = %e, "node lifecycle: update failed; retrying next tick");
+        }
+    }
+    Ok(())
+}
+
+async fn reconcile_node(gate: &Gate, name: &str, node: &Value, stale: bool) -> ApiResult<()> {
+    let now = keel_api::time::now_rfc3339();
+    let mut taints: Vec<Value> = node
+        .pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if stale {
+        let mut conditions: Vec<Value> = node
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut node = node.clone();
+        if mark_conditions_unknown(&mut conditions, &now) {
+            tracing::warn!(
+                node = name,
+                "node stopped renewing its lease; marking it NotReady (Unknown)"
+            );
+            node["status"]["conditions"] = Value::Array(conditions);
+            node = gate
+                .client
+                .update(
+                    gate.kinds.nodes,
+                    None,
+                    node,
+                    Some("status".into()),
+                    WriteOptions::default(),
+                )
+                .await?;
+            gate.request_status_repost(name);
+        }
+        if add_unreachable_taints(&mut taints, &now) {
+            tracing::info!(node = name, "tainting unreachable node");
+            node["spec"]["taints"] = Value::Array(taints);
+            gate.client
+                .update(gate.kinds.nodes, None, node, None, WriteOptions::default())
+                .await?;
+        }
+        return Ok(());
+    }
+    match ready_status(node) {
+        "True" => {
+            if remove_unreachable_taints(&mut taints) {
+                tracing::info!(node = name, "node is back; removing unreachable taints");
+                let mut node = node.clone();
+                node["spec"]["taints"] = Value::Array(taints);
+                gate.client
+                    .update(gate.kinds.nodes, None, node, None, WriteOptions::default())
+                    .await?;
+            }
+        }
+        // The lease is fresh but the status still says what we wrote while it was stale: ask
+        // the node's session to post its real status.
+        _ => gate.request_status_repost(name),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_marking_is_idempotent() {
+        let mut cs = vec![
+            json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                 "lastTransitionTime": "t0", "lastHeartbeatTime": "t0"}),
+        ];
+        assert!(mark_conditions_unknown(&mut cs, "t1"));
+        assert_eq!(cs.len(), 4);
+        assert_eq!(cs[0]["status"], "Unknown");
+        assert_eq!(cs[0]["reason"], "NodeStatusUnknown");
+        assert_eq!(cs[0]["message"], "Kubelet stopped posting node status.");
+        assert_eq!(cs[0]["lastTransitionTime"], "t1");
+        assert_eq!(cs[0]["lastHeartbeatTime"], "t0");
+        assert!(!mark_conditions_unknown(&mut cs, "t2"));
+    }
+
+    #[test]
+    fn taints_are_added_once_and_removed_alone() {
+        let mut ts = vec![json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"})];
+        assert!(add_unreachable_taints(&mut ts, "t1"));
+        assert!(!add_unreachable_taints(&mut ts, "t2"));
+        assert_eq!(ts.len(), 3);
+        assert_eq!(ts[2]["effect"], "NoExecute");
+        assert_eq!(ts[2]["timeAdded"], "t1");
+        assert!(remove_unreachable_taints(&mut ts));
+        assert_eq!(
+            ts,
+            vec![json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"})]
+        );
+        assert!(!remove_unreachable_taints(&mut ts));
+    }
+
+    #[test]
+    fn age_counts_from_the_last_observed_change() {
+        let mut o = Observed::default();
+        let t0 = Instant::now();
+        assert_eq!(o.age("n", "r1", t0), Duration::ZERO);
+        assert_eq!(
+            o.age("n", "r1", t0 + Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(o.age("n", "r2", t0 + Duration::from_secs(6)), Duration::ZERO);
+        assert_eq!(
+            o.age("n", "r2", t0 + Duration::from_secs(9)),
+            Duration::from_secs(3)
+        );
+    }
+}

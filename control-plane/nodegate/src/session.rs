@@ -1,0 +1,335 @@
+//! `Session`: one long-lived stream per node over mutual TLS.
+//!
+//! The node's identity comes from its client certificate only (CN `system:node:<name>`, O
+//! `system:nodes`), never from a message: every write below is keyed by that name, so a node can
+//! touch only its own Node, Lease, events and the pods bound to it.
+//!
+//! The node sends a `NodeReport` first and whenever something changes, then a `Heartbeat`
+//! every `heartbeat_seconds`. Reports create or update the Node (status through the `status`
+//! subresource, as the kubelet does); heartbeats renew the Lease. The status is also posted
+//! again when the lifecycle loop overwrote it while the node was away, and at least every
+//! [`STATUS_REFRESH`] so `lastHeartbeatTime` stays meaningful.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::client::{Patch, WriteOptions};
+use keel_api::status::{ApiError, ApiResult};
+use keel_proto::control_message::Msg as ControlMsg;
+use keel_proto::node_message::Msg as NodeMsg;
+use keel_proto::{ControlMessage, NodeEvent, NodeMessage, NodeReport, PodStatusReport, Welcome};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+
+use crate::gate::Gate;
+use crate::node_status::{self, Transitions, LEASE_NAMESPACE};
+
+/// The status is posted again at least this often while the node is connected.
+const STATUS_REFRESH: Duration = Duration::from_secs(60);
+
+pub(crate) type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
+
+/// The Welcome for a node: its name, the heartbeat interval and its pod CIDR if assigned.
+pub(crate) async fn welcome(gate: &Gate, node: &str) -> ControlMessage {
+    let pod_cidr = match gate.client.get(gate.kinds.nodes, None, node.to_string()).await {
+        Ok(n) => n
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        Err(_) => String::new(),
+    };
+    ControlMessage {
+        msg: Some(ControlMsg::Welcome(Welcome {
+            node_name: node.to_string(),
+            heartbeat_seconds: gate.heartbeat_seconds,
+            pod_cidr,
+        })),
+    }
+}
+
+/// What one session knows about its node.
+struct NodeSession {
+    gate: Arc<Gate>,
+    node: String,
+    uid: String,
+    last_report: Option<NodeReport>,
+    transitions: Transitions,
+    last_status_post: Option<Instant>,
+}
+
+/// Serves one session until the node goes away or the gate shuts down.
+pub(crate) async fn run(gate: Arc<Gate>, node: String, mut inbound: Streaming<NodeMessage>, out: Outbound) {
+    let mut shutdown = gate.shutdown.clone();
+    let mut s = NodeSession {
+        gate,
+        node,
+        uid: String::new(),
+        last_report: None,
+        transitions: Transitions::new(),
+        last_status_post: None,
+    };
+    tracing::info!(node = %s.node, "node session opened");
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = crate::gate::stopped(&mut shutdown) => {
+                let _ = out.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                break;
+            }
+        };
+        match msg {
+            Ok(Some(NodeMessage { msg: Some(m) })) => s.handle(m).await,
+            Ok(Some(NodeMessage { msg: None })) => {}
+            Ok(None) => {
+                tracing::info!(node = %s.node, "node closed its session");
+                break;
+            }
+            Err(status) => {
+                tracing::info!(node = %s.node, error = %status.message(), "node session broke");
+                break;
+            }
+        }
+    }
+}
+
+impl NodeSession {
+    async fn handle(&mut self, m: NodeMsg) {
+        let result = match m {
+            NodeMsg::Report(r) => self.on_report(r).await,
+            NodeMsg::Heartbeat(_) => self.on_heartbeat().await,
+            NodeMsg::PodStatus(p) => self.on_pod_status(p).await,
+            NodeMsg::Event(e) => self.on_event(e).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(node = %self.node, error = %e, "node session: API write failed");
+        }
+    }
+
+    async fn on_report(&mut self, report: NodeReport) -> ApiResult<()> {
+        if self.uid.is_empty() {
+            self.register(&report).await?;
+        }
+        self.last_report = Some(report);
+        self.post_status().await?;
+        self.renew_lease().await
+    }
+
+    /// Creates the Node if it does not exist, else learns its uid and condition history.
+    async fn register(&mut self, report: &NodeReport) -> ApiResult<()> {
+        let g = &self.gate;
+        let now = keel_api::time::now_rfc3339();
+        let existing = match g.client.get(g.kinds.nodes, None, self.node.clone()).await {
+            Ok(n) => n,
+            Err(e) if e.code == 404 => {
+                let obj = node_status::node_json(&self.node, report, &now);
+                match g
+                    .client
+                    .create(g.kinds.nodes, None, obj, WriteOptions::default())
+                    .await
+                {
+                    Ok(created) => {
+                        tracing::info!(node = %self.node, "registered node");
+                        created
+                    }
+                    // Raced with another session of the same node: use theirs.
+                    Err(e) if e.code == 409 => g.client.get(g.kinds.nodes, None, self.node.clone()).await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        self.uid = existing
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.transitions = node_status::transitions_of(&existing);
+        self.ensure_labels(&existing, report).await
+    }
+
+    async fn ensure_labels(&self, node: &Value, report: &NodeReport) -> ApiResult<()> {
+        let wanted = node_status::node_labels(&self.node, &node_status::arch_of(report));
+        let labels = node.pointer("/metadata/labels");
+        let missing: serde_json::Map<String, Value> = wanted
+            .into_iter()
+            .filter(|(k, v)| labels.and_then(|l| l.get(k)) != Some(v))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let g = &self.gate;
+        g.client
+            .patch(
+                g.kinds.nodes,
+                None,
+                self.node.clone(),
+                Patch::Merge(json!({"metadata": {"labels": missing}})),
+                None,
+                WriteOptions::default(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn post_status(&mut self) -> ApiResult<()> {
+        let Some(report) = &self.last_report else {
+            return Ok(());
+        };
+        let now = keel_api::time::now_rfc3339();
+        let status = node_status::status_json(&self.node, report, &self.transitions, &now);
+        let g = &self.gate;
+        let updated = g
+            .client
+            .patch(
+                g.kinds.nodes,
+                None,
+                self.node.clone(),
+                Patch::Merge(json!({"status": status})),
+                Some("status".into()),
+                WriteOptions::default(),
+            )
+            .await?;
+        self.transitions = node_status::transitions_of(&updated);
+        self.last_status_post = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn on_heartbeat(&mut self) -> ApiResult<()> {
+        if self.last_report.is_none() {
+            tracing::debug!(node = %self.node, "heartbeat before the first report; ignored");
+            return Ok(());
+        }
+        self.renew_lease().await?;
+        let due = self
+            .last_status_post
+            .is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
+        if self.gate.take_status_repost(&self.node) || due {
+            self.post_status().await?;
+        }
+        Ok(())
+    }
+
+    async fn renew_lease(&self) -> ApiResult<()> {
+        let g = &self.gate;
+        let now = keel_api::time::now_rfc3339_micros();
+        let patch = json!({"spec": {
+            "holderIdentity": self.node,
+            "leaseDurationSeconds": node_status::LEASE_DURATION_SECONDS,
+            "renewTime": now,
+        }});
+        let ns = Some(LEASE_NAMESPACE.to_string());
+        match g
+            .client
+            .patch(
+                g.kinds.leases,
+                ns.clone(),
+                self.node.clone(),
+                Patch::Merge(patch),
+                None,
+                WriteOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code == 404 => {
+                let lease = node_status::lease_json(&self.node, &self.uid, &now);
+                match g
+                    .client
+                    .create(g.kinds.leases, ns, lease, WriteOptions::default())
+                    .await
+                {
+                    Ok(_) | Err(ApiError { code: 409, .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A pod's status, accepted only for pods bound to this node.
+    async fn on_pod_status(&self, p: PodStatusReport) -> ApiResult<()> {
+        let g = &self.gate;
+        let pod = g
+            .client
+            .get(g.kinds.pods, Some(p.namespace.clone()), p.name.clone())
+            .await?;
+        let bound_here = pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node.as_str());
+        let same_pod =
+            p.uid.is_empty() || pod.pointer("/metadata/uid").and_then(Value::as_str) == Some(p.uid.as_str());
+        if !bound_here || !same_pod {
+            tracing::warn!(node = %self.node, pod = %format!("{}/{}", p.namespace, p.name), "node reported status of a pod not bound to it; ignored");
+            return Ok(());
+        }
+        let status: Value = serde_json::from_slice(&p.status_json)
+            .map_err(|e| ApiError::bad_request(format!("pod status from node is not JSON: {e}")))?;
+        g.client
+            .patch(
+                g.kinds.pods,
+                Some(p.namespace),
+                p.name,
+                Patch::Merge(json!({"status": status})),
+                Some("status".into()),
+                WriteOptions::default(),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// An event about the node itself (empty name) or one of its pods.
+    async fn on_event(&self, e: NodeEvent) -> ApiResult<()> {
+        let g = &self.gate;
+        let (namespace, involved) = if e.name.is_empty() || (e.name == self.node && e.namespace.is_empty()) {
+            (
+                "default".to_string(),
+                json!({"apiVersion": "v1", "kind": "Node", "name": self.node, "uid": self.node}),
+            )
+        } else {
+            let pod = g
+                .client
+                .get(g.kinds.pods, Some(e.namespace.clone()), e.name.clone())
+                .await?;
+            if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(self.node.as_str()) {
+                tracing::warn!(node = %self.node, "node sent an event about a pod not bound to it; ignored");
+                return Ok(());
+            }
+            (
+                e.namespace.clone(),
+                json!({
+                    "apiVersion": "v1",
+                    "kind": if e.kind.is_empty() { "Pod" } else { e.kind.as_str() },
+                    "namespace": e.namespace,
+                    "name": e.name,
+                    "uid": pod.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+                }),
+            )
+        };
+        let now = keel_api::time::now_rfc3339();
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let involved_name = involved["name"].as_str().unwrap_or_default().to_string();
+        let event = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{involved_name}.{stamp:x}"), "namespace": namespace},
+            "involvedObject": involved,
+            "reason": e.reason,
+            "message": e.message,
+            "type": if e.r#type == "Warning" { "Warning" } else { "Normal" },
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        g.client
+            .create(g.kinds.events, Some(namespace), event, WriteOptions::default())
+            .await
+            .map(|_| ())
+    }
+}
