@@ -1,0 +1,975 @@
+//! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`) decoded into the
+//! object's Kubernetes JSON.
+//!
+//! client-go's typed clients send protobuf for built-in kinds, with no JSON fallback, so without
+//! this `kubectl create deployment|secret|…`, `create token`, `autoscale`, `certificate approve`
+//! and `auth can-i|whoami` cannot work. A body is the magic `k8s\0` followed by a
+//! `runtime.Unknown` envelope (`typeMeta` {apiVersion, kind}, `raw` = the object message,
+//! `contentEncoding`, `contentType`); the object is a proto2 message of upstream's
+//! `generated.proto`.
+//!
+//! One generic decoder walks the wire format, driven by a per-message field table
+//! (`schemas/k8s-v1.32-protobuf-fields.json.gz`, made by `tools/gen_protobuf_fields.py` from the
+//! `k8s-pb` crate's sources and upstream's Go struct tags): field number → JSON name, type,
+//! repeated, and how Go's JSON encoder treats the field's zero value. That last bit matters:
+//! gogo-protobuf writes every non-pointer field, even empty strings and zeros, while Go's JSON
+//! omits them (`omitempty`). So a zero value is dropped unless the Go field is a pointer (present
+//! on the wire means set: `replicas: 0` stays) or has no `omitempty` (`status.allowed: false`
+//! stays). Empty non-pointer structs are dropped too (`status: {}`, a zero `creationTimestamp`);
+//! empty pointer structs stay (`emptyDir: {}`).
+//!
+//! A handful of messages have custom JSON forms upstream and are decoded by hand: `Time`
+//! (RFC 3339, seconds), `MicroTime` (6 fractional digits), `Duration` (Go duration string),
+//! `Quantity` (its string), `IntOrString`, `RawExtension`/`FieldsV1`/apiextensions `JSON`
+//! (embedded JSON, or a nested `k8s\0` body), `ExtraValue`/`Verbs` (string lists) and the three
+//! apiextensions `JSONSchemaPropsOr*` unions. `bytes` fields become base64 strings, as Go's JSON
+//! writes `[]byte`.
+//!
+//! Unknown field numbers are skipped, so bodies of newer clients still decode; unknown kinds are
+//! `415 UnsupportedMediaType`; malformed bodies are `400 BadRequest` naming the field path.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use serde_json::{Map, Number, Value};
+
+use crate::status::{ApiError, ApiResult};
+
+/// The media type of Kubernetes protobuf bodies.
+pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
+
+/// The 4-byte prefix of every Kubernetes protobuf body.
+const MAGIC: &[u8] = b"k8s\0";
+
+/// Nesting deeper than this is refused (JSONSchemaProps is recursive; bodies are untrusted).
+const MAX_DEPTH: usize = 64;
+
+static FIELDS_GZ: &[u8] = include_bytes!("../schemas/k8s-v1.32-protobuf-fields.json.gz");
+
+/// Decodes a protobuf request body into the object's JSON, `apiVersion` and `kind` first (taken
+/// from the envelope).
+///
+/// Errors: 400 `BadRequest` for a malformed body (the message names the field), 415
+/// `UnsupportedMediaType` for a kind without a protobuf definition or a compressed payload.
+pub fn decode(body: &[u8]) -> ApiResult<Value> {
+    let table = table()?;
+    let payload = body.strip_prefix(MAGIC).ok_or_else(|| {
+        ApiError::bad_request("protobuf body does not start with the Kubernetes magic number \"k8s\\x00\"")
+    })?;
+    decode_unknown(table, payload, 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The field table
+
+#[derive(Debug)]
+struct Table {
+    kinds: HashMap<String, usize>,
+    by_name: HashMap<String, usize>,
+    messages: Vec<Message>,
+}
+
+#[derive(Debug)]
+struct Message {
+    name: String,
+    special: Option<Special>,
+    /// Sorted by number.
+    fields: Vec<Field>,
+}
+
+#[derive(Debug)]
+struct Field {
+    number: u32,
+    json: String,
+    ty: FieldType,
+    repeated: bool,
+    /// Go pointer: present on the wire means set, so zero values are kept.
+    pointer: bool,
+    /// Non-pointer without `omitempty`: Go's JSON writes the zero value.
+    keep_zero: bool,
+    /// Embedded struct whose fields Go's JSON writes into the parent object.
+    inline: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scalar {
+    String,
+    Bool,
+    Int32,
+    Int64,
+    Uint32,
+    Uint64,
+    Double,
+    Float,
+    Bytes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ValueType {
+    Scalar(Scalar),
+    Message(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FieldType {
+    Value(ValueType),
+    /// `map<string, V>`.
+    Map(ValueType),
+}
+
+/// Messages whose JSON form is not "an object of their fields".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Special {
+    Time,
+    MicroTime,
+    Duration,
+    Quantity,
+    IntOrString,
+    /// `raw` bytes holding JSON (RawExtension, FieldsV1, apiextensions JSON).
+    RawJson,
+    /// A named `[]string` (ExtraValue, Verbs): `repeated string items = 1`.
+    StringList,
+    SchemaOrArray,
+    SchemaOrBool,
+    SchemaOrStringArray,
+}
+
+fn special_of(name: &str) -> Option<Special> {
+    const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.";
+    const EXT: &str = "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.";
+    let short = name.rsplit('.').next().unwrap_or(name);
+    if let Some(rest) = name.strip_prefix(META) {
+        return match rest {
+            "Time" => Some(Special::Time),
+            "MicroTime" => Some(Special::MicroTime),
+            "Duration" => Some(Special::Duration),
+            "FieldsV1" => Some(Special::RawJson),
+            "Verbs" => Some(Special::StringList),
+            _ => None,
+        };
+    }
+    if name.starts_with(EXT) {
+        match short {
+            "Json" | "JSON" => return Some(Special::RawJson),
+            "JsonSchemaPropsOrArray" | "JSONSchemaPropsOrArray" => return Some(Special::SchemaOrArray),
+            "JsonSchemaPropsOrBool" | "JSONSchemaPropsOrBool" => return Some(Special::SchemaOrBool),
+            "JsonSchemaPropsOrStringArray" | "JSONSchemaPropsOrStringArray" => {
+                return Some(Special::SchemaOrStringArray)
+            }
+            _ => {}
+        }
+    }
+    match name {
+        "k8s.io.apimachinery.pkg.api.resource.Quantity"
+        | "k8s.io.apimachinery.pkg.api.resource.QuantityValue" => Some(Special::Quantity),
+        "k8s.io.apimachinery.pkg.util.intstr.IntOrString" => Some(Special::IntOrString),
+        "k8s.io.apimachinery.pkg.runtime.RawExtension" => Some(Special::RawJson),
+        _ if name.starts_with("k8s.io.api.") && short == "ExtraValue" => Some(Special::StringList),
+        _ => None,
+    }
+}
+
+fn table() -> ApiResult<&'static Table> {
+    static TABLE: OnceLock<Result<Table, String>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| load_table(FIELDS_GZ))
+        .as_ref()
+        .map_err(|e| ApiError::internal(format!("protobuf field table: {e}")))
+}
+
+fn load_table(gz: &[u8]) -> Result<Table, String> {
+    let mut text = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("gunzip: {e}"))?;
+    let doc: Value = serde_json::from_slice(&text).map_err(|e| format!("JSON: {e}"))?;
+    let raw_messages = doc
+        .get("messages")
+        .and_then(Value::as_object)
+        .ok_or("no \"messages\" object")?;
+    let by_name: HashMap<String, usize> = raw_messages
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (k.clone(), i))
+        .collect();
+    let resolve = |ty: &str| -> Result<ValueType, String> {
+        if let Some(name) = ty.strip_prefix("msg:") {
+            return by_name
+                .get(name)
+                .map(|&i| ValueType::Message(i))
+                .ok_or_else(|| format!("unknown message {name}"));
+        }
+        let scalar = match ty {
+            "string" => Scalar::String,
+            "bool" => Scalar::Bool,
+            "int32" | "sint32" | "sfixed32" => Scalar::Int32,
+            "int64" | "sint64" | "sfixed64" => Scalar::Int64,
+            "uint32" | "fixed32" => Scalar::Uint32,
+            "uint64" | "fixed64" => Scalar::Uint64,
+            "double" => Scalar::Double,
+            "float" => Scalar::Float,
+            "bytes" => Scalar::Bytes,
+            other => return Err(format!("unknown field type {other}")),
+        };
+        Ok(ValueType::Scalar(scalar))
+    };
+    let mut messages = Vec::with_capacity(raw_messages.len());
+    for (name, fields) in raw_messages {
+        let rows = fields
+            .as_array()
+            .ok_or_else(|| format!("{name}: fields are not an array"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let bad = || format!("{name}: malformed field row {row}");
+            let number = row.get(0).and_then(Value::as_u64).ok_or_else(bad)?;
+            let json = row.get(1).and_then(Value::as_str).ok_or_else(bad)?;
+            let ty = row.get(2).and_then(Value::as_str).ok_or_else(bad)?;
+            let flags = row.get(3).and_then(Value::as_str).ok_or_else(bad)?;
+            let ty = match ty.strip_prefix("map:") {
+                Some(value) => FieldType::Map(resolve(value)?),
+                None => FieldType::Value(resolve(ty)?),
+            };
+            out.push(Field {
+                number: u32::try_from(number).map_err(|_| bad())?,
+                json: json.to_string(),
+                ty,
+                repeated: flags.contains('r'),
+                pointer: flags.contains('p'),
+                keep_zero: flags.contains('k'),
+                inline: flags.contains('i'),
+            });
+        }
+        out.sort_by_key(|f| f.number);
+        messages.push(Message {
+            name: name.clone(),
+            special: special_of(name),
+            fields: out,
+        });
+    }
+    let mut kinds = HashMap::new();
+    for (gvk, message) in doc
+        .get("kinds")
+        .and_then(Value::as_object)
+        .ok_or("no \"kinds\" object")?
+    {
+        let message = message
+            .as_str()
+            .and_then(|m| by_name.get(m))
+            .ok_or_else(|| format!("kind {gvk}: unknown message {message}"))?;
+        kinds.insert(gvk.clone(), *message);
+    }
+    Ok(Table {
+        kinds,
+        by_name,
+        messages,
+    })
+}
+
+impl Table {
+    /// The message of a kind; `meta.k8s.io/v1` kinds (DeleteOptions sent without a group of its
+    /// own) resolve to meta/v1.
+    fn message_of(&self, api_version: &str, kind: &str) -> Option<usize> {
+        let (group, version) = crate::registry::split_api_version(api_version);
+        if let Some(&m) = self.kinds.get(&format!("{group}/{version}/{kind}")) {
+            return Some(m);
+        }
+        if group == "meta.k8s.io" && version == "v1" {
+            return self
+                .by_name
+                .get(&format!("k8s.io.apimachinery.pkg.apis.meta.v1.{kind}"))
+                .copied();
+        }
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors with a field path
+
+/// A decoding failure: what went wrong and where (innermost field last once finished).
+#[derive(Debug)]
+struct Malformed {
+    what: String,
+    /// Collected while unwinding, so innermost first.
+    path: Vec<String>,
+}
+
+impl Malformed {
+    fn new(what: impl Into<String>) -> Self {
+        Malformed {
+            what: what.into(),
+            path: Vec::new(),
+        }
+    }
+
+    fn at(mut self, segment: impl Into<String>) -> Self {
+        self.path.push(segment.into());
+        self
+    }
+
+    fn into_api_error(self) -> ApiError {
+        let mut path = String::new();
+        for seg in self.path.iter().rev() {
+            if !path.is_empty() && !seg.starts_with('[') {
+                path.push('.');
+            }
+            path.push_str(seg);
+        }
+        if path.is_empty() {
+            ApiError::bad_request(format!("malformed protobuf body: {}", self.what))
+        } else {
+            ApiError::bad_request(format!("malformed protobuf body at {path}: {}", self.what))
+        }
+    }
+}
+
+type Wire<T> = Result<T, Malformed>;
+
+// ---------------------------------------------------------------------------------------------
+// The wire format
+
+#[derive(Clone, Copy, Debug)]
+enum WireValue<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    Bytes(&'a [u8]),
+}
+
+impl WireValue<'_> {
+    fn describe(&self) -> &'static str {
+        match self {
+            WireValue::Varint(_) => "a varint",
+            WireValue::Fixed64(_) => "a 64-bit value",
+            WireValue::Fixed32(_) => "a 32-bit value",
+            WireValue::Bytes(_) => "a length-delimited value",
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    fn varint(&mut self) -> Wire<u64> {
+        let mut value: u64 = 0;
+        for i in 0..10 {
+            let (&byte, rest) = self
+                .buf
+                .split_first()
+                .ok_or_else(|| Malformed::new("truncated varint"))?;
+            self.buf = rest;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(Malformed::new("varint longer than 10 bytes"))
+    }
+
+    fn take(&mut self, n: usize) -> Wire<&'a [u8]> {
+        if n > self.buf.len() {
+            return Err(Malformed::new(format!(
+                "length {n} runs past the end of the message ({} bytes left)",
+                self.buf.len()
+            )));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// The next field's number and value, or `None` at the end.
+    fn field(&mut self) -> Wire<Option<(u32, WireValue<'a>)>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Malformed::new(format!("invalid field number {}", key >> 3)))?;
+        let value = match key & 7 {
+            0 => WireValue::Varint(self.varint()?),
+            1 => {
+                let b = self.take(8)?;
+                WireValue::Fixed64(u64::from_le_bytes(
+                    b.try_into()
+                        .map_err(|_| Malformed::new("truncated 64-bit value"))?,
+                ))
+            }
+            2 => {
+                let len = self.varint()?;
+                let len =
+                    usize::try_from(len).map_err(|_| Malformed::new(format!("length {len} too large")))?;
+                WireValue::Bytes(self.take(len)?)
+            }
+            5 => {
+                let b = self.take(4)?;
+                WireValue::Fixed32(u32::from_le_bytes(
+                    b.try_into()
+                        .map_err(|_| Malformed::new("truncated 32-bit value"))?,
+                ))
+            }
+            t => {
+                return Err(Malformed::new(format!(
+                    "unsupported wire type {t} (field {number})"
+                )))
+            }
+        };
+        Ok(Some((number, value)))
+    }
+}
+
+/// All values of the fields of one message, by field number, in wire order.
+fn split_fields(buf: &[u8]) -> Wire<Vec<(u32, WireValue<'_>)>> {
+    let mut reader = Reader::new(buf);
+    let mut out = Vec::new();
+    while let Some(f) = reader.field()? {
+        out.push(f);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+fn decode_unknown(table: &Table, payload: &[u8], depth: usize) -> ApiResult<Value> {
+    let envelope = read_envelope(payload).map_err(|e| e.at("<envelope>").into_api_error())?;
+    if envelope.api_version.is_empty() || envelope.kind.is_empty() {
+        return Err(ApiError::bad_request(
+            "protobuf body has no apiVersion or kind in its envelope (runtime.Unknown typeMeta)",
+        ));
+    }
+    if !envelope.content_encoding.is_empty() {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "protobuf body with contentEncoding {:?} is not supported",
+                envelope.content_encoding
+            ),
+        ));
+    }
+    let (api_version, kind) = (envelope.api_version, envelope.kind);
+    let message = table.message_of(&api_version, &kind).ok_or_else(|| {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "no protobuf definition known for {api_version}, Kind={kind}; send it as application/json"
+            ),
+        )
+    })?;
+    let decoder = Decoder { table };
+    let object = decoder
+        .message_at(message, envelope.raw, depth)
+        .map_err(Malformed::into_api_error)?
+        .value;
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), Value::String(api_version));
+    out.insert("kind".into(), Value::String(kind));
+    if let Value::Object(fields) = object {
+        for (k, v) in fields {
+            if k != "apiVersion" && k != "kind" {
+                out.insert(k, v);
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// `runtime.Unknown`: {1: typeMeta {1: apiVersion, 2: kind}, 2: raw, 3: contentEncoding,
+/// 4: contentType}.
+struct Envelope<'a> {
+    api_version: String,
+    kind: String,
+    raw: &'a [u8],
+    content_encoding: String,
+}
+
+fn read_envelope(payload: &[u8]) -> Wire<Envelope<'_>> {
+    let mut envelope = Envelope {
+        api_version: String::new(),
+        kind: String::new(),
+        raw: &[],
+        content_encoding: String::new(),
+    };
+    for (number, value) in split_fields(payload)? {
+        match (number, value) {
+            (1, WireValue::Bytes(type_meta)) => {
+                for (number, value) in split_fields(type_meta).map_err(|e| e.at("typeMeta"))? {
+                    match (number, value) {
+                        (1, WireValue::Bytes(b)) => envelope.api_version = utf8(b)?,
+                        (2, WireValue::Bytes(b)) => envelope.kind = utf8(b)?,
+                        _ => {}
+                    }
+                }
+            }
+            (2, WireValue::Bytes(b)) => envelope.raw = b,
+            (3, WireValue::Bytes(b)) => envelope.content_encoding = utf8(b)?,
+            (4, WireValue::Bytes(_)) => {}
+            (1..=4, other) => {
+                return Err(Malformed::new(format!(
+                    "field {number} is {}, expected a length-delimited value",
+                    other.describe()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(envelope)
+}
+
+fn utf8(b: &[u8]) -> Wire<String> {
+    String::from_utf8(b.to_vec()).map_err(|_| Malformed::new("string is not valid UTF-8"))
+}
+
+struct Decoder<'t> {
+    table: &'t Table,
+}
+
+/// A decoded value and whether it is its type's zero value (which Go's JSON may omit).
+struct Decoded {
+    value: Value,
+    zero: bool,
+}
+
+impl Decoder<'_> {
+    fn message_at(&self, index: usize, buf: &[u8], depth: usize) -> Wire<Decoded> {
+        if depth > MAX_DEPTH {
+            return Err(Malformed::new(format!("nested deeper than {MAX_DEPTH} messages")));
+        }
+        let message = &self.table.messages[index];
+        if let Some(special) = message.special {
+            return self.special(special, message, buf, depth);
+        }
+        let wire = split_fields(buf)?;
+        // Gather per field (in the table's order), then emit in that order.
+        let mut values: Vec<Vec<WireValue<'_>>> = vec![Vec::new(); message.fields.len()];
+        for (number, value) in wire {
+            if let Ok(i) = message.fields.binary_search_by_key(&number, |f| f.number) {
+                values[i].push(value);
+            }
+        }
+        let mut out = Map::new();
+        for (field, occurrences) in message.fields.iter().zip(values) {
+            let Some(&last) = occurrences.last() else {
+                continue;
+            };
+            if field.json == "-" {
+                continue;
+            }
+            let segment = if field.json.is_empty() {
+                message.name.rsplit('.').next().unwrap_or("").to_string()
+            } else {
+                field.json.clone()
+            };
+            let result = (|| -> Wire<()> {
+                match field.ty {
+                    FieldType::Map(value_type) => {
+                        let mut map = Map::new();
+                        for entry in &occurrences {
+                            let WireValue::Bytes(b) = entry else {
+                                return Err(Malformed::new(format!("map entry is {}", entry.describe())));
+                            };
+                            let (k, v) = self.map_entry(value_type, b, depth)?;
+                            map.insert(k, v);
+                        }
+                        out.insert(field.json.clone(), Value::Object(map));
+                    }
+                    FieldType::Value(vt) if field.repeated => {
+                        let mut items = Vec::new();
+                        for (i, occurrence) in occurrences.iter().enumerate() {
+                            self.repeated_value(vt, *occurrence, depth, &mut items)
+                                .map_err(|e| e.at(format!("[{i}]")))?;
+                        }
+                        out.insert(field.json.clone(), Value::Array(items));
+                    }
+                    FieldType::Value(vt) => {
+                        let decoded = self.single_value(vt, last, depth)?;
+                        if field.inline {
+                            if let Value::Object(inner) = decoded.value {
+                                out.extend(inner);
+                            }
+                        } else if !decoded.zero
+                            || field.pointer
+                            || (field.keep_zero && matches!(vt, ValueType::Scalar(_)))
+                        {
+                            out.insert(field.json.clone(), decoded.value);
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            result.map_err(|e| e.at(segment))?;
+        }
+        let zero = out.is_empty();
+        Ok(Decoded {
+            value: Value::Object(out),
+            zero,
+        })
+    }
+
+    fn single_value(&self, vt: ValueType, value: WireValue<'_>, depth: usize) -> Wire<Decoded> {
+        match vt {
+            ValueType::Scalar(s) => scalar(s, value),
+            ValueType::Message(m) => match value {
+                WireValue::Bytes(b) => self.message_at(m, b, depth + 1),
+                other => Err(Malformed::new(format!("message field is {}", other.describe()))),
+            },
+        }
+    }
+
+    /// Appends one occurrence of a repeated field (several items if it is a packed scalar).
+    fn repeated_value(
+        &self,
+        vt: ValueType,
+        value: WireValue<'_>,
+        depth: usize,
+        items: &mut Vec<Value>,
+    ) -> Wire<()> {
+        match (vt, value) {
+            (ValueType::Scalar(s), WireValue::Bytes(packed))
+                if !matches!(s, Scalar::String | Scalar::Bytes) =>
+            {
+                let mut reader = Reader::new(packed);
+                while !reader.buf.is_empty() {
+                    let v = match s {
+                        Scalar::Double => {
+                            let b = reader.take(8)?;
+                            WireValue::Fixed64(u64::from_le_bytes(
+                                b.try_into().map_err(|_| Malformed::new("truncated"))?,
+                            ))
+                        }
+                        Scalar::Float => {
+                            let b = reader.take(4)?;
+                            WireValue::Fixed32(u32::from_le_bytes(
+                                b.try_into().map_err(|_| Malformed::new("truncated"))?,
+                            ))
+                        }
+                        _ => WireValue::Varint(reader.varint()?),
+                    };
+                    items.push(scalar(s, v)?.value);
+                }
+            }
+            _ => items.push(self.single_value(vt, value, depth)?.value),
+        }
+        Ok(())
+    }
+
+    fn map_entry(&self, vt: ValueType, entry: &[u8], depth: usize) -> Wire<(String, Value)> {
+        let mut key = String::new();
+        let mut value = None;
+        for (number, v) in split_fields(entry)? {
+            match number {
+                1 => match v {
+                    WireValue::Bytes(b) => key = utf8(b)?,
+                    other => return Err(Malformed::new(format!("map key is {}", other.describe()))),
+                },
+                2 => value = Some(v),
+                _ => {}
+            }
+        }
+        let decoded = match value {
+            Some(v) => self
+                .single_value(vt, v, depth)
+                .map_err(|e| e.at(format!("[{key:?}]")))?,
+            None => self.single_value(vt, zero_wire(vt), depth)?,
+        };
+        Ok((key, decoded.value))
+    }
+
+    fn special(&self, special: Special, message: &Message, buf: &[u8], depth: usize) -> Wire<Decoded> {
+        let fields = split_fields(buf)?;
+        let get = |n: u32| fields.iter().rev().find(|(num, _)| *num == n).map(|f| f.1);
+        let int = |n: u32| -> Wire<i64> {
+            match get(n) {
+                None => Ok(0),
+                Some(WireValue::Varint(v)) => Ok(v as i64),
+                Some(other) => Err(Malformed::new(format!("field {n} is {}", other.describe()))),
+            }
+        };
+        let bytes = |n: u32| -> Wire<&[u8]> {
+            match get(n) {
+                None => Ok(&[]),
+                Some(WireValue::Bytes(b)) => Ok(b),
+                Some(other) => Err(Malformed::new(format!("field {n} is {}", other.describe()))),
+            }
+        };
+        let decoded = |value: Value, zero: bool| Ok(Decoded { value, zero });
+        match special {
+            Special::Time | Special::MicroTime => {
+                if buf.is_empty() {
+                    return decoded(Value::Null, true);
+                }
+                let seconds = int(1)?;
+                let nanos = int(2)? as i32;
+                let text = if special == Special::Time {
+                    format_time(seconds, 0, false)?
+                } else {
+                    format_time(seconds, nanos, true)?
+                };
+                decoded(Value::String(text), false)
+            }
+            Special::Duration => {
+                let d = int(1)?;
+                decoded(Value::String(go_duration(d)), d == 0)
+            }
+            Special::Quantity => {
+                let s = utf8(bytes(1)?)?;
+                let zero = s.is_empty();
+                decoded(Value::String(s), zero)
+            }
+            Special::IntOrString => {
+                let ty = int(1)?;
+                if ty == 1 {
+                    let s = utf8(bytes(3)?)?;
+                    decoded(Value::String(s), false)
+                } else {
+                    let v = int(2)? as i32;
+                    decoded(Value::Number(v.into()), ty == 0 && v == 0)
+                }
+            }
+            Special::RawJson => {
+                let raw = bytes(1)?;
+                if raw.is_empty() {
+                    return decoded(Value::Null, true);
+                }
+                if let Some(payload) = raw.strip_prefix(MAGIC) {
+                    let v = decode_unknown(self.table, payload, depth + 1)
+                        .map_err(|e| Malformed::new(format!("embedded protobuf object: {}", e.message)))?;
+                    return decoded(v, false);
+                }
+                let v: Value = serde_json::from_slice(raw)
+                    .map_err(|e| Malformed::new(format!("embedded raw value is not JSON: {e}")))?;
+                decoded(v, false)
+            }
+            Special::StringList => {
+                let mut items = Vec::new();
+                for (n, v) in &fields {
+                    if *n == 1 {
+                        match v {
+                            WireValue::Bytes(b) => items.push(Value::String(utf8(b)?)),
+                            other => {
+                                return Err(Malformed::new(format!(
+                                    "string list item is {}",
+                                    other.describe()
+                                )))
+                            }
+                        }
+                    }
+                }
+                let zero = items.is_empty();
+                decoded(Value::Array(items), zero)
+            }
+            Special::SchemaOrArray | Special::SchemaOrBool | Special::SchemaOrStringArray => {
+                self.schema_union(special, message, &fields, depth)
+            }
+        }
+    }
+
+    /// apiextensions `JSONSchemaPropsOrArray` {schema, jSONSchemas}, `…OrBool` {allows, schema},
+    /// `…OrStringArray` {schema, property}: whichever alternative is set.
+    fn schema_union(
+        &self,
+        special: Special,
+        message: &Message,
+        fields: &[(u32, WireValue<'_>)],
+        depth: usize,
+    ) -> Wire<Decoded> {
+        let schema_message = message
+            .fields
+            .iter()
+            .find(|f| f.json == "schema" || f.json == "Schema")
+            .and_then(|f| match f.ty {
+                FieldType::Value(ValueType::Message(m)) => Some(m),
+                _ => None,
+            })
+            .ok_or_else(|| Malformed::new(format!("{} has no schema field", message.name)))?;
+        let (schema_field, list_field) = match special {
+            Special::SchemaOrBool => (2, 0),
+            _ => (1, 2),
+        };
+        let mut schema = None;
+        let mut list = Vec::new();
+        let mut allows = false;
+        for (n, v) in fields {
+            match (*n, v) {
+                (n, WireValue::Bytes(b)) if n == schema_field => {
+                    schema = Some(self.message_at(schema_message, b, depth + 1)?.value)
+                }
+                (n, WireValue::Bytes(b)) if n == list_field => {
+                    if special == Special::SchemaOrStringArray {
+                        list.push(Value::String(utf8(b)?));
+                    } else {
+                        list.push(self.message_at(schema_message, b, depth + 1)?.value);
+                    }
+                }
+                (1, WireValue::Varint(v)) if special == Special::SchemaOrBool => allows = *v != 0,
+                _ => {}
+            }
+        }
+        let value = match special {
+            Special::SchemaOrBool => schema.unwrap_or(Value::Bool(allows)),
+            _ if !list.is_empty() => Value::Array(list),
+            _ => schema.unwrap_or(Value::Null),
+        };
+        let zero = value.is_null();
+        Ok(Decoded { value, zero })
+    }
+}
+
+/// The wire form of a map value that was left out (the type's zero value).
+fn zero_wire(vt: ValueType) -> WireValue<'static> {
+    match vt {
+        ValueType::Scalar(Scalar::String | Scalar::Bytes) | ValueType::Message(_) => WireValue::Bytes(&[]),
+        ValueType::Scalar(Scalar::Double) => WireValue::Fixed64(0),
+        ValueType::Scalar(Scalar::Float) => WireValue::Fixed32(0),
+        ValueType::Scalar(_) => WireValue::Varint(0),
+    }
+}
+
+fn scalar(s: Scalar, value: WireValue<'_>) -> Wire<Decoded> {
+    let mismatch = |expected: &str| {
+        Malformed::new(format!(
+            "is {}, expected {expected} for a {s:?} field",
+            value.describe()
+        ))
+    };
+    let (value, zero) = match (s, value) {
+        (Scalar::String, WireValue::Bytes(b)) => {
+            let text = utf8(b)?;
+            let zero = text.is_empty();
+            (Value::String(text), zero)
+        }
+        (Scalar::Bytes, WireValue::Bytes(b)) => (
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+            b.is_empty(),
+        ),
+        (Scalar::Bool, WireValue::Varint(v)) => (Value::Bool(v != 0), v == 0),
+        // int32 is sign-extended to 64 bits on the wire; truncating undoes that.
+        (Scalar::Int32, WireValue::Varint(v)) => (Value::Number((v as i32).into()), v == 0),
+        (Scalar::Int64, WireValue::Varint(v)) => (Value::Number((v as i64).into()), v == 0),
+        (Scalar::Uint32, WireValue::Varint(v)) => (Value::Number((v as u32).into()), v == 0),
+        (Scalar::Uint64, WireValue::Varint(v)) => (Value::Number(v.into()), v == 0),
+        (Scalar::Int32 | Scalar::Uint32, WireValue::Fixed32(v)) => (Value::Number(v.into()), v == 0),
+        (Scalar::Int64 | Scalar::Uint64, WireValue::Fixed64(v)) => (Value::Number(v.into()), v == 0),
+        (Scalar::Double, WireValue::Fixed64(bits)) => float(f64::from_bits(bits))?,
+        (Scalar::Float, WireValue::Fixed32(bits)) => float(f64::from(f32::from_bits(bits)))?,
+        (Scalar::String | Scalar::Bytes, _) => return Err(mismatch("a length-delimited value")),
+        (Scalar::Double, _) => return Err(mismatch("a 64-bit value")),
+        (Scalar::Float, _) => return Err(mismatch("a 32-bit value")),
+        _ => return Err(mismatch("a varint")),
+    };
+    Ok(Decoded { value, zero })
+}
+
+fn float(f: f64) -> Wire<(Value, bool)> {
+    let n = Number::from_f64(f).ok_or_else(|| Malformed::new(format!("{f} is not a JSON number")))?;
+    Ok((Value::Number(n), f == 0.0))
+}
+
+/// `metav1.Time` (seconds precision) or `metav1.MicroTime` (microseconds) as upstream's JSON.
+fn format_time(seconds: i64, nanos: i32, micro: bool) -> Wire<String> {
+    let t = jiff::Timestamp::new(seconds, if micro { nanos } else { 0 })
+        .map_err(|e| Malformed::new(format!("timestamp {seconds}s {nanos}ns: {e}")))?;
+    Ok(if micro {
+        t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    } else {
+        crate::time::format_rfc3339(t)
+    })
+}
+
+/// A Go `time.Duration` (nanoseconds) as `Duration.String()` writes it: `1h0m0s`, `1.5s`, `20ms`.
+fn go_duration(d: i64) -> String {
+    if d == 0 {
+        return "0s".into();
+    }
+    let sign = if d < 0 { "-" } else { "" };
+    let u = d.unsigned_abs();
+    const SECOND: u64 = 1_000_000_000;
+    let body = if u < SECOND {
+        let (div, unit) = if u < 1_000 {
+            (1, "ns")
+        } else if u < 1_000_000 {
+            (1_000, "µs")
+        } else {
+            (1_000_000, "ms")
+        };
+        format!("{}{unit}", fraction(u, div))
+    } else {
+        let hours = u / (3600 * SECOND);
+        let minutes = u % (3600 * SECOND) / (60 * SECOND);
+        let seconds = fraction(u % (60 * SECOND), SECOND);
+        if hours > 0 {
+            format!("{hours}h{minutes}m{seconds}s")
+        } else if minutes > 0 {
+            format!("{minutes}m{seconds}s")
+        } else {
+            format!("{seconds}s")
+        }
+    };
+    format!("{sign}{body}")
+}
+
+/// `v / div` with the remainder as decimal digits, trailing zeros trimmed (`1500, 1000` → `1.5`).
+fn fraction(v: u64, div: u64) -> String {
+    let (int, rem) = (v / div, v % div);
+    if rem == 0 {
+        return int.to_string();
+    }
+    let width = div.ilog10() as usize;
+    let digits = format!("{rem:0width$}");
+    format!("{int}.{}", digits.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn fixtures() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/protobuf")
+    }
+
+    fn fixture(name: &str) -> Value {
+        let body = std::fs::read(fixtures().join(format!("{name}.pb"))).expect("fixture exists");
+        decode(&body).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Every captured kubectl body decodes to its golden JSON (`KEEL_BLESS=1` rewrites them).
+    #[test]
+    fn kubectl_bodies_decode_to_golden_json() {
+        let bless = std::env::var_os("KEEL_BLESS").is_some();
+        let mut names: Vec<String> = std::fs::read_dir(fixtures())
+            .expect("fixture dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".pb").map(str::to_string))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 30, "fixtures missing: {names:?}");
+        for name in names {
+            let got = fixture(&name);
+            let path = fixtures().join(format!("{name}.json"));
+            if bless {
+                let text = serde_json::to_string_pretty(&got).expect("serializable") + "\n";
+                std::fs::write(&path, text).expect("write golden");
+                continue;
+            }
+            let want: Value = serde_json::from_str(
+                &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+            )
+            .expect("golden is JSON");
+            assert_eq!(got, want, "{name}");
+        }
+    }
+}
