@@ -267,6 +267,7 @@ fn up(
     options.name = name.clone();
     options.dir = Some(dir.clone());
     options.lifetime = Lifetime::Detachable;
+    options.registry = true;
     options.node_grace_period = node_grace_period;
     if let Some(k) = kernel {
         options.kernel = k;
@@ -360,7 +361,8 @@ fn print_usage(dir: &Path, kubeconfig: &Path, state: &lab::LabState) {
         println!("  {:<7} 127.0.0.1: {}", n.name, pairs.join(" "));
     }
     println!(
-        "faults:      target/release/keel-lab switch-ctl --dir {} cut keel-2 | heal keel-2",
+        "faults:      {} switch-ctl --dir {} cut keel-2 | heal keel-2",
+        rel(&std::env::current_exe().unwrap_or_else(|_| PathBuf::from("keel-lab"))),
         rel(dir)
     );
     println!("stop:        make qemu-cluster-down");
