@@ -188,7 +188,11 @@ async fn lists(store: &dyn Store, keys: usize, n: usize) -> anyhow::Result<Laten
 
 /// `watchers` tasks watch one prefix; each of `events` writes is timed from the moment it is
 /// issued to the moment each watcher receives it.
-async fn fan_out(store: Arc<dyn Store>, watchers: usize, events: usize) -> anyhow::Result<Latencies> {
+async fn fan_out(
+    store: Arc<dyn Store>,
+    watchers: usize,
+    events: usize,
+) -> anyhow::Result<(Latencies, Latencies)> {
     let prefix = "/registry/bench/fanout/";
     let from = store.current_revision().await?;
     let origin = Instant::now();
@@ -208,11 +212,13 @@ async fn fan_out(store: Arc<dyn Store>, watchers: usize, events: usize) -> anyho
         }));
     }
     let mut issued = std::collections::HashMap::new();
+    let mut write_latency = Vec::with_capacity(events);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     for i in 0..events {
         tick.tick().await;
         let t = origin.elapsed();
         let kv = store.create(&format!("{prefix}{i:06}"), object(i)).await?;
+        write_latency.push(origin.elapsed() - t);
         issued.insert(kv.mod_revision, t);
     }
     let mut lat = Vec::with_capacity(watchers * events);
@@ -222,7 +228,7 @@ async fn fan_out(store: Arc<dyn Store>, watchers: usize, events: usize) -> anyho
             lat.push(at.saturating_sub(*sent));
         }
     }
-    Ok(Latencies(lat))
+    Ok((Latencies(lat), Latencies(write_latency)))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -279,12 +285,13 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     if let Some(rss) = rss_mib() {
         println!("RSS with {} objects stored: {rss:.1} MiB", args.keys);
     }
-    let mut fan = fan_out(store.clone(), args.watchers, 100).await?;
+    let (mut fan, mut writes_meanwhile) = fan_out(store.clone(), args.watchers, 100).await?;
     println!(
         "event to {} watchers (from write issued to received): {}",
         args.watchers,
         fan.summary()
     );
+    println!("  the durable creates meanwhile: {}", writes_meanwhile.summary());
 
     drop(store);
     let t = Instant::now();

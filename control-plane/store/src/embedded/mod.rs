@@ -4,8 +4,10 @@
 //!
 //! * The state (live keys, their recent versions, the event history) lives in memory in one
 //!   [`Mvcc`] behind an `RwLock`. Reads (`get`, `list`, watch replay) take the read lock briefly and
-//!   never touch the disk. Ten thousand 3 KB objects are ~30 MB, and values are shared, never
-//!   copied, between the state, the history and readers.
+//!   never touch the disk. Ten thousand 3 KB objects are ~30 MB. A value is copied once on the way
+//!   in, into an allocation of its exact size, and from then on shared (reference counted) by the
+//!   state, the history, list results and every watcher. The history is bounded both in revisions
+//!   and in bytes ([`Options`]), and compacted automatically.
 //! * All writes go through one **committer thread**. It takes every request waiting in its queue
 //!   (group commit), decides each against the state plus the earlier requests of the same batch
 //!   (assigning consecutive revisions), appends their records to the write-ahead log ([`wal`]) with
@@ -93,7 +95,7 @@ struct Shared {
 
 impl Shared {
     fn read(&self) -> RwLockReadGuard<'_, Mvcc> {
-        // Mvcc methods do not leave it half-updated on panic; keep serving after one.
+        // A panic under the lock is a bug; serving on beats turning it into a panic in every caller.
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

@@ -33,6 +33,8 @@ use crate::{Result, StoreError};
 const HEADER: usize = 8;
 const KIND_PUT: u8 = 1;
 const KIND_DELETE: u8 = 2;
+/// A log write plus sync slower than this is worth a warning: every writer waits for it.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The file name of the segment whose first record is `first_revision`.
 pub(super) fn segment_name(first_revision: u64) -> String {
@@ -282,6 +284,7 @@ impl SegmentWriter {
 
     /// Writes `records` after the last ones and makes them durable.
     pub(super) fn append_durable(&mut self, records: &[u8]) -> Result<()> {
+        let started = std::time::Instant::now();
         self.file
             .write_all_at(records, self.offset)
             .map_err(|e| StoreError::io(format!("writing {}", self.path.display()), e))?;
@@ -289,6 +292,14 @@ impl SegmentWriter {
             .sync_data()
             .map_err(|e| StoreError::io(format!("syncing {}", self.path.display()), e))?;
         self.offset += records.len() as u64;
+        let took = started.elapsed();
+        if took > SLOW_SYNC {
+            tracing::warn!(
+                ?took,
+                bytes = records.len(),
+                "slow write-ahead log sync (is the disk overloaded?)"
+            );
+        }
         Ok(())
     }
 
