@@ -10,6 +10,8 @@
 mod agent;
 mod config;
 mod init;
+mod net;
+mod sys;
 
 use std::process::ExitCode;
 
@@ -19,7 +21,9 @@ fn main() -> ExitCode {
     let called_as = argv0.rsplit('/').next().unwrap_or_default().to_string();
     let rest: Vec<String> = args.collect();
 
-    if called_as == "init" || std::process::id() == 1 {
+    // PID 1 is always init; the agent is started as `/init agent …`, so the subcommand decides
+    // for every other process.
+    if std::process::id() == 1 {
         return init::main();
     }
     if called_as == "modprobe" {

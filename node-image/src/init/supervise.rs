@@ -1,0 +1,270 @@
+//! PID 1's steady state: one synchronous loop that reaps every child, restarts the agent with
+//! back-off, forwards the agent's output to the consoles, renews the DHCP lease and turns
+//! signals into a clean poweroff or reboot.
+//!
+//! Signals are blocked and read from a signalfd, so the loop is a single `poll` over the
+//! signalfd and the agent's output pipe, with a timeout for the next timer; there are no
+//! signal handlers and no threads.
+//!
+//! | signal | action |
+//! |---|---|
+//! | SIGCHLD | reap; restart the agent if it was the agent |
+//! | SIGTERM, SIGINT (Ctrl-Alt-Del), SIGRTMIN+5 | reboot |
+//! | SIGUSR2, SIGPWR, SIGRTMIN+4 | power off |
+
+use crate::say;
+use crate::sys::{self, ExitStatus, PowerAction, SignalFd};
+use std::io::{PipeReader, PipeWriter, Read};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the agent gets to exit after SIGTERM at shutdown.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// An agent that ran this long resets the back-off.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// Something that wants to run periodically inside the loop (DHCP renewal).
+pub trait Timer {
+    fn due(&self) -> Option<Instant>;
+    fn fire(&mut self);
+}
+
+pub struct Supervisor {
+    signals: SignalFd,
+    out_r: PipeReader,
+    out_w: PipeWriter,
+    agent: Option<(i32, Instant)>,
+    next_start: Option<Instant>,
+    backoff: Duration,
+    config_path: String,
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPWR => "SIGPWR",
+        _ => "signal",
+    }
+}
+
+impl Supervisor {
+    /// Blocks the signals PID 1 handles and opens the agent's output pipe.
+    pub fn new(config_path: &str) -> std::io::Result<Supervisor> {
+        let signals = SignalFd::new(&[
+            libc::SIGCHLD,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGPWR,
+            libc::SIGHUP,
+            libc::SIGRTMIN() + 4,
+            libc::SIGRTMIN() + 5,
+        ])?;
+        let (out_r, out_w) = std::io::pipe()?;
+        Ok(Supervisor {
+            signals,
+            out_r,
+            out_w,
+            agent: None,
+            next_start: Some(Instant::now()),
+            backoff: MIN_BACKOFF,
+            config_path: config_path.to_string(),
+        })
+    }
+
+    fn start_agent(&mut self) {
+        self.next_start = None;
+        let spawn = || -> std::io::Result<std::process::Child> {
+            Command::new("/init")
+                .args(["agent", "--config", &self.config_path])
+                .env_clear()
+                .env("PATH", "/sbin")
+                .env("HOME", crate::config::STATE_DIR)
+                .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(self.out_w.try_clone()?)
+                .stderr(self.out_w.try_clone()?)
+                .spawn()
+        };
+        match spawn() {
+            Ok(child) => {
+                let pid = child.id() as i32;
+                // The child is reaped by the waitpid(-1) loop, never through `Child`.
+                drop(child);
+                self.agent = Some((pid, Instant::now()));
+                say!("agent started (pid {pid})");
+            }
+            Err(e) => {
+                say!("starting the agent failed: {e}; retrying in {:?}", self.backoff);
+                self.schedule_restart();
+            }
+        }
+    }
+
+    fn schedule_restart(&mut self) {
+        self.next_start = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match sys::reap_one() {
+                Ok(Some((pid, status))) => {
+                    if self.agent.map(|(p, _)| p) == Some(pid) {
+                        let ran = self.agent.map(|(_, t)| t.elapsed()).unwrap_or_default();
+                        self.agent = None;
+                        if ran >= HEALTHY_RUN {
+                            self.backoff = MIN_BACKOFF;
+                        }
+                        let how = match status {
+                            ExitStatus::Code(c) => format!("exit code {c}"),
+                            ExitStatus::Signal(s) => format!("signal {s}"),
+                        };
+                        say!(
+                            "agent exited ({how}) after {:.1}s; restarting in {:?}",
+                            ran.as_secs_f64(),
+                            self.backoff
+                        );
+                        self.schedule_restart();
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    fn forward_output(&mut self) {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = self.out_r.read(&mut buf) {
+            if n > 0 {
+                super::console::write_raw(&buf[..n]);
+            }
+        }
+    }
+
+    /// Runs forever; returns the action once a poweroff/reboot was requested (or `stop_after`
+    /// elapsed after the agent's first start, for the boot self-test).
+    pub fn run(&mut self, timers: &mut [&mut dyn Timer], poweroff_after_start: bool) -> PowerAction {
+        loop {
+            if self.next_start.is_some_and(|t| t <= Instant::now()) {
+                self.start_agent();
+                if poweroff_after_start && self.agent.is_some() {
+                    say!("selftest: agent stage reached, powering off");
+                    return PowerAction::PowerOff;
+                }
+            }
+            for t in timers.iter_mut() {
+                if t.due().is_some_and(|d| d <= Instant::now()) {
+                    t.fire();
+                }
+            }
+            let mut next = self.next_start;
+            for t in timers.iter() {
+                next = match (next, t.due()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+            let ready = match sys::poll_readable(&[self.signals.raw(), self.out_r.as_raw_fd()], timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    say!("poll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if ready.get(1).copied().unwrap_or(false) {
+                self.forward_output();
+            }
+            if ready.first().copied().unwrap_or(false) {
+                while let Some(sig) = self.signals.read() {
+                    match sig {
+                        libc::SIGCHLD => self.reap(),
+                        libc::SIGTERM | libc::SIGINT => {
+                            say!("{} received: rebooting", signal_name(sig));
+                            return PowerAction::Reboot;
+                        }
+                        libc::SIGUSR2 | libc::SIGPWR => {
+                            say!("{} received: powering off", signal_name(sig));
+                            return PowerAction::PowerOff;
+                        }
+                        s if s == libc::SIGRTMIN() + 4 => return PowerAction::PowerOff,
+                        s if s == libc::SIGRTMIN() + 5 => return PowerAction::Reboot,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL after the grace period), then every other
+    /// process, syncs and powers off or reboots. Never returns.
+    pub fn shutdown(&mut self, action: PowerAction, grace: Duration) -> ! {
+        if let Some((pid, _)) = self.agent {
+            say!("stopping the agent");
+            let _ = sys::kill(pid, libc::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while self.agent.is_some() && Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ready = sys::poll_readable(&[self.signals.raw(), self.out_r.as_raw_fd()], Some(left))
+                    .unwrap_or_default();
+                if ready.get(1).copied().unwrap_or(false) {
+                    self.forward_output();
+                }
+                while let Some(sig) = self.signals.read() {
+                    if sig == libc::SIGCHLD {
+                        self.reap_for_shutdown();
+                    }
+                }
+            }
+            if let Some((pid, _)) = self.agent {
+                say!("agent did not stop within {grace:?}; killing it");
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+        }
+        // Whatever is left (containers): TERM, a moment, KILL.
+        let _ = sys::kill(-1, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match sys::reap_one() {
+                Err(_) => break, // ECHILD: nothing left
+                Ok(Some(_)) => continue,
+                Ok(None) => {
+                    let _ = sys::poll_readable(&[self.signals.raw()], Some(Duration::from_millis(50)));
+                    while self.signals.read().is_some() {}
+                }
+            }
+        }
+        let _ = sys::kill(-1, libc::SIGKILL);
+        sys::sync();
+        say!(
+            "{}",
+            match action {
+                PowerAction::PowerOff => "powering off",
+                PowerAction::Reboot => "rebooting",
+            }
+        );
+        let e = sys::reboot(action);
+        // Only reached if reboot(2) failed: stay alive (a PID 1 exit panics the kernel).
+        say!("reboot(2) failed: {e}; halting here");
+        loop {
+            let _ = sys::poll_readable(&[], Some(Duration::from_secs(3600)));
+        }
+    }
+
+    fn reap_for_shutdown(&mut self) {
+        while let Ok(Some((pid, _))) = sys::reap_one() {
+            if self.agent.map(|(p, _)| p) == Some(pid) {
+                self.agent = None;
+            }
+        }
+    }
+}
