@@ -49,7 +49,7 @@ fn default_reason(kind: &str, status: &str) -> (&'static str, &'static str) {
 
 /// `2` for 2000 millicores, `1500m` otherwise.
 pub(crate) fn cpu_quantity(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
@@ -58,7 +58,7 @@ pub(crate) fn cpu_quantity(millis: u64) -> String {
 
 /// Bytes as the kubelet prints memory: `NNNKi` when whole KiB, plain bytes otherwise.
 pub(crate) fn bytes_quantity(bytes: u64) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{}Ki", bytes / 1024)
     } else {
         bytes.to_string()
@@ -197,10 +197,10 @@ pub(crate) fn status_json(node: &str, report: &NodeReport, prev: &Transitions, n
         addresses.push(json!({"type": "Hostname", "address": node}));
     }
 
-    let capacity = report.capacity.clone().unwrap_or_default();
+    let capacity = report.capacity.unwrap_or_default();
     let allocatable = match &report.allocatable {
-        Some(a) if a.cpu_millis > 0 && a.memory_bytes > 0 => a.clone(),
-        _ => capacity.clone(),
+        Some(a) if a.cpu_millis > 0 && a.memory_bytes > 0 => *a,
+        _ => capacity,
     };
     let si = report.system_info.clone().unwrap_or_default();
     let kubelet_version = or_default(&si.kubelet_version, DEFAULT_KUBELET_VERSION);

@@ -109,12 +109,21 @@ impl NodeSession {
     }
 
     async fn on_report(&mut self, report: NodeReport) -> ApiResult<()> {
+        self.last_report = Some(report);
+        let status = self.sync_status().await;
+        let lease = self.renew_lease().await;
+        status.and(lease)
+    }
+
+    /// Registers the Node if this session has not yet, then posts the last report's status.
+    async fn sync_status(&mut self) -> ApiResult<()> {
+        let Some(report) = self.last_report.clone() else {
+            return Ok(());
+        };
         if self.uid.is_empty() {
             self.register(&report).await?;
         }
-        self.last_report = Some(report);
-        self.post_status().await?;
-        self.renew_lease().await
+        self.post_status().await
     }
 
     /// Creates the Node if it does not exist, else learns its uid and condition history.
@@ -202,14 +211,18 @@ impl NodeSession {
             tracing::debug!(node = %self.node, "heartbeat before the first report; ignored");
             return Ok(());
         }
-        self.renew_lease().await?;
+        // A failed registration or status write is retried here, not only on the next report.
         let due = self
             .last_status_post
             .is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
-        if self.gate.take_status_repost(&self.node) || due {
-            self.post_status().await?;
-        }
-        Ok(())
+        let status = if self.gate.take_status_repost(&self.node) || due || self.uid.is_empty() {
+            self.sync_status().await
+        } else {
+            Ok(())
+        };
+        // The Lease is the liveness signal: renew it even if the status write failed.
+        let lease = self.renew_lease().await;
+        status.and(lease)
     }
 
     async fn renew_lease(&self) -> ApiResult<()> {
