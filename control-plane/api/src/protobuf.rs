@@ -28,6 +28,9 @@
 //! Unknown field numbers are skipped, so bodies of newer clients still decode; unknown kinds are
 //! `415 UnsupportedMediaType`; malformed bodies are `400 BadRequest` naming the field path.
 
+// ApiError is the crate's error type; callers return it as is.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::sync::OnceLock;
@@ -75,8 +78,10 @@ struct Table {
 struct Message {
     name: String,
     special: Option<Special>,
-    /// Sorted by number.
+    /// In declaration order, which is the order Go's JSON writes them in.
     fields: Vec<Field>,
+    /// (field number, index into `fields`), sorted by number.
+    by_number: Vec<(u32, usize)>,
 }
 
 #[derive(Debug)]
@@ -241,11 +246,13 @@ fn load_table(gz: &[u8]) -> Result<Table, String> {
                 inline: flags.contains('i'),
             });
         }
-        out.sort_by_key(|f| f.number);
+        let mut by_number: Vec<(u32, usize)> = out.iter().enumerate().map(|(i, f)| (f.number, i)).collect();
+        by_number.sort_unstable();
         messages.push(Message {
             name: name.clone(),
             special: special_of(name),
             fields: out,
+            by_number,
         });
     }
     let mut kinds = HashMap::new();
@@ -555,8 +562,8 @@ impl Decoder<'_> {
         // Gather per field (in the table's order), then emit in that order.
         let mut values: Vec<Vec<WireValue<'_>>> = vec![Vec::new(); message.fields.len()];
         for (number, value) in wire {
-            if let Ok(i) = message.fields.binary_search_by_key(&number, |f| f.number) {
-                values[i].push(value);
+            if let Ok(at) = message.by_number.binary_search_by_key(&number, |&(n, _)| n) {
+                values[message.by_number[at].1].push(value);
             }
         }
         let mut out = Map::new();
@@ -971,5 +978,361 @@ mod tests {
             .expect("golden is JSON");
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    // ---- a tiny encoder for hand-made bodies
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A varint field.
+    fn vf(number: u32, v: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(u64::from(number) << 3, &mut out);
+        varint(v, &mut out);
+        out
+    }
+
+    /// A length-delimited field.
+    fn lf(number: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint((u64::from(number) << 3) | 2, &mut out);
+        varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    fn body(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+        let type_meta = cat(&[lf(1, api_version.as_bytes()), lf(2, kind.as_bytes())]);
+        let mut out = MAGIC.to_vec();
+        out.extend(cat(&[lf(1, &type_meta), lf(2, raw), lf(3, b""), lf(4, b"")]));
+        out
+    }
+
+    fn meta(name: &str) -> Vec<u8> {
+        // gogo writes every non-pointer field, so a real ObjectMeta is full of empties.
+        cat(&[
+            lf(1, name.as_bytes()),
+            lf(2, b""),
+            lf(3, b""),
+            vf(7, 0),
+            lf(8, b""),
+        ])
+    }
+
+    #[test]
+    fn pointer_zeros_stay_and_value_zeros_go() {
+        // DeploymentSpec: replicas (*int32) = 0, minReadySeconds (int32) = 0, paused (bool) = false.
+        let spec = cat(&[vf(1, 0), vf(5, 0), vf(7, 0)]);
+        let raw = cat(&[lf(1, &meta("d")), lf(2, &spec)]);
+        let got = decode(&body("apps/v1", "Deployment", &raw)).expect("decodes");
+        assert_eq!(
+            got,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "d"}, "spec": {"replicas": 0}})
+        );
+        assert_eq!(fixture("deployment-replicas0")["spec"]["replicas"], json!(0));
+        assert_eq!(fixture("deployment")["spec"]["replicas"], json!(3));
+    }
+
+    #[test]
+    fn access_reviews_carry_no_empty_noise() {
+        fn strings(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::String(s) => out.push(s.clone()),
+                Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+                Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+                _ => {}
+            }
+        }
+        for name in ["can-i", "can-i-subresource", "can-i-nonresource", "can-i-list"] {
+            let v = fixture(name);
+            let mut all = Vec::new();
+            strings(&v, &mut all);
+            assert!(!all.iter().any(String::is_empty), "{name}: {v}");
+            assert!(v.get("metadata").is_none(), "{name}: {v}");
+        }
+        let v = fixture("can-i-subresource");
+        assert_eq!(
+            v["spec"]["resourceAttributes"],
+            json!({"namespace": "ns1", "verb": "get", "resource": "pods", "subresource": "log",
+                   "name": "log"})
+        );
+        // `allowed` has no omitempty upstream: Go's JSON writes it even when false.
+        assert_eq!(v["status"], json!({"allowed": false}));
+    }
+
+    #[test]
+    fn bytes_and_byte_maps_are_base64() {
+        let s = fixture("secret-generic");
+        assert_eq!(s["data"], json!({"bin": "AAEC/w==", "k": "dg=="}));
+        let cm = fixture("configmap");
+        assert_eq!(cm["data"], json!({"a": "b", "c": "d"}));
+        assert_eq!(cm["binaryData"], json!({"bin": "AAEC/w=="}));
+        let csr = fixture("certificate-approve");
+        assert!(csr["spec"]["request"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("LS0tLS1CRUdJTi")));
+    }
+
+    #[test]
+    fn times_quantities_and_int_or_strings() {
+        let csr = fixture("certificate-approve");
+        assert_eq!(
+            csr["metadata"]["creationTimestamp"],
+            json!("2026-11-23T13:32:16Z")
+        );
+        let condition = &csr["status"]["conditions"][0];
+        assert_eq!(condition["lastUpdateTime"], json!("2026-11-23T13:32:16Z"));
+        assert!(condition.get("lastTransitionTime").is_none());
+        let quota = fixture("quota");
+        assert_eq!(
+            quota["spec"]["hard"],
+            json!({"cpu": "1", "memory": "1G", "pods": "2"})
+        );
+        assert_eq!(fixture("poddisruptionbudget")["spec"]["minAvailable"], json!(1));
+        assert_eq!(
+            fixture("poddisruptionbudget-percent")["spec"]["maxUnavailable"],
+            json!("50%")
+        );
+        let svc = fixture("service-clusterip");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], json!(8080));
+
+        // MicroTime keeps microseconds; Time drops the nanos upstream ignores too.
+        let lease_spec = cat(&[
+            lf(1, b"holder"),
+            lf(4, &cat(&[vf(1, 1_767_225_600), vf(2, 123_456_789)])),
+        ]);
+        let raw = cat(&[lf(1, &meta("l")), lf(2, &lease_spec)]);
+        let lease = decode(&body("coordination.k8s.io/v1", "Lease", &raw)).expect("lease");
+        assert_eq!(lease["spec"]["renewTime"], json!("2026-01-01T00:00:00.123456Z"));
+        let meta_with_time = cat(&[lf(1, b"t"), lf(8, &cat(&[vf(1, 1_767_225_600), vf(2, 5)]))]);
+        let ns = decode(&body("v1", "Namespace", &lf(1, &meta_with_time))).expect("ns");
+        assert_eq!(ns["metadata"]["creationTimestamp"], json!("2026-01-01T00:00:00Z"));
+
+        // A pointer IntOrString set to 0 stays (maxUnavailable: 0 means "none").
+        let pdb_spec = lf(3, &cat(&[vf(1, 0), vf(2, 0), lf(3, b"")]));
+        let raw = cat(&[lf(1, &meta("p")), lf(2, &pdb_spec)]);
+        let pdb = decode(&body("policy/v1", "PodDisruptionBudget", &raw)).expect("pdb");
+        assert_eq!(pdb["spec"], json!({"maxUnavailable": 0}));
+    }
+
+    #[test]
+    fn inline_structs_pointer_structs_and_raw_json() {
+        // Pod volume: Volume.name + inlined VolumeSource {emptyDir: {}, configMap: {name: cm}}.
+        let config_map = lf(1, &lf(1, b"cm")); // ConfigMapVolumeSource.localObjectReference
+        let source = cat(&[lf(2, b""), lf(19, &config_map)]); // emptyDir (pointer) empty
+        let volume = cat(&[lf(1, b"v"), lf(2, &source)]);
+        let container = cat(&[lf(1, b"c"), lf(2, b"img")]);
+        let pod_spec = cat(&[lf(1, &volume), lf(2, &container)]);
+        let raw = cat(&[lf(1, &meta("p")), lf(2, &pod_spec), lf(3, b"")]);
+        let pod = decode(&body("v1", "Pod", &raw)).expect("pod");
+        assert_eq!(
+            pod["spec"],
+            json!({"volumes": [{"name": "v", "emptyDir": {}, "configMap": {"name": "cm"}}],
+                   "containers": [{"name": "c", "image": "img"}]})
+        );
+        assert!(pod.get("status").is_none());
+
+        // ControllerRevision.data is a RawExtension: embedded JSON, or an embedded k8s\0 body.
+        let json_data = lf(1, br#"{"spec":{"x":1}}"#);
+        let raw = cat(&[lf(1, &meta("r")), lf(2, &json_data), vf(3, 2)]);
+        let rev = decode(&body("apps/v1", "ControllerRevision", &raw)).expect("revision");
+        assert_eq!(rev["data"], json!({"spec": {"x": 1}}));
+        assert_eq!(rev["revision"], json!(2));
+        let nested = body(
+            "v1",
+            "ConfigMap",
+            &cat(&[lf(1, &meta("inner")), lf(2, &cat(&[lf(1, b"k"), lf(2, b"v")]))]),
+        );
+        let raw = cat(&[lf(1, &meta("r")), lf(2, &lf(1, &nested))]);
+        let rev = decode(&body("apps/v1", "ControllerRevision", &raw)).expect("nested");
+        assert_eq!(
+            rev["data"],
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "inner"}, "data": {"k": "v"}})
+        );
+
+        // managedFields[].fieldsV1 is embedded JSON too.
+        let entry = cat(&[
+            lf(1, b"kubectl"),
+            lf(2, b"Apply"),
+            lf(6, b"FieldsV1"),
+            lf(7, &lf(1, br#"{"f:data":{}}"#)),
+        ]);
+        let m = cat(&[lf(1, b"cm"), lf(17, &entry)]);
+        let cm = decode(&body("v1", "ConfigMap", &lf(1, &m))).expect("cm");
+        assert_eq!(
+            cm["metadata"]["managedFields"][0],
+            json!({"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1",
+                   "fieldsV1": {"f:data": {}}})
+        );
+    }
+
+    #[test]
+    fn delete_options_and_extra_values() {
+        // gracePeriodSeconds: 0 (pointer) stays; dryRun is a list.
+        let raw = cat(&[vf(1, 0), lf(4, b"Foreground"), lf(5, b"All")]);
+        for api_version in ["v1", "apps/v1", "meta.k8s.io/v1"] {
+            let got = decode(&body(api_version, "DeleteOptions", &raw)).expect("delete options");
+            assert_eq!(
+                got,
+                json!({"apiVersion": api_version, "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                       "propagationPolicy": "Foreground", "dryRun": ["All"]}),
+            );
+        }
+        // SubjectAccessReviewSpec.extra is map<string, ExtraValue{repeated string items}>.
+        let extra = cat(&[lf(1, b"scopes"), lf(2, &cat(&[lf(1, b"a"), lf(1, b"b")]))]);
+        let spec = cat(&[lf(3, b"bob"), lf(5, &extra)]);
+        let sar = decode(&body(
+            "authorization.k8s.io/v1",
+            "SubjectAccessReview",
+            &cat(&[lf(1, b""), lf(2, &spec)]),
+        ))
+        .expect("sar");
+        assert_eq!(
+            sar["spec"],
+            json!({"user": "bob", "extra": {"scopes": ["a", "b"]}})
+        );
+    }
+
+    #[test]
+    fn scalars_negative_and_packed() {
+        // Container.ports[].containerPort = -1 (sign-extended int32 varint) - decoded as is.
+        let port = vf(3, (-1i64) as u64);
+        let container = cat(&[lf(1, b"c"), lf(6, &port)]);
+        let raw = cat(&[lf(1, &meta("p")), lf(2, &lf(2, &container))]);
+        let pod = decode(&body("v1", "Pod", &raw)).expect("pod");
+        assert_eq!(
+            pod["spec"]["containers"][0]["ports"][0]["containerPort"],
+            json!(-1)
+        );
+        // NodeSelectorRequirement has no ints; use an EndpointPort-free case: packed and
+        // unpacked repeated int32 (LimitRange has none either), so exercise the reader directly.
+        let decoder = Decoder {
+            table: table().expect("table"),
+        };
+        let mut items = Vec::new();
+        let packed = cat(&[vec![1], vec![0x96, 0x01]]);
+        decoder
+            .repeated_value(
+                ValueType::Scalar(Scalar::Int32),
+                WireValue::Bytes(&packed),
+                0,
+                &mut items,
+            )
+            .expect("packed");
+        assert_eq!(items, vec![json!(1), json!(150)]);
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(90_500_000_000), "1m30.5s");
+        assert_eq!(go_duration(1_500_000), "1.5ms");
+        assert_eq!(go_duration(-2_000), "-2µs");
+        assert_eq!(go_duration(0), "0s");
+    }
+
+    #[test]
+    fn malformed_bodies_are_bad_requests_naming_the_field() {
+        let e = decode(b"{\"kind\":\"Pod\"}").expect_err("no magic");
+        assert_eq!((e.code, e.reason), (400, "BadRequest"));
+
+        let e = decode(&body("", "", b"")).expect_err("no kind");
+        assert_eq!(e.code, 400);
+
+        // Truncated: a length that runs past the end of spec.template.
+        let spec = cat(&[vf(1, 1), vec![(3 << 3) | 2, 50, 1, 2]]);
+        let raw = cat(&[lf(1, &meta("d")), lf(2, &spec)]);
+        let e = decode(&body("apps/v1", "Deployment", &raw)).expect_err("truncated");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("spec"), "{}", e.message);
+
+        // Wrong wire type for a string field.
+        let raw = lf(1, &vf(1, 7));
+        let e = decode(&body("v1", "Namespace", &raw)).expect_err("wire type");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("metadata.name"), "{}", e.message);
+
+        // Invalid UTF-8 in a string.
+        let raw = lf(1, &lf(1, &[0xff, 0xfe]));
+        let e = decode(&body("v1", "Namespace", &raw)).expect_err("utf8");
+        assert!(e.message.contains("UTF-8"), "{}", e.message);
+
+        // Whole body garbage after the magic.
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend([
+            0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ]);
+        assert_eq!(decode(&garbage).expect_err("garbage").code, 400);
+
+        // Deep nesting is refused, not a stack overflow: CRD spec.versions[0].schema.
+        // openAPIV3Schema.not.not.… (JSONSchemaProps is recursive).
+        let mut schema = Vec::new();
+        for _ in 0..200 {
+            schema = lf(28, &schema);
+        }
+        let spec = lf(7, &lf(4, &lf(1, &schema)));
+        let e = decode(&body(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            &lf(2, &spec),
+        ))
+        .expect_err("too deep");
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("nested deeper"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_kinds_are_unsupported_media_type() {
+        let e = decode(&body("example.com/v1", "Widget", b"")).expect_err("unknown");
+        assert_eq!((e.code, e.reason), (415, "UnsupportedMediaType"));
+        assert!(e.message.contains("example.com/v1, Kind=Widget"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped() {
+        let raw = cat(&[lf(1, &cat(&[lf(1, b"ns"), lf(99, b"future")])), vf(77, 1)]);
+        let got = decode(&body("v1", "Namespace", &raw)).expect("decodes");
+        assert_eq!(
+            got,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}})
+        );
+    }
+
+    /// Every kind a client can send a body for resolves: the registry's kinds, the kinds of
+    /// subresources taking bodies, and DeleteOptions.
+    #[test]
+    fn every_served_kind_has_a_message() {
+        let table = table().expect("table loads");
+        let mut missing = Vec::new();
+        for r in crate::registry::RESOURCES {
+            if table.message_of(&r.api_version(), r.kind).is_none() {
+                missing.push(format!("{}/{}", r.api_version(), r.kind));
+            }
+            for s in r.subresources {
+                if s.kind.ends_with("Options") {
+                    continue; // proxy/exec/attach/portforward take query parameters
+                }
+                let api_version = if s.group.is_empty() && s.version.is_empty() {
+                    r.api_version()
+                } else if s.group.is_empty() {
+                    s.version.to_string()
+                } else {
+                    format!("{}/{}", s.group, s.version)
+                };
+                if table.message_of(&api_version, s.kind).is_none() {
+                    missing.push(format!("{api_version}/{} ({})", s.kind, s.name));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no protobuf message for {missing:?}");
+        assert!(table.message_of("v1", "DeleteOptions").is_some());
     }
 }
