@@ -323,6 +323,18 @@ fn validate_node_name(name: &str) -> Result<()> {
 }
 
 impl Ca {
+    fn new(der: CertificateDer<'static>, key: KeyPair) -> Result<Ca> {
+        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(generate_err("CA issuer"))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(der.clone())?;
+        Ok(Ca {
+            der,
+            issuer,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            roots: Arc::new(roots),
+        })
+    }
+
     fn now() -> UnixTime {
         UnixTime::now()
     }
@@ -421,41 +433,71 @@ impl Pki {
     pub fn load_or_create(dir: &Path, opts: &PkiOptions) -> Result<Pki> {
         let pki_dir = dir.join("pki");
         create_dir(&pki_dir, 0o700)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-
         let (ca_der, ca_key, ca_is_new) = load_or_create_ca(&pki_dir)?;
-        let issuer = Issuer::from_ca_cert_der(&ca_der, ca_key).map_err(generate_err("CA issuer"))?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca_der.clone())?;
-        let ca = Ca {
-            der: ca_der,
-            issuer,
-            provider: provider.clone(),
-            roots: Arc::new(roots),
-        };
-        let ca_pin = spki_pin(&ca.der)?;
-        let ca_pem = pem_encode("CERTIFICATE", &ca.der);
-
+        let ca = Ca::new(ca_der, ca_key)?;
         let wanted = desired_sans(opts)?;
         let (server_der, server_key) = ca.load_or_issue_server_cert(&pki_dir, &wanted, ca_is_new)?;
-        let verifier = WebPkiClientVerifier::builder_with_provider(ca.roots.clone(), provider.clone())
+        let pki = Pki::assemble(dir, ca, server_der, server_key)?;
+        pki.ensure_admin_kubeconfig(&opts.kubeconfig_server)?;
+        Ok(pki)
+    }
+
+    /// Loads an existing PKI exactly as it is on disk: creates, re-issues and rewrites nothing.
+    /// For command-line tools running next to a server (`keel-server ca-hash`, `token create`),
+    /// which must not change files the running server and its users rely on.
+    pub fn load(dir: &Path) -> Result<Pki> {
+        let pki_dir = dir.join("pki");
+        let missing = |name: &str| Error::BadFile {
+            path: pki_dir.join(name),
+            message: "missing: no cluster PKI here (start the server once to create it)".into(),
+        };
+        let (ca_der, ca_key) = match (
+            read_optional(&pki_dir.join("ca.crt"))?,
+            read_optional(&pki_dir.join("ca.key"))?,
+        ) {
+            (Some(crt), Some(key)) => parse_ca(&pki_dir, &crt, &key)?,
+            (None, _) => return Err(missing("ca.crt")),
+            (_, None) => return Err(missing("ca.key")),
+        };
+        let crt = read_optional(&pki_dir.join("server.crt"))?.ok_or_else(|| missing("server.crt"))?;
+        let key = read_optional(&pki_dir.join("server.key"))?.ok_or_else(|| missing("server.key"))?;
+        let bad = |name: &str, what: &str| Error::BadFile {
+            path: pki_dir.join(name),
+            message: format!("no PEM {what}"),
+        };
+        let server_der = first_pem_der(&crt, "CERTIFICATE").ok_or_else(|| bad("server.crt", "certificate"))?;
+        let server_key = first_pem_der(&key, "PRIVATE KEY").ok_or_else(|| bad("server.key", "PKCS#8 key"))?;
+        Pki::assemble(
+            dir,
+            Ca::new(ca_der, ca_key)?,
+            CertificateDer::from(server_der),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key)),
+        )
+    }
+
+    fn assemble(
+        dir: &Path,
+        ca: Ca,
+        server_der: CertificateDer<'static>,
+        server_key: PrivateKeyDer<'static>,
+    ) -> Result<Pki> {
+        let ca_pin = spki_pin(&ca.der)?;
+        let ca_pem = pem_encode("CERTIFICATE", &ca.der);
+        let verifier = WebPkiClientVerifier::builder_with_provider(ca.roots.clone(), ca.provider.clone())
             .allow_unauthenticated()
             .build()
             .map_err(|e| Error::Tls(rustls::Error::General(e.to_string())))?;
-        let server_base = ServerConfig::builder_with_provider(provider)
+        let server_base = ServerConfig::builder_with_provider(ca.provider.clone())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![server_der], server_key)?;
-
-        let pki = Pki {
+        Ok(Pki {
             dir: dir.to_path_buf(),
             ca,
             ca_pem,
             ca_pin,
             server_base,
-        };
-        pki.ensure_admin_kubeconfig(&opts.kubeconfig_server)?;
-        Ok(pki)
+        })
     }
 
     /// The directory the PKI was loaded from.
@@ -603,28 +645,36 @@ impl Pki {
     }
 }
 
+/// Parses ca.crt and ca.key (PEM) and checks that they belong together.
+fn parse_ca(pki_dir: &Path, crt: &str, key: &str) -> Result<(CertificateDer<'static>, KeyPair)> {
+    let crt_path = pki_dir.join("ca.crt");
+    let key_path = pki_dir.join("ca.key");
+    let der = first_pem_der(crt, "CERTIFICATE").ok_or_else(|| Error::BadFile {
+        path: crt_path,
+        message: "no PEM certificate".into(),
+    })?;
+    let key = KeyPair::from_pem(key).map_err(|e| Error::BadFile {
+        path: key_path.clone(),
+        message: format!("not a usable private key: {e}"),
+    })?;
+    let cert = parse_cert(&der)?;
+    if cert.tbs_certificate.subject_pki.subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(Error::BadFile {
+            path: key_path,
+            message: "the key does not belong to ca.crt".into(),
+        });
+    }
+    Ok((CertificateDer::from(der), key))
+}
+
 fn load_or_create_ca(pki_dir: &Path) -> Result<(CertificateDer<'static>, KeyPair, bool)> {
     let crt_path = pki_dir.join("ca.crt");
     let key_path = pki_dir.join("ca.key");
     match (read_optional(&crt_path)?, read_optional(&key_path)?) {
         (Some(crt), Some(key)) => {
-            let der = first_pem_der(&crt, "CERTIFICATE").ok_or_else(|| Error::BadFile {
-                path: crt_path.clone(),
-                message: "no PEM certificate".into(),
-            })?;
-            let key = KeyPair::from_pem(&key).map_err(|e| Error::BadFile {
-                path: key_path.clone(),
-                message: format!("not a usable private key: {e}"),
-            })?;
-            let cert = parse_cert(&der)?;
-            if cert.tbs_certificate.subject_pki.subject_public_key.data.as_ref() != key.public_key_raw() {
-                return Err(Error::BadFile {
-                    path: key_path,
-                    message: "the key does not belong to ca.crt".into(),
-                });
-            }
+            let (der, key) = parse_ca(pki_dir, &crt, &key)?;
             tracing::debug!(path = %crt_path.display(), "loaded cluster CA");
-            Ok((CertificateDer::from(der), key, false))
+            Ok((der, key, false))
         }
         (None, None) => {
             let key = KeyPair::generate().map_err(generate_err("CA key"))?;

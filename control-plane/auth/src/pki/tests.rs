@@ -296,3 +296,24 @@ fn bad_node_csrs_are_rejected() {
         Err(Error::CsrRejected(_))
     ));
 }
+
+#[test]
+fn read_only_load_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(Pki::load(dir.path()), Err(Error::BadFile { .. })));
+    let created = Pki::load_or_create(dir.path(), &opts(&["10.0.2.100"])).unwrap();
+    let files = ["pki/ca.crt", "pki/server.crt", "pki/server.key", "admin.kubeconfig"];
+    let before: Vec<String> = files.iter().map(|f| read(&dir.path().join(f))).collect();
+
+    // Different SANs and no kubeconfig server: a read-only load must not act on either.
+    let loaded = Pki::load(dir.path()).unwrap();
+    assert_eq!(loaded.ca_pin(), created.ca_pin());
+    let after: Vec<String> = files.iter().map(|f| read(&dir.path().join(f))).collect();
+    assert_eq!(before, after);
+
+    // What it loaded signs and serves like the original.
+    let (_, csr) = node_csr(None, &rcgen::PKCS_ECDSA_P256_SHA256);
+    let issued = loaded.sign_node_csr(&csr, "n1").unwrap();
+    assert!(created.ca.verifies_as_client(&CertificateDer::from(issued.der)));
+    let _ = loaded.server_tls_config(&[b"h2"]);
+}
