@@ -465,7 +465,8 @@ impl Pki {
             path: pki_dir.join(name),
             message: format!("no PEM {what}"),
         };
-        let server_der = first_pem_der(&crt, "CERTIFICATE").ok_or_else(|| bad("server.crt", "certificate"))?;
+        let server_der =
+            first_pem_der(&crt, "CERTIFICATE").ok_or_else(|| bad("server.crt", "certificate"))?;
         let server_key = first_pem_der(&key, "PRIVATE KEY").ok_or_else(|| bad("server.key", "PKCS#8 key"))?;
         Pki::assemble(
             dir,

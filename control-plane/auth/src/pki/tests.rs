@@ -302,7 +302,12 @@ fn read_only_load_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(Pki::load(dir.path()), Err(Error::BadFile { .. })));
     let created = Pki::load_or_create(dir.path(), &opts(&["10.0.2.100"])).unwrap();
-    let files = ["pki/ca.crt", "pki/server.crt", "pki/server.key", "admin.kubeconfig"];
+    let files = [
+        "pki/ca.crt",
+        "pki/server.crt",
+        "pki/server.key",
+        "admin.kubeconfig",
+    ];
     let before: Vec<String> = files.iter().map(|f| read(&dir.path().join(f))).collect();
 
     // Different SANs and no kubeconfig server: a read-only load must not act on either.
