@@ -11,7 +11,7 @@ NODE_BIN := target/$(MUSL)/node/keel-node
 export KEEL_OUT := $(abspath $(OUT))
 
 .PHONY: all deps build node-bin image iso qemu-cluster qemu-cluster-down qemu-cluster-status \
-        test test-unit test-e2e fmt lint bench-api bench-boot bench-lab clean
+        test test-unit test-e2e fmt lint bench-store bench-api bench-boot bench-lab clean
 
 all: build
 
@@ -59,9 +59,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+bench-store: deps
+	$(CARGO) run --release -p keel-store --bin store-bench
+
 bench-api: deps
-	$(CARGO) build --release -p keel-server -p keel-e2e --bins
-	$(CARGO) run --release -p keel-e2e --bin bench-api
+	$(CARGO) build --release -p keel-server -p keel-bench
+	$(CARGO) run --release -p keel-bench --bin bench-api
 
 clean:
 	rm -rf $(OUT) target

@@ -211,12 +211,12 @@ fn lists_paginate_and_watches_follow() {
     assert!(all.lines().next().unwrap_or("").starts_with("NAMESPACE"), "{all}");
 
     // A watch started now sees a later change.
-    let mut watch = s.kubectl_spawn(&k, &["get", "cm", "-w", "--output-watch-events", "-o", "name"]);
-    watch.wait_for_line(|l| l.contains("configmap/cm6"));
+    let mut watch = s.kubectl_spawn(&k, &["get", "cm", "-w", "--output-watch-events"]);
+    watch.wait_for_line(|l| l.starts_with("ADDED") && l.contains("cm6"));
     s.ok(&k, &["patch", "cm", "cm3", "-p", r#"{"data":{"k":"changed"}}"#]);
-    watch.wait_for_line(|l| l.contains("MODIFIED") && l.contains("configmap/cm3"));
+    watch.wait_for_line(|l| l.starts_with("MODIFIED") && l.contains("cm3"));
     s.ok(&k, &["delete", "cm", "cm5"]);
-    watch.wait_for_line(|l| l.contains("DELETED") && l.contains("configmap/cm5"));
+    watch.wait_for_line(|l| l.starts_with("DELETED") && l.contains("cm5"));
 }
 
 #[test]
@@ -306,4 +306,75 @@ fn discovery_and_explain() {
     }
     let explain = s.ok(&k, &["explain", "pods.spec.containers.image"]);
     assert!(explain.contains("Container image name."), "{explain}");
+}
+
+#[test]
+fn server_side_apply_conflicts_and_force() {
+    let s = Server::start();
+    let k = s.kubectl();
+    s.apply(&k, DEPLOYMENT);
+    let four = DEPLOYMENT.replace("replicas: 2", "replicas: 4");
+    let conflict = k
+        .run_with_stdin(&["apply", "--server-side", "-f", "-"], Some(&four))
+        .unwrap();
+    assert!(!conflict.success());
+    assert!(
+        conflict.stderr.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
+        ),
+        "{conflict:?}"
+    );
+    let forced = k
+        .run_with_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&four),
+        )
+        .unwrap();
+    assert!(
+        forced.success() && forced.stdout.contains("deployment.apps/web serverside-applied"),
+        "{forced:?}"
+    );
+    assert_eq!(
+        s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "4"
+    );
+    let managers = s.ok(
+        &k,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    );
+    assert!(
+        managers.contains("kubectl") && managers.contains("kubectl-client-side-apply"),
+        "{managers}"
+    );
+
+    // A new object through server-side apply is created.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"1\"}\n";
+    let created = k
+        .run_with_stdin(&["apply", "--server-side", "-f", "-"], Some(cm))
+        .unwrap();
+    assert!(
+        created.stdout.contains("configmap/ssa serverside-applied"),
+        "{created:?}"
+    );
+
+    // kubectl diff shows the server's dry-run result and exits 1 when there is a difference.
+    let diff = k.run_with_stdin(&["diff", "-f", "-"], Some(DEPLOYMENT)).unwrap();
+    assert_eq!(diff.status.code(), Some(1), "{diff:?}");
+    assert!(
+        diff.stdout.contains("-  replicas: 4") && diff.stdout.contains("+  replicas: 2"),
+        "{}",
+        diff.stdout
+    );
+    assert_eq!(
+        s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "4",
+        "diff must not write"
+    );
 }

@@ -188,8 +188,16 @@ fn read_entries(obj: &Value) -> Vec<Entry> {
             a.iter()
                 .map(|e| Entry {
                     manager: e.get("manager").and_then(Value::as_str).unwrap_or("").to_string(),
-                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
-                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string(),
+                    operation: e
+                        .get("operation")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Update")
+                        .to_string(),
+                    api_version: e
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                     subresource: e.get("subresource").and_then(Value::as_str).map(str::to_string),
                     time: e.get("time").cloned().unwrap_or(Value::Null),
                     fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
@@ -227,10 +235,15 @@ fn write_entries(obj: &mut Value, entries: Vec<Entry>) {
     }
 }
 
-fn entry_index(entries: &[Entry], manager: &str, operation: &str, subresource: Option<&str>) -> Option<usize> {
-    entries
-        .iter()
-        .position(|e| e.manager == manager && e.operation == operation && e.subresource.as_deref() == subresource)
+fn entry_index(
+    entries: &[Entry],
+    manager: &str,
+    operation: &str,
+    subresource: Option<&str>,
+) -> Option<usize> {
+    entries.iter().position(|e| {
+        e.manager == manager && e.operation == operation && e.subresource.as_deref() == subresource
+    })
 }
 
 /// Records an ordinary write (`Update`) by `manager`: it now owns every field whose value it
@@ -246,9 +259,16 @@ pub fn record_update(
     let with_status = subresource == Some("status");
     let old_leaves = old.map(|o| leaves(rt, o, with_status)).unwrap_or_default();
     let new_leaves = leaves(rt, new, with_status);
-    let changed: BTreeSet<Path> =
-        new_leaves.iter().filter(|(p, v)| old_leaves.get(*p) != Some(*v)).map(|(p, _)| p.clone()).collect();
-    let removed: BTreeSet<Path> = old_leaves.keys().filter(|p| !new_leaves.contains_key(*p)).cloned().collect();
+    let changed: BTreeSet<Path> = new_leaves
+        .iter()
+        .filter(|(p, v)| old_leaves.get(*p) != Some(*v))
+        .map(|(p, _)| p.clone())
+        .collect();
+    let removed: BTreeSet<Path> = old_leaves
+        .keys()
+        .filter(|p| !new_leaves.contains_key(*p))
+        .cloned()
+        .collect();
     let mut entries = read_entries(old.unwrap_or(new));
     if changed.is_empty() && removed.is_empty() {
         write_entries(new, entries);
@@ -312,19 +332,27 @@ pub fn apply(
     let node = root(rt);
     let mut merged = merge(live_obj, intent, node);
     // Fields this manager applied before and no longer mentions, owned by nobody else, go.
-    let previous = entry_index(&entries, manager, "Apply", None).map(|i| entries[i].fields.clone()).unwrap_or_default();
+    let previous = entry_index(&entries, manager, "Apply", None)
+        .map(|i| entries[i].fields.clone())
+        .unwrap_or_default();
     let others: BTreeSet<Path> = entries
         .iter()
         .filter(|e| !(e.manager == manager && e.operation == "Apply"))
         .flat_map(|e| e.fields.iter().cloned())
         .collect();
-    for p in previous.iter().filter(|p| !applied.contains_key(*p) && !others.contains(*p)) {
+    for p in previous
+        .iter()
+        .filter(|p| !applied.contains_key(*p) && !others.contains(*p))
+    {
         remove_path(&mut merged, p);
     }
 
     // Ownership: the applier owns what it applied; forced fields leave their old owners.
-    let changed: BTreeSet<Path> =
-        applied.iter().filter(|(p, v)| live_leaves.get(*p) != Some(*v)).map(|(p, _)| p.clone()).collect();
+    let changed: BTreeSet<Path> = applied
+        .iter()
+        .filter(|(p, v)| live_leaves.get(*p) != Some(*v))
+        .map(|(p, _)| p.clone())
+        .collect();
     for e in entries.iter_mut() {
         if e.manager == manager && e.operation == "Apply" {
             continue;
@@ -353,35 +381,57 @@ pub fn apply(
 }
 
 fn conflict_error(rt: &ResourceType, intent: &Value, conflicts: &[(String, String, Path)]) -> ApiError {
-    let name = intent.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = intent
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let causes: Vec<Cause> = conflicts
         .iter()
-        .map(|(m, av, p)| Cause::new("FieldManagerConflict", render_path(p), format!("conflict with {m:?} using {av}")))
+        .map(|(m, av, p)| {
+            Cause::new(
+                "FieldManagerConflict",
+                render_path(p),
+                format!("conflict with {m:?} using {av}"),
+            )
+        })
         .collect();
     let message = if conflicts.len() == 1 {
         let (m, av, p) = &conflicts[0];
-        format!("Apply failed with 1 conflict: conflict with {m:?} using {av}: {}", render_path(p))
+        format!(
+            "Apply failed with 1 conflict: conflict with {m:?} using {av}: {}",
+            render_path(p)
+        )
     } else {
         let mut by_manager: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for (m, av, p) in conflicts {
-            by_manager.entry((m.clone(), av.clone())).or_default().push(render_path(p));
+            by_manager
+                .entry((m.clone(), av.clone()))
+                .or_default()
+                .push(render_path(p));
         }
         let parts: Vec<String> = by_manager
             .iter()
             .map(|((m, av), ps)| {
-                format!("conflicts with {m:?} using {av}:\n{}", ps.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n"))
+                format!(
+                    "conflicts with {m:?} using {av}:\n{}",
+                    ps.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n")
+                )
             })
             .collect();
-        format!("Apply failed with {} conflicts: {}", conflicts.len(), parts.join("\n"))
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            parts.join("\n")
+        )
     };
     let mut e = ApiError::new(409, "Conflict", message);
-    e.details = Some(crate::status::Details {
+    e.details = Some(Box::new(crate::status::Details {
         name: name.to_string(),
         group: rt.group.to_string(),
         kind: rt.plural.to_string(),
         causes,
         retry_after_seconds: None,
-    });
+    }));
     e
 }
 
@@ -414,7 +464,12 @@ fn merge(live: &Value, intent: &Value, node: Option<Node<'_>>) -> Value {
                 let list_type = node.map(|n| n.field_meta(k).list_type).unwrap_or_default();
                 let merged = match (l.get(k), iv) {
                     (Some(Value::Array(la)), Value::Array(ia)) => merge_list(la, ia, list_type, child),
-                    (Some(lv @ Value::Object(_)), Value::Object(_)) if child.is_some_and(|c| !c.accepts_anything()) || k == "metadata" || k == "labels" || k == "annotations" => {
+                    (Some(lv @ Value::Object(_)), Value::Object(_))
+                        if child.is_some_and(|c| !c.accepts_anything())
+                            || k == "metadata"
+                            || k == "labels"
+                            || k == "annotations" =>
+                    {
                         merge(lv, iv, child)
                     }
                     _ => iv.clone(),
@@ -457,7 +512,9 @@ fn merge_list(live: &[Value], intent: &[Value], list_type: ListType<'_>, node: O
 
 /// Removes the field, element or member a leaf path points at.
 fn remove_path(obj: &mut Value, path: &Path) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     if last == "." {
         // The element itself: remove it from its list.
         if let Some((elem, list_path)) = parents.split_last() {
@@ -479,7 +536,11 @@ fn remove_path(obj: &mut Value, path: &Path) {
 }
 
 fn element_matches(item: &Value, el: &str) -> bool {
-    match (el.strip_prefix("k:").and_then(|k| serde_json::from_str::<Value>(k).ok()), item.as_object()) {
+    match (
+        el.strip_prefix("k:")
+            .and_then(|k| serde_json::from_str::<Value>(k).ok()),
+        item.as_object(),
+    ) {
         (Some(Value::Object(keys)), Some(o)) => keys.iter().all(|(k, v)| o.get(k) == Some(v)),
         _ => false,
     }
@@ -518,14 +579,25 @@ mod tests {
         let err = apply(rt, Some(&live), &deploy(3, "nginx:1"), "kubectl", false, "t1").unwrap_err();
         assert_eq!(err.code, 409);
         assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas");
-        assert_eq!(err.to_status()["details"]["causes"][0]["reason"], "FieldManagerConflict");
+        assert_eq!(
+            err.to_status()["details"]["causes"][0]["reason"],
+            "FieldManagerConflict"
+        );
         // Same values: no conflict, shared ownership.
         let same = apply(rt, Some(&live), &deploy(2, "nginx:1"), "kubectl", false, "t1").unwrap();
         assert_eq!(same["spec"]["replicas"], 2);
         let forced = apply(rt, Some(&live), &deploy(3, "nginx:2"), "kubectl", true, "t2").unwrap();
         assert_eq!(forced["spec"]["replicas"], 3);
-        assert_eq!(forced["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:2");
-        let managers: Vec<&str> = forced["metadata"]["managedFields"].as_array().unwrap().iter().map(|e| e["manager"].as_str().unwrap()).collect();
+        assert_eq!(
+            forced["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx:2"
+        );
+        let managers: Vec<&str> = forced["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
         assert!(managers.contains(&"kubectl"));
     }
 
@@ -541,12 +613,23 @@ mod tests {
         assert!(after["metadata"]["labels"].get("extra").is_none(), "{after}");
         // A sidecar added by another manager survives this manager's apply.
         let mut other = after.clone();
-        other["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "side", "image": "busybox"}));
+        other["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "side", "image": "busybox"}));
         record_update(rt, Some(&after), &mut other, "someone", None, "t2");
         let again = apply(rt, Some(&other), &deploy(2, "nginx:9"), "mgr", false, "t3").unwrap();
-        let names: Vec<&str> = again["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = again["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["nginx", "side"]);
-        assert_eq!(again["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:9");
+        assert_eq!(
+            again["spec"]["template"]["spec"]["containers"][0]["image"],
+            "nginx:9"
+        );
     }
 
     #[test]
@@ -554,7 +637,10 @@ mod tests {
         let rt = find("apps", "v1", "deployments").unwrap();
         let paths: BTreeSet<Path> = leaves(rt, &deploy(1, "x"), false).into_keys().collect();
         let v = to_fields_v1(&paths);
-        assert!(v["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"]["."].is_object(), "{v}");
+        assert!(
+            v["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"nginx\"}"]["."].is_object(),
+            "{v}"
+        );
         assert_eq!(from_fields_v1(&v), paths);
     }
 }

@@ -269,7 +269,7 @@ pub static RESOURCES: &[ResourceType] = &[
     with(
         crud("", "v1", "Pod", "pods", "pod", true),
         &["po"],
-        &ALL,
+        ALL,
         &[
             Subresource {
                 name: "attach",
@@ -333,7 +333,7 @@ pub static RESOURCES: &[ResourceType] = &[
             true,
         ),
         &["rc"],
-        &ALL,
+        ALL,
         &[SCALE, status("ReplicationController")],
     ),
     with(
@@ -365,7 +365,7 @@ pub static RESOURCES: &[ResourceType] = &[
     with(
         crud("", "v1", "Service", "services", "service", true),
         &["svc"],
-        &ALL,
+        ALL,
         &[
             Subresource {
                 name: "proxy",
@@ -389,25 +389,25 @@ pub static RESOURCES: &[ResourceType] = &[
     with(
         crud("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true),
         &["ds"],
-        &ALL,
+        ALL,
         &[status("DaemonSet")],
     ),
     with(
         crud("apps", "v1", "Deployment", "deployments", "deployment", true),
         &["deploy"],
-        &ALL,
+        ALL,
         &[SCALE, status("Deployment")],
     ),
     with(
         crud("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true),
         &["rs"],
-        &ALL,
+        ALL,
         &[SCALE, status("ReplicaSet")],
     ),
     with(
         crud("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true),
         &["sts"],
-        &ALL,
+        ALL,
         &[SCALE, status("StatefulSet")],
     ),
     // ---- authentication.k8s.io/v1
@@ -489,7 +489,7 @@ pub static RESOURCES: &[ResourceType] = &[
             true,
         ),
         &["hpa"],
-        &ALL,
+        ALL,
         &[status("HorizontalPodAutoscaler")],
     ),
     stored_as(
@@ -503,7 +503,7 @@ pub static RESOURCES: &[ResourceType] = &[
                 true,
             ),
             &["hpa"],
-            &ALL,
+            ALL,
             &[status("HorizontalPodAutoscaler")],
         ),
         "v2",
@@ -512,13 +512,13 @@ pub static RESOURCES: &[ResourceType] = &[
     with(
         crud("batch", "v1", "CronJob", "cronjobs", "cronjob", true),
         &["cj"],
-        &ALL,
+        ALL,
         &[status("CronJob")],
     ),
     with(
         crud("batch", "v1", "Job", "jobs", "job", true),
         &[],
-        &ALL,
+        ALL,
         &[status("Job")],
     ),
     // ---- certificates.k8s.io/v1

@@ -96,7 +96,7 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     /// `details.name`, `details.group`, `details.kind` and `details.causes`.
-    pub details: Option<Details>,
+    pub details: Option<Box<Details>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -119,7 +119,7 @@ impl ApiError {
     }
 
     fn with_details(mut self, d: Details) -> Self {
-        self.details = Some(d);
+        self.details = Some(Box::new(d));
         self
     }
 

@@ -30,6 +30,8 @@ fn ctx(opts: &WriteOptions) -> WriteCtx {
         dry_run: opts.dry_run,
         validation: FieldValidation::Ignore,
         warnings: Vec::new(),
+        user_agent: None,
+        applying: false,
     }
 }
 

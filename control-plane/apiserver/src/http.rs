@@ -94,6 +94,7 @@ struct Req {
     query: Vec<(String, String)>,
     accept: String,
     content_type: String,
+    user_agent: String,
     user: Option<UserInfo>,
     body: Bytes,
 }
@@ -116,6 +117,8 @@ impl Req {
             dry_run: self.query.iter().any(|(k, v)| k == "dryRun" && v == "All"),
             validation: FieldValidation::parse(self.q("fieldValidation"))?,
             warnings: Vec::new(),
+            user_agent: (!self.user_agent.is_empty()).then(|| self.user_agent.clone()),
+            ..WriteCtx::default()
         })
     }
 
@@ -182,6 +185,7 @@ async fn handle(
     let accept = header(header::ACCEPT);
     let content_type = header(header::CONTENT_TYPE);
     let authorization = header(header::AUTHORIZATION);
+    let user_agent = header(header::USER_AGENT);
     let query = parse_query(req.uri().query().unwrap_or(""));
 
     let user = match cert_user {
@@ -218,6 +222,7 @@ async fn handle(
         query,
         accept,
         content_type,
+        user_agent,
         user,
         body,
     };

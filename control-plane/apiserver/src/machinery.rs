@@ -4,7 +4,7 @@
 
 use keel_api::registry::ResourceType;
 use keel_api::schema::Gvk;
-use keel_api::status::{ApiError, ApiResult};
+use keel_api::status::ApiResult;
 use serde_json::Value;
 
 pub use keel_api::schema::FieldValidation;
@@ -14,9 +14,10 @@ fn gvk(rt: &ResourceType) -> Gvk<'static> {
     Gvk::new(rt.group, rt.version, rt.kind)
 }
 
-/// Unknown fields per `fieldValidation`: the warnings to send, or the Strict error.
-pub fn check_unknown_fields(rt: &ResourceType, obj: &Value, mode: FieldValidation) -> ApiResult<Vec<String>> {
-    keel_api::schema::check_unknown_fields(gvk(rt), obj, mode)
+/// Unknown fields per `fieldValidation`: the warnings to send, or the Strict error; unknown
+/// fields are pruned either way (upstream never stores them).
+pub fn check_unknown_fields(rt: &ResourceType, obj: &mut Value, mode: FieldValidation) -> ApiResult<Vec<String>> {
+    keel_api::schema::validate_and_prune(gvk(rt), None, obj, mode)
 }
 
 /// The string form (`app=web,tier in (a,b)`) of a structured `LabelSelector`.
@@ -46,16 +47,6 @@ pub fn strategic_merge_patch(
         _ => gvk(rt),
     };
     keel_api::patch::strategic_merge_patch(current, patch, gvk)
-}
-
-pub fn apply(
-    _rt: &ResourceType,
-    current: &Value,
-    body: &Value,
-    _manager: Option<&str>,
-    _force: bool,
-) -> ApiResult<Value> {
-    merge_patch(current, body)
 }
 
 pub fn apply_defaults(_rt: &ResourceType, _obj: &mut Value) {}

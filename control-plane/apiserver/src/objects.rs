@@ -35,6 +35,24 @@ pub struct WriteCtx {
     pub validation: FieldValidation,
     /// Warnings collected while handling the request (`Warning:` headers).
     pub warnings: Vec<String>,
+    /// The client's User-Agent, which names the field manager when the request does not.
+    pub user_agent: Option<String>,
+    /// Set while a server-side apply is being written: ownership was already recorded.
+    pub(crate) applying: bool,
+}
+
+impl WriteCtx {
+    /// The field manager of this write: `fieldManager`, else the User-Agent's program name
+    /// (`kubectl/v1.32.4 (linux/amd64)` → `kubectl`), as upstream names it.
+    pub fn manager(&self) -> String {
+        if let Some(m) = self.field_manager.as_deref().filter(|m| !m.is_empty()) {
+            return m.to_string();
+        }
+        match self.user_agent.as_deref().and_then(|ua| ua.split('/').next()).filter(|p| !p.is_empty()) {
+            Some(p) => p.to_string(),
+            None => "keel-control-plane".to_string(),
+        }
+    }
 }
 
 /// One page of a list.
@@ -187,7 +205,7 @@ impl Objects {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
         set_type_meta(rt, &mut obj)?;
-        strategy::check_unknown_fields(rt, &obj, ctx)?;
+        strategy::check_unknown_fields(rt, &mut obj, ctx)?;
         let meta = meta_mut(&mut obj);
         // Namespace: from the URL; a different one in the body is an error.
         if rt.namespaced {
@@ -232,6 +250,9 @@ impl Objects {
         self.alloc.allocate_on_create(self, rt, &mut obj).await?;
         let name = object_name(&obj).to_string();
         crate::machinery::validate_create(rt, &obj)?;
+        if !ctx.applying {
+            keel_api::managed::record_update(rt, None, &mut obj, &ctx.manager(), None, &time::now_rfc3339());
+        }
         if rt.namespaced {
             self.check_namespace_open(ns.unwrap_or_default(), rt, &name)
                 .await?;
@@ -269,7 +290,7 @@ impl Objects {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
         set_type_meta(rt, &mut obj)?;
-        strategy::check_unknown_fields(rt, &obj, ctx)?;
+        strategy::check_unknown_fields(rt, &mut obj, ctx)?;
         let body_name = object_name(&obj);
         if body_name.is_empty() {
             meta_mut(&mut obj).insert("name".into(), json!(name));
@@ -316,6 +337,9 @@ impl Objects {
             self.alloc.allocate_on_update(self, rt, &mut obj, &old).await?;
         }
         crate::machinery::validate_update(rt, &obj, &old)?;
+        if !ctx.applying {
+            keel_api::managed::record_update(rt, Some(&old), &mut obj, &ctx.manager(), subresource, &time::now_rfc3339());
+        }
         meta_mut(&mut obj).remove("resourceVersion");
         if ctx.dry_run {
             set_resource_version(&mut obj, old_rev);
@@ -368,15 +392,19 @@ impl Objects {
             let (old, old_rev) = match self.get_kv(rt, ns, name).await {
                 Ok(found) => found,
                 Err(e) if e.code == 404 && subresource.is_none() => {
-                    if let Patch::Apply { body, .. } = patch {
-                        let mut obj = body.clone();
-                        let meta = meta_mut(&mut obj);
+                    if let Patch::Apply { body, force } = patch {
+                        let mut intent = body.clone();
+                        let meta = meta_mut(&mut intent);
                         if meta.get("name").and_then(Value::as_str).unwrap_or("").is_empty() {
                             meta.insert("name".into(), json!(name));
                         }
-                        ctx.field_manager.get_or_insert_with(|| "kubectl".into());
-                        let created = self.create(rt, ns, obj, ctx).await?;
-                        return Ok((created, true));
+                        set_type_meta(rt, &mut intent)?;
+                        strategy::check_unknown_fields(rt, &mut intent, ctx)?;
+                        let obj = keel_api::managed::apply(rt, None, &intent, &ctx.manager(), *force, &time::now_rfc3339())?;
+                        ctx.applying = true;
+                        let created = self.create(rt, ns, obj, ctx).await;
+                        ctx.applying = false;
+                        return created.map(|c| (c, true));
                     }
                     return Err(e);
                 }
@@ -397,10 +425,10 @@ impl Objects {
                     object_name(&patched)
                 )));
             }
-            match self
-                .write_update(rt, ns, name, old, old_rev, patched, subresource, ctx)
-                .await
-            {
+            ctx.applying = matches!(patch, Patch::Apply { .. });
+            let written = self.write_update(rt, ns, name, old, old_rev, patched, subresource, ctx).await;
+            ctx.applying = false;
+            match written {
                 Err(e)
                     if e.reason == "Conflict"
                         && precondition.is_none()
@@ -655,6 +683,10 @@ impl Objects {
                     Err(StoreError::Compacted { .. }) => {
                         Some(Err(ApiError::expired("too old resource version")))
                     }
+                    // A watcher that fell behind is cut off; the client lists again and resumes.
+                    Err(StoreError::WatchLagged { last_revision }) => Some(Err(ApiError::expired(format!(
+                        "the watch fell behind at resource version {last_revision}; list and watch again"
+                    )))),
                     Err(e) => Some(Err(store_error(e))),
                 }
             }

@@ -218,23 +218,30 @@ pub fn apply_patch(
     patch: &Patch,
     ctx: &mut WriteCtx,
 ) -> ApiResult<Value> {
-    let patched = match patch {
+    let mut patched = match patch {
         Patch::Json(ops) => crate::machinery::json_patch(current, ops)?,
         Patch::Merge(p) => crate::machinery::merge_patch(current, p)?,
         Patch::Strategic(p) => crate::machinery::strategic_merge_patch(rt, subresource, current, p)?,
         Patch::Apply { body, force } => {
-            crate::machinery::apply(rt, current, body, ctx.field_manager.as_deref(), *force)?
+            let mut intent = body.clone();
+            if intent.get("apiVersion").is_none() {
+                intent["apiVersion"] = json!(rt.api_version());
+            }
+            if intent.get("kind").is_none() {
+                intent["kind"] = json!(rt.kind);
+            }
+            keel_api::managed::apply(rt, Some(current), &intent, &ctx.manager(), *force, &keel_api::time::now_rfc3339())?
         }
     };
     if subresource != Some("scale") {
-        check_unknown_fields(rt, &patched, ctx)?;
+        check_unknown_fields(rt, &mut patched, ctx)?;
     }
     Ok(patched)
 }
 
 /// `fieldValidation`: reject (Strict), warn about (Warn) or drop silently (Ignore) fields the
 /// schema does not know.
-pub fn check_unknown_fields(rt: &ResourceType, obj: &Value, ctx: &mut WriteCtx) -> ApiResult<()> {
+pub fn check_unknown_fields(rt: &ResourceType, obj: &mut Value, ctx: &mut WriteCtx) -> ApiResult<()> {
     let warnings = crate::machinery::check_unknown_fields(rt, obj, ctx.validation)?;
     ctx.warnings.extend(warnings);
     Ok(())

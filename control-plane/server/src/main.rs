@@ -19,7 +19,11 @@ use keel_apiserver::{ApiServer, Cidr, Config, Objects};
 use keel_auth::{Pki, PkiOptions, TokenAuthenticator};
 
 #[derive(Parser, Debug)]
-#[command(name = "keel-server", version, about = "The Keel control plane: Kubernetes API, store and node gate")]
+#[command(
+    name = "keel-server",
+    version,
+    about = "The Keel control plane: Kubernetes API, store and node gate"
+)]
 struct Cli {
     #[command(flatten)]
     serve: ServeArgs,
@@ -110,7 +114,9 @@ fn main() -> Result<()> {
             println!("{}", pki.ca_pin());
             Ok(())
         }
-        Some(Command::Token { action: TokenAction::Create { ttl, server } }) => {
+        Some(Command::Token {
+            action: TokenAction::Create { ttl, server },
+        }) => {
             let pki = load_pki(&cli.serve)?;
             let token = runtime.block_on(cli_client::create_bootstrap_token(&pki, server, ttl))?;
             println!("{token}");
@@ -120,30 +126,48 @@ fn main() -> Result<()> {
 }
 
 fn pki_options(args: &ServeArgs) -> PkiOptions {
-    PkiOptions { extra_sans: args.sans.clone(), kubeconfig_server: format!("https://{}", args.listen) }
+    PkiOptions {
+        extra_sans: args.sans.clone(),
+        kubeconfig_server: format!("https://{}", args.listen),
+    }
 }
 
 fn load_pki(args: &ServeArgs) -> Result<Pki> {
     if !args.data_dir.join("pki").exists() {
-        bail!("no cluster in {} (start keel-server with --data-dir {} first)", args.data_dir.display(), args.data_dir.display());
+        bail!(
+            "no cluster in {} (start keel-server with --data-dir {} first)",
+            args.data_dir.display(),
+            args.data_dir.display()
+        );
     }
-    Pki::load_or_create(&args.data_dir, &pki_options(args)).with_context(|| format!("loading the PKI in {}", args.data_dir.display()))
+    Pki::load_or_create(&args.data_dir, &pki_options(args))
+        .with_context(|| format!("loading the PKI in {}", args.data_dir.display()))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let pki = Pki::load_or_create(&args.data_dir, &pki_options(&args))
         .with_context(|| format!("setting up the PKI in {}", args.data_dir.display()))?;
     let store = keel_store::embedded::EmbeddedStore::open(store_dir(&args.data_dir), Default::default())
         .with_context(|| format!("opening the store in {}", store_dir(&args.data_dir).display()))?;
-    let service_cidr = Cidr::parse(&args.service_cidr).with_context(|| format!("--service-cidr {:?}", args.service_cidr))?;
-    let config = Config { advertise: args.listen, service_cidr, ..Config::default() };
+    let service_cidr =
+        Cidr::parse(&args.service_cidr).with_context(|| format!("--service-cidr {:?}", args.service_cidr))?;
+    let config = Config {
+        advertise: args.listen,
+        service_cidr,
+        ..Config::default()
+    };
     let objects = Arc::new(Objects::new(Arc::new(store), Arc::new(config)));
     keel_apiserver::gc::spawn(objects.clone());
-    keel_apiserver::bootstrap::ensure(&objects).await.map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {e}"))?;
+    keel_apiserver::bootstrap::ensure(&objects)
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrapping the cluster: {e}"))?;
 
     let tokens = match &args.token_auth_file {
-        Some(p) => Some(TokenAuthenticator::from_file(p).with_context(|| format!("reading {}", p.display()))?),
+        Some(p) => {
+            Some(TokenAuthenticator::from_file(p).with_context(|| format!("reading {}", p.display()))?)
+        }
         None => None,
     };
     let server = Arc::new(ApiServer {
@@ -153,24 +177,55 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let node_listener = tokio::net::TcpListener::bind(args.node_listen)
+        .await
+        .with_context(|| format!("listening on {} for nodes", args.node_listen))?;
     let tls = pki.server_tls_config(&[b"h2", b"http/1.1"]);
     tracing::info!(
         listen = %args.listen,
         kubeconfig = %pki.admin_kubeconfig_path().display(),
         "serving the Kubernetes API"
     );
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
-        tracing::info!("shutting down");
     };
-    let _ = args.node_listen;
-    let _ = args.node_grace_period;
-    keel_apiserver::http::serve(server, listener, tls, shutdown).await;
+
+    let pki = Arc::new(pki);
+    let client: Arc<dyn keel_api::client::ApiClient> =
+        Arc::new(keel_apiserver::client::InProcessClient::new(objects.clone()));
+    let mut gate = keel_nodegate::NodeGateConfig::new(pki.server_tls_config(&[b"h2"]), pki.clone(), client);
+    gate.grace_period = args.node_grace_period;
+    let gate_task = tokio::spawn(keel_nodegate::serve(node_listener, gate, stopped()));
+    tracing::info!(listen = %args.node_listen, "serving the node gate");
+
+    let api_task = tokio::spawn(keel_apiserver::http::serve(server, listener, tls, stopped()));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    match gate_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "node gate ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "node gate task failed"),
+        Ok(Ok(())) => {}
+    }
     Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {},
+    }
 }
 
 fn store_dir(data_dir: &Path) -> PathBuf {

@@ -28,9 +28,11 @@ pub fn server_binary() -> PathBuf {
     if let Ok(p) = std::env::var("KEEL_SERVER_BIN") {
         return PathBuf::from(p);
     }
-    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
     for profile in ["debug", "release"] {
-        let p = root.join("target").join(profile).join("keel-server");
+        let p = target.join(profile).join("keel-server");
         if p.exists() {
             return p;
         }

@@ -19,7 +19,7 @@ pub mod strategic;
 use serde_json::Value;
 
 use crate::schema::{self, Gvk};
-use crate::status::{ApiError, Details};
+use crate::status::ApiError;
 use strategic::SmpErrorClass;
 
 /// A patch format the server applies itself.
@@ -176,7 +176,7 @@ trait EmptyDetails {
 
 impl EmptyDetails for ApiError {
     fn with_empty_details(mut self) -> Self {
-        self.details = Some(Details::default());
+        self.details = Some(Box::default());
         self
     }
 }
