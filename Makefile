@@ -73,3 +73,8 @@ clean:
 # build) and the whole lab's resident memory (target <= 2 GiB); the lab is stopped afterwards.
 bench-lab: build image
 	@qemu/lab.sh bench
+
+# Boot figures of the node image (QEMU TCG): QEMU start → init, → modules, → network up; ISO
+# and init binary sizes.
+bench-boot: iso
+	@boot/bench-boot.sh $(OUT) $(NODE_BIN)

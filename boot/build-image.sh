@@ -70,7 +70,7 @@ if ! newer "$FULL/lib/modules/$KREL/modules.dep" "$KDIR/.extracted"; then
   depmod -b "$FULL" "$KREL"
 fi
 
-cp -f "$VMLINUZ" "$OUT/vmlinuz.tmp" && mv -f "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
+cmp -s "$VMLINUZ" "$OUT/vmlinuz" 2>/dev/null || { cp -f "$VMLINUZ" "$OUT/vmlinuz.tmp" && mv -f "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"; }
 printf '%s %s\n' "$KREL" "$PKGVER" > "$OUT/kernel-version.tmp"
 cmp -s "$OUT/kernel-version.tmp" "$OUT/kernel-version" 2>/dev/null && rm -f "$OUT/kernel-version.tmp" \
   || mv -f "$OUT/kernel-version.tmp" "$OUT/kernel-version"
