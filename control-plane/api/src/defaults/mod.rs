@@ -18,6 +18,7 @@
 
 mod pod;
 
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::registry::ResourceType;
@@ -71,7 +72,7 @@ pub fn apply_defaults(rt: &ResourceType, object: &mut Value) {
         ("", "ReplicationController") => replication_controller(obj),
         ("", "Service") => service(obj),
         ("", "Namespace") => namespace(obj),
-        ("", "Secret") => set_if_empty(obj, "type", json!("Opaque")),
+        ("", "Secret") => secret(obj),
         ("", "PersistentVolumeClaim") => {
             if let Some(spec) = child(obj, "spec") {
                 set_if_unset(spec, "volumeMode", json!("Filesystem"));
@@ -293,6 +294,21 @@ fn service(obj: &mut Map<String, Value>) {
     }
     if kind == "LoadBalancer" {
         set_if_unset(spec, "allocateLoadBalancerNodePorts", json!(true));
+    }
+}
+
+/// `type: Opaque`, and the write-only `stringData` folded into `data` (base64), as the v1
+/// conversion does before anything is stored.
+fn secret(obj: &mut Map<String, Value>) {
+    set_if_empty(obj, "type", json!("Opaque"));
+    let Some(Value::Object(string_data)) = obj.remove("stringData") else {
+        return;
+    };
+    if let Some(data) = child_or_new(obj, "data") {
+        for (k, v) in string_data {
+            let text = v.as_str().unwrap_or_default();
+            data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
     }
 }
 
