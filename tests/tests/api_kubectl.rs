@@ -378,3 +378,221 @@ fn server_side_apply_conflicts_and_force() {
         "diff must not write"
     );
 }
+
+const NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: node1
+  labels: {kubernetes.io/hostname: node1}
+status:
+  conditions:
+  - {type: Ready, status: "True", reason: KubeletReady, message: kubelet is posting ready status}
+  addresses: [{type: InternalIP, address: 10.0.0.1}]
+  nodeInfo: {kernelVersion: 6.1.0, osImage: Keel 0.1.0, containerRuntimeVersion: keel://0.1.0, kubeletVersion: v1.32.0, architecture: amd64, operatingSystem: linux, bootID: a, machineID: b, systemUUID: c, kubeProxyVersion: v1.32.0}
+"#;
+
+#[test]
+fn nodes_taint_cordon_run_and_expose() {
+    let s = Server::start();
+    let k = s.kubectl();
+    s.apply(&k, NODE);
+    let wide = s.ok(&k, &["get", "nodes", "-o", "wide"]);
+    for col in [
+        "INTERNAL-IP",
+        "OS-IMAGE",
+        "KERNEL-VERSION",
+        "CONTAINER-RUNTIME",
+        "10.0.0.1",
+        "Keel 0.1.0",
+        "keel://0.1.0",
+    ] {
+        assert!(wide.contains(col), "{col} missing:\n{wide}");
+    }
+    s.ok(&k, &["taint", "nodes", "node1", "key=val:NoSchedule"]);
+    s.ok(&k, &["cordon", "node1"]);
+    assert!(s.ok(&k, &["get", "nodes"]).contains("Ready,SchedulingDisabled"));
+    let spec = json(&s.ok(&k, &["get", "node", "node1", "-o", "jsonpath={.spec}"]));
+    assert_eq!(spec["taints"][0]["key"], "key");
+    assert_eq!(spec["unschedulable"], true);
+    s.ok(&k, &["uncordon", "node1"]);
+    s.ok(&k, &["taint", "nodes", "node1", "key-"]);
+    assert_eq!(
+        s.ok(&k, &["get", "node", "node1", "-o", "jsonpath={.spec}"]),
+        "{}"
+    );
+
+    assert!(s
+        .ok(&k, &["run", "r1", "--image=nginx", "--labels=app=r1"])
+        .contains("pod/r1 created"));
+    let pods = s.ok(&k, &["get", "pods", "-o", "wide"]);
+    assert!(
+        pods.contains("r1") && pods.contains("Pending") && pods.contains("NOMINATED NODE"),
+        "{pods}"
+    );
+    let pod = json(&s.ok(&k, &["get", "pod", "r1", "-o", "json"]));
+    assert_eq!(pod["spec"]["restartPolicy"], "Always", "defaults applied");
+    assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    s.ok(&k, &["expose", "pod", "r1", "--port=80", "--type=NodePort"]);
+    let svc = json(&s.ok(&k, &["get", "svc", "r1", "-o", "json"]));
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap_or(0);
+    assert!((30000..=32767).contains(&node_port), "{svc}");
+    assert_eq!(svc["spec"]["selector"]["app"], "r1");
+    s.ok(&k, &["delete", "pod", "r1"]);
+    s.ok(&k, &["wait", "--for=delete", "pod/r1", "--timeout=10s"]);
+}
+
+#[test]
+fn rollout_history_undo_restart_pause_and_status() {
+    let s = Server::start();
+    let k = s.kubectl();
+    s.apply(&k, DEPLOYMENT);
+    let uid = s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.metadata.uid}"]);
+    for r in 1..=2 {
+        s.apply(
+            &k,
+            &format!(
+                "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: web-rev{r}\n  annotations: {{deployment.kubernetes.io/revision: \"{r}\", kubernetes.io/change-cause: \"step {r}\"}}\n  labels: {{app: web, pod-template-hash: rev{r}}}\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: web, uid: {uid}, controller: true}}]\nspec:\n  replicas: 0\n  selector: {{matchLabels: {{app: web, pod-template-hash: rev{r}}}}}\n  template:\n    metadata: {{labels: {{app: web, pod-template-hash: rev{r}}}}}\n    spec: {{containers: [{{name: nginx, image: \"nginx:1.2{r}\"}}]}}\n"
+            ),
+        );
+    }
+    let history = s.ok(&k, &["rollout", "history", "deploy/web"]);
+    assert!(
+        history.contains("REVISION  CHANGE-CAUSE")
+            && history.contains("1         step 1")
+            && history.contains("2         step 2"),
+        "{history}"
+    );
+    s.ok(&k, &["rollout", "undo", "deploy/web", "--to-revision=1"]);
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}"
+            ]
+        ),
+        "nginx:1.21"
+    );
+    s.ok(&k, &["rollout", "restart", "deploy/web"]);
+    let restarted = s.ok(
+        &k,
+        &[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations}",
+        ],
+    );
+    assert!(
+        restarted.contains("kubectl.kubernetes.io/restartedAt"),
+        "{restarted}"
+    );
+    s.ok(&k, &["rollout", "pause", "deploy/web"]);
+    assert_eq!(
+        s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.spec.paused}"]),
+        "true"
+    );
+    s.ok(&k, &["rollout", "resume", "deploy/web"]);
+    assert_eq!(
+        s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.spec.paused}"]),
+        ""
+    );
+    s.ok(&k, &["set", "image", "deploy/web", "nginx=nginx:1.99"]);
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "get",
+                "deploy",
+                "web",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}"
+            ]
+        ),
+        "nginx:1.99"
+    );
+
+    // kubectl edit through an EDITOR that changes the replicas.
+    let editor = s.dir.path().join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/replicas: 2/replicas: 6/' \"$1\"\n").unwrap();
+    let mut perms = std::fs::metadata(&editor).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&editor, perms).unwrap();
+    let edit = std::process::Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .args(["--kubeconfig"])
+        .arg(k.kubeconfig())
+        .args(["edit", "deploy", "web"])
+        .env("HOME", k.home())
+        .env("EDITOR", &editor)
+        .output()
+        .unwrap();
+    assert!(edit.status.success(), "{}", String::from_utf8_lossy(&edit.stderr));
+    assert_eq!(
+        s.ok(&k, &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "6"
+    );
+
+    // rollout status reads the status a controller would write.
+    let generation = s.ok(
+        &k,
+        &["get", "deploy", "web", "-o", "jsonpath={.metadata.generation}"],
+    );
+    let status = format!(
+        r#"{{"status":{{"observedGeneration":{generation},"replicas":6,"updatedReplicas":6,"availableReplicas":6,"readyReplicas":6}}}}"#
+    );
+    s.ok(
+        &k,
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+    );
+    let rolled = s.ok(&k, &["rollout", "status", "deploy/web", "--timeout=10s"]);
+    assert!(
+        rolled.contains("deployment \"web\" successfully rolled out"),
+        "{rolled}"
+    );
+}
+
+#[test]
+fn delete_cascades_foreground_background_and_orphan() {
+    let s = Server::start();
+    let k = s.kubectl();
+    let owned = |owner: &str, uid: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {owner}-child\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: {owner}, uid: {uid}}}]\n")
+    };
+    for (name, cascade, child_survives) in [
+        ("fg", "foreground", false),
+        ("bg", "background", false),
+        ("or", "orphan", true),
+    ] {
+        s.apply(&k, &DEPLOYMENT.replace("name: web", &format!("name: {name}")));
+        let uid = s.ok(&k, &["get", "deploy", name, "-o", "jsonpath={.metadata.uid}"]);
+        s.apply(&k, &owned(name, &uid));
+        s.ok(&k, &["delete", "deploy", name, &format!("--cascade={cascade}")]);
+        assert!(
+            k.run(&["get", "deploy", name])
+                .unwrap()
+                .stderr
+                .contains("NotFound"),
+            "{cascade}: owner still there"
+        );
+        let child = format!("cm/{name}-child");
+        if child_survives {
+            let refs = s.ok(&k, &["get", &child, "-o", "jsonpath={.metadata.ownerReferences}"]);
+            assert_eq!(refs, "", "orphaned child keeps no owner reference");
+        } else {
+            s.ok(&k, &["wait", "--for=delete", &child, "--timeout=10s"]);
+        }
+    }
+}

@@ -146,6 +146,15 @@ async fn orphan_dependents(objects: &Objects, owner: &Value) {
                 {
                     refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
                 }
+                let empty = o
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty);
+                if empty {
+                    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                        m.remove("ownerReferences");
+                    }
+                }
                 Ok(())
             })
             .await;
