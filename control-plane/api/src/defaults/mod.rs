@@ -171,6 +171,117 @@ pub fn apply_create_defaults(rt: &ResourceType, object: &mut Value) {
     }
 }
 
+/// Applies [`apply_defaults`] to an update, after carrying over what the server allocated
+/// and the client may leave out (`patchAllocatedValues` of the Service REST: cluster IPs,
+/// node ports matched by port name, the health-check node port).
+pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value) {
+    if rt.group.is_empty() && rt.kind == "Service" {
+        carry_service_allocations(new, old);
+    }
+    apply_defaults(rt, new);
+}
+
+fn carry_service_allocations(new: &mut Value, old: &Value) {
+    let kind = |v: &Value| {
+        let t = v.pointer("/spec/type").and_then(Value::as_str).unwrap_or("");
+        if t.is_empty() {
+            "ClusterIP".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    let (old_kind, new_kind) = (kind(old), kind(new));
+    let needs_node_port = |k: &str, v: &Value| {
+        k == "NodePort"
+            || (k == "LoadBalancer"
+                && v.pointer("/spec/allocateLoadBalancerNodePorts")
+                    .and_then(Value::as_bool)
+                    != Some(false))
+    };
+    let old_np = needs_node_port(&old_kind, old);
+    let new_np = needs_node_port(&new_kind, new);
+    let needs_hc = |k: &str, v: &Value| {
+        k == "LoadBalancer"
+            && v.pointer("/spec/externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+    };
+    let hc = needs_hc(&old_kind, old) && needs_hc(&new_kind, new);
+    let Some(old_spec) = old.get("spec") else {
+        return;
+    };
+    let Some(spec) = new.as_object_mut().and_then(|o| child(o, "spec")) else {
+        return;
+    };
+    if old_kind != "ExternalName" && new_kind != "ExternalName" {
+        set_if_empty(
+            spec,
+            "clusterIP",
+            old_spec.get("clusterIP").cloned().unwrap_or(Value::Null),
+        );
+        let empty_ips = spec
+            .get("clusterIPs")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty());
+        if empty_ips {
+            if let Some(ips) = old_spec
+                .get("clusterIPs")
+                .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+            {
+                spec.insert("clusterIPs".into(), ips.clone());
+            }
+        }
+        if spec.get("clusterIP").is_some_and(Value::is_null) {
+            spec.remove("clusterIP");
+        }
+    }
+    if old_np && new_np {
+        let ports_of = |v: Option<&Value>| -> Vec<(String, i64)> {
+            v.and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|p| {
+                            (
+                                p.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
+                                p.get("nodePort").and_then(Value::as_i64).unwrap_or(0),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let old_ports = ports_of(old_spec.get("ports"));
+        let new_ports = ports_of(spec.get("ports"));
+        let used: Vec<i64> = new_ports
+            .iter()
+            .map(|(_, n)| *n)
+            .filter(|n| *n != 0 && old_ports.iter().any(|(_, o)| o == n))
+            .collect();
+        if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                if p.get("nodePort").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                    continue;
+                }
+                let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+                if let Some((_, n)) = old_ports.iter().find(|(o, _)| o == name) {
+                    if *n != 0 && !used.contains(n) {
+                        p.insert("nodePort".into(), json!(n));
+                    }
+                }
+            }
+        }
+    }
+    if hc
+        && spec
+            .get("healthCheckNodePort")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
+    {
+        if let Some(h) = old_spec.get("healthCheckNodePort") {
+            spec.insert("healthCheckNodePort".into(), h.clone());
+        }
+    }
+}
+
 /// The pod spec of a template at `path` (e.g. `spec.template`).
 fn template_at(obj: &mut Map<String, Value>, path: &[&str]) {
     let mut cur = obj;

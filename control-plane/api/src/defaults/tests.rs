@@ -90,3 +90,24 @@ fn non_objects_are_left_alone() {
     apply_create_defaults(pods, &mut p);
     assert_eq!(p["status"]["phase"], "Pending");
 }
+
+#[test]
+fn service_updates_keep_allocations() {
+    let svcs = find("", "v1", "services").unwrap();
+    let old = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort", "clusterIP": "10.96.0.7",
+        "clusterIPs": ["10.96.0.7"], "ports": [{"name": "http", "port": 80, "nodePort": 30080},
+        {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]}});
+    let mut new = json!({"metadata": {"name": "web"}, "spec": {"type": "NodePort",
+        "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30099}]}});
+    apply_update_defaults(svcs, &mut new, &old);
+    assert_eq!(new["spec"]["clusterIP"], "10.96.0.7");
+    assert_eq!(new["spec"]["clusterIPs"], json!(["10.96.0.7"]));
+    assert_eq!(new["spec"]["ports"][0]["nodePort"], 30080);
+    assert_eq!(new["spec"]["ports"][1]["nodePort"], 30099);
+    assert_eq!(new["spec"]["ports"][0]["targetPort"], 8080);
+    // Switching to ClusterIP drops nothing it did not ask for and carries no node port.
+    let mut cip = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"name": "http", "port": 80}]}});
+    apply_update_defaults(svcs, &mut cip, &old);
+    assert_eq!(cip["spec"]["clusterIP"], "10.96.0.7");
+    assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
+}

@@ -561,3 +561,22 @@ pub(super) fn resource_quota(e: &mut Errs, q: &Value) {
         }
     }
 }
+
+/// `ValidateEvent` (core/v1): the involved object lives in the event's namespace; events about
+/// cluster-scoped objects go to `default` (or no namespace).
+pub(super) fn event(e: &mut Errs, ev: &Value) {
+    let ns = s(ev, "/metadata/namespace");
+    let involved = s(ev, "/involvedObject/namespace");
+    let ok = if involved.is_empty() {
+        ns.is_empty() || ns == "default"
+    } else {
+        ns == involved
+    };
+    if !ok {
+        e.invalid(
+            "involvedObject.namespace",
+            &Value::from(involved),
+            "does not match event.namespace",
+        );
+    }
+}

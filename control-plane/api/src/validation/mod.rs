@@ -209,6 +209,7 @@ fn create_causes(rt: &ResourceType, obj: &Value) -> Errs {
         ("", "PersistentVolume") => core::pv(&mut e, obj),
         ("", "Endpoints") => core::endpoints(&mut e, obj),
         ("", "ResourceQuota") => core::resource_quota(&mut e, obj),
+        ("", "Event") => core::event(&mut e, obj),
         ("apps", "Deployment") => workloads::deployment(&mut e, obj),
         ("apps", "ReplicaSet") => workloads::replica_set(&mut e, obj),
         ("apps", "StatefulSet") => workloads::stateful_set(&mut e, obj),
