@@ -49,12 +49,19 @@ pub fn strategic_merge_patch(
     keel_api::patch::strategic_merge_patch(current, patch, gvk)
 }
 
-pub fn apply_defaults(_rt: &ResourceType, _obj: &mut Value) {}
-
-pub fn validate_create(_rt: &ResourceType, _obj: &Value) -> ApiResult<()> {
-    Ok(())
+/// Defaults of a write (create-only defaults too when `create`).
+pub fn apply_defaults(rt: &ResourceType, obj: &mut Value, create: bool) {
+    if create {
+        keel_api::defaults::apply_create_defaults(rt, obj);
+    } else {
+        keel_api::defaults::apply_defaults(rt, obj);
+    }
 }
 
-pub fn validate_update(_rt: &ResourceType, _new: &Value, _old: &Value) -> ApiResult<()> {
-    Ok(())
+pub fn validate_create(rt: &ResourceType, obj: &Value) -> ApiResult<()> {
+    keel_api::validation::validate_create(rt, obj)
+}
+
+pub fn validate_update(rt: &ResourceType, new: &Value, old: &Value) -> ApiResult<()> {
+    keel_api::validation::validate_update(rt, new, old)
 }
