@@ -1,0 +1,117 @@
+//! The workload controllers of the control plane.
+//!
+//! Every controller is one file of policy — a `reconcile(obj, ctx)` function — driven by the one
+//! shared [`runner`] (watch the primary kind and the kinds it owns, a de-duplicating work queue
+//! of object keys, level-triggered passes that return "done" or "requeue after"), after the
+//! shape of kube-rs controllers. They touch the cluster only through
+//! [`keel_api::client::ApiClient`], the verbs any out-of-process client has, so they can move out
+//! of the server process unchanged.
+//!
+//! * [`replicaset`]: ReplicaSets and ReplicationControllers (pods from a template).
+//! * [`deployment`]: Deployments (ReplicaSets per template, rolling update and recreate,
+//!   revisions, history cleanup, rollout status conditions).
+//!
+//! Entry point: [`run_all`].
+
+pub mod deployment;
+pub mod events;
+pub mod kinds;
+pub mod pods;
+pub mod replicaset;
+pub mod runner;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use keel_api::client::ApiClient;
+use serde_json::Value;
+
+pub use kinds::Kinds;
+pub use runner::{Action, Controller, Error, ObjectRef};
+
+/// What every reconcile gets: the client and the resource types.
+pub struct Context {
+    pub client: Arc<dyn ApiClient>,
+    pub kinds: Kinds,
+}
+
+impl Context {
+    pub fn new(client: Arc<dyn ApiClient>) -> Result<Self, Error> {
+        Ok(Context {
+            client,
+            kinds: Kinds::resolve()?,
+        })
+    }
+
+    /// Records an Event about `involved` in the background (best effort).
+    pub fn record(
+        &self,
+        component: &'static str,
+        involved: &Value,
+        type_: &'static str,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let client = self.client.clone();
+        let events = self.kinds.events;
+        let involved = involved.clone();
+        let message = message.to_string();
+        tokio::spawn(async move {
+            events::record(
+                client.as_ref(),
+                events,
+                component,
+                &involved,
+                type_,
+                reason,
+                &message,
+            )
+            .await;
+        });
+    }
+}
+
+/// Runs every controller until `shutdown` completes.
+pub async fn run_all(
+    client: Arc<dyn ApiClient>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let ctx = Arc::new(Context::new(client.clone())?);
+    let k = ctx.kinds;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(
+        Controller::new("replicaset", client.clone(), k.replica_sets)
+            .owns(k.pods)
+            .run(
+                |rs, ctx| replicaset::reconcile(rs, ctx, replicaset::Flavor::ReplicaSet),
+                ctx.clone(),
+                stopped(),
+            ),
+    );
+    tasks.spawn(
+        Controller::new("replicationcontroller", client.clone(), k.replication_controllers)
+            .owns(k.pods)
+            .run(
+                |rc, ctx| replicaset::reconcile(rc, ctx, replicaset::Flavor::ReplicationController),
+                ctx.clone(),
+                stopped(),
+            ),
+    );
+    tasks.spawn(
+        Controller::new("deployment", client.clone(), k.deployments)
+            .owns(k.replica_sets)
+            .run(deployment::reconcile, ctx.clone(), stopped()),
+    );
+    tracing::info!("controllers running");
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

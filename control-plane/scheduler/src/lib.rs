@@ -1,0 +1,1 @@
+//! The pod scheduler (work in progress).
