@@ -131,7 +131,8 @@ fn pod_spec_with(e: &mut Errs, spec: &Value, path: &str, extra_volumes: &[String
 fn volumes(e: &mut Errs, spec: &Value, path: &str) -> HashSet<String> {
     let mut names = HashSet::new();
     for (i, v) in arr(spec, "/volumes").iter().enumerate() {
-        let field = format!("{path}.volumes[{i}].name");
+        let base = format!("{path}.volumes[{i}]");
+        let field = format!("{base}.name");
         let name = s(v, "/name");
         if name.is_empty() {
             e.required(&field, "");
@@ -141,8 +142,125 @@ fn volumes(e: &mut Errs, spec: &Value, path: &str) -> HashSet<String> {
                 e.duplicate(&field, &Value::from(name));
             }
         }
+        volume_source(e, v, &base);
     }
     names
+}
+
+/// Volume sources in the order upstream's `validateVolumeSource` checks them.
+const VOLUME_SOURCES: &[&str] = &[
+    "hostPath",
+    "emptyDir",
+    "gitRepo",
+    "gcePersistentDisk",
+    "awsElasticBlockStore",
+    "secret",
+    "nfs",
+    "iscsi",
+    "glusterfs",
+    "flocker",
+    "persistentVolumeClaim",
+    "rbd",
+    "quobyte",
+    "cephfs",
+    "cinder",
+    "flexVolume",
+    "downwardAPI",
+    "fc",
+    "azureFile",
+    "vsphereVolume",
+    "azureDisk",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "projected",
+    "scaleIO",
+    "configMap",
+    "storageos",
+    "csi",
+    "ephemeral",
+    "image",
+];
+
+const FILE_MODE_MSG: &str = "must be a number between 0 and 0777 (octal), both inclusive";
+
+fn file_mode(e: &mut Errs, src: &Value, field: &str) {
+    if let Some(m) = src.get("defaultMode").and_then(Value::as_i64) {
+        if !(0..=0o777).contains(&m) {
+            e.invalid(field, &Value::from(m), FILE_MODE_MSG);
+        }
+    }
+}
+
+/// One source per volume, and the required fields of the common sources.
+fn volume_source(e: &mut Errs, v: &Value, base: &str) {
+    let present: Vec<&str> = VOLUME_SOURCES
+        .iter()
+        .copied()
+        .filter(|k| v.get(*k).is_some_and(|x| !x.is_null()))
+        .collect();
+    for extra in present.iter().skip(1) {
+        e.forbidden(
+            format!("{base}.{extra}"),
+            "may not specify more than 1 volume type",
+        );
+    }
+    let Some(kind) = present.first() else {
+        e.required(base, "must specify a volume type");
+        return;
+    };
+    let src = &v[*kind];
+    let at = |k: &str| format!("{base}.{kind}.{k}");
+    match *kind {
+        "hostPath" => {
+            if s(src, "/path").is_empty() {
+                e.required(at("path"), "");
+            }
+            let t = s(src, "/type");
+            const TYPES: &[&str] = &[
+                "",
+                "BlockDevice",
+                "CharDevice",
+                "Directory",
+                "DirectoryOrCreate",
+                "File",
+                "FileOrCreate",
+                "Socket",
+            ];
+            if !TYPES.contains(&t) {
+                e.not_supported(at("type"), &Value::from(t), TYPES);
+            }
+        }
+        "secret" => {
+            if s(src, "/secretName").is_empty() {
+                e.required(at("secretName"), "");
+            }
+            file_mode(e, src, &at("defaultMode"));
+        }
+        "configMap" => {
+            if s(src, "/name").is_empty() {
+                e.required(at("name"), "");
+            }
+            file_mode(e, src, &at("defaultMode"));
+        }
+        "persistentVolumeClaim" => {
+            if s(src, "/claimName").is_empty() {
+                e.required(at("claimName"), "");
+            }
+        }
+        "nfs" => {
+            if s(src, "/server").is_empty() {
+                e.required(at("server"), "");
+            }
+            let p = s(src, "/path");
+            if p.is_empty() {
+                e.required(at("path"), "");
+            } else if !p.starts_with('/') {
+                e.invalid(at("path"), &Value::from(p), "must be an absolute path");
+            }
+        }
+        "downwardAPI" | "projected" => file_mode(e, src, &at("defaultMode")),
+        _ => {}
+    }
 }
 
 fn container(
@@ -532,15 +650,18 @@ pub(super) fn pod_update(e: &mut Errs, new: &Value, old: &Value) {
         }
     }
     if let Some(m) = munged.as_object_mut() {
-        for key in [
-            "activeDeadlineSeconds",
-            "tolerations",
-            "schedulingGates",
-            "nodeName",
-        ] {
+        for key in ["activeDeadlineSeconds", "tolerations", "schedulingGates"] {
             match old_spec.get(key) {
                 Some(v) => m.insert(key.into(), v.clone()),
                 None => m.remove(key),
+            };
+        }
+        // Binding an unscheduled pod sets nodeName once (upstream does it through the
+        // binding subresource); moving a scheduled pod stays forbidden.
+        if s(old_spec, "/nodeName").is_empty() {
+            match old_spec.get("nodeName") {
+                Some(v) => m.insert("nodeName".into(), v.clone()),
+                None => m.remove("nodeName"),
             };
         }
         if old_spec
