@@ -242,10 +242,8 @@ fn volume_source(e: &mut Errs, v: &Value, base: &str) {
             }
             file_mode(e, src, &at("defaultMode"));
         }
-        "persistentVolumeClaim" => {
-            if s(src, "/claimName").is_empty() {
-                e.required(at("claimName"), "");
-            }
+        "persistentVolumeClaim" if s(src, "/claimName").is_empty() => {
+            e.required(at("claimName"), "");
         }
         "nfs" => {
             if s(src, "/server").is_empty() {
