@@ -64,6 +64,39 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
     decode_unknown(table, payload, 0)
 }
 
+/// Encodes an object's JSON as a protobuf body (`k8s\0` + envelope), the reverse of [`decode`].
+///
+/// Only fields present in the JSON are written (absent non-pointer fields read back as zero, as
+/// upstream's decoder does), map entries sorted by key, in field-number order. Meant for
+/// responses to clients that prefer protobuf; JSON remains acceptable to all of them.
+///
+/// Errors: 406 `NotAcceptable` for a kind without a protobuf definition, 500 for JSON that does
+/// not fit its kind's schema (a server-side bug, since the server wrote the object).
+pub fn encode(object: &Value) -> ApiResult<Vec<u8>> {
+    let table = table()?;
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+    let message = table
+        .message_of(api_version, kind)
+        .ok_or_else(|| ApiError::not_acceptable(CONTENT_TYPE))?;
+    let raw = Encoder { table }.message(message, object, 0).map_err(|e| {
+        let e = e.into_api_error();
+        ApiError::internal(format!(
+            "encoding {api_version}, Kind={kind} as protobuf: {}",
+            e.message
+        ))
+    })?;
+    let mut type_meta = Vec::new();
+    put_bytes(&mut type_meta, 1, api_version.as_bytes());
+    put_bytes(&mut type_meta, 2, kind.as_bytes());
+    let mut out = MAGIC.to_vec();
+    put_bytes(&mut out, 1, &type_meta);
+    put_bytes(&mut out, 2, &raw);
+    put_bytes(&mut out, 3, b"");
+    put_bytes(&mut out, 4, b"");
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The field table
 
@@ -938,6 +971,307 @@ fn fraction(v: u64, div: u64) -> String {
     format!("{int}.{}", digits.trim_end_matches('0'))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_key(out: &mut Vec<u8>, number: u32, wire_type: u8) {
+    put_varint(out, (u64::from(number) << 3) | u64::from(wire_type));
+}
+
+fn put_bytes(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+    put_key(out, number, 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+struct Encoder<'t> {
+    table: &'t Table,
+}
+
+impl Encoder<'_> {
+    fn message(&self, index: usize, value: &Value, depth: usize) -> Wire<Vec<u8>> {
+        if depth > MAX_DEPTH {
+            return Err(Malformed::new(format!("nested deeper than {MAX_DEPTH} messages")));
+        }
+        let message = &self.table.messages[index];
+        if let Some(special) = message.special {
+            return self.special(special, message, value, depth);
+        }
+        let object = match value {
+            Value::Object(o) => o,
+            Value::Null => return Ok(Vec::new()),
+            other => return Err(Malformed::new(format!("expected an object, found {other}"))),
+        };
+        let mut out = Vec::new();
+        for &(_, i) in &message.by_number {
+            let field = &message.fields[i];
+            let segment = if field.json.is_empty() {
+                "<inline>"
+            } else {
+                field.json.as_str()
+            };
+            self.field(field, object, value, depth, &mut out)
+                .map_err(|e| e.at(segment))?;
+        }
+        Ok(out)
+    }
+
+    fn field(
+        &self,
+        field: &Field,
+        object: &Map<String, Value>,
+        whole: &Value,
+        depth: usize,
+        out: &mut Vec<u8>,
+    ) -> Wire<()> {
+        if field.inline {
+            if let FieldType::Value(ValueType::Message(m)) = field.ty {
+                let inner = self.message(m, whole, depth + 1)?;
+                put_bytes(out, field.number, &inner);
+            }
+            return Ok(());
+        }
+        let Some(value) = object.get(&field.json).filter(|v| !v.is_null()) else {
+            return Ok(());
+        };
+        match field.ty {
+            FieldType::Map(vt) => {
+                let map = value
+                    .as_object()
+                    .ok_or_else(|| Malformed::new(format!("expected a map, found {value}")))?;
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                for key in keys {
+                    let mut entry = Vec::new();
+                    put_bytes(&mut entry, 1, key.as_bytes());
+                    self.value(vt, 2, &map[key.as_str()], depth, &mut entry)
+                        .map_err(|e| e.at(format!("[{key:?}]")))?;
+                    put_bytes(out, field.number, &entry);
+                }
+            }
+            FieldType::Value(vt) if field.repeated => {
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| Malformed::new(format!("expected an array, found {value}")))?;
+                for (i, item) in items.iter().enumerate() {
+                    self.value(vt, field.number, item, depth, out)
+                        .map_err(|e| e.at(format!("[{i}]")))?;
+                }
+            }
+            FieldType::Value(vt) => self.value(vt, field.number, value, depth, out)?,
+        }
+        Ok(())
+    }
+
+    fn value(&self, vt: ValueType, number: u32, value: &Value, depth: usize, out: &mut Vec<u8>) -> Wire<()> {
+        let mismatch = |what: &str| Malformed::new(format!("expected {what}, found {value}"));
+        match vt {
+            ValueType::Message(m) => {
+                let inner = self.message(m, value, depth + 1)?;
+                put_bytes(out, number, &inner);
+            }
+            ValueType::Scalar(Scalar::String) => put_bytes(
+                out,
+                number,
+                value.as_str().ok_or_else(|| mismatch("a string"))?.as_bytes(),
+            ),
+            ValueType::Scalar(Scalar::Bytes) => {
+                let text = value.as_str().ok_or_else(|| mismatch("a base64 string"))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| Malformed::new(format!("not base64: {e}")))?;
+                put_bytes(out, number, &bytes);
+            }
+            ValueType::Scalar(Scalar::Bool) => {
+                put_key(out, number, 0);
+                put_varint(
+                    out,
+                    u64::from(value.as_bool().ok_or_else(|| mismatch("a boolean"))?),
+                );
+            }
+            ValueType::Scalar(Scalar::Int32 | Scalar::Int64) => {
+                put_key(out, number, 0);
+                // Negative numbers are sign-extended to 64 bits, as protobuf does for int32 too.
+                put_varint(out, value.as_i64().ok_or_else(|| mismatch("an integer"))? as u64);
+            }
+            ValueType::Scalar(Scalar::Uint32 | Scalar::Uint64) => {
+                put_key(out, number, 0);
+                put_varint(
+                    out,
+                    value.as_u64().ok_or_else(|| mismatch("an unsigned integer"))?,
+                );
+            }
+            ValueType::Scalar(Scalar::Double) => {
+                put_key(out, number, 1);
+                let f = value.as_f64().ok_or_else(|| mismatch("a number"))?;
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            ValueType::Scalar(Scalar::Float) => {
+                put_key(out, number, 5);
+                let f = value.as_f64().ok_or_else(|| mismatch("a number"))? as f32;
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn special(&self, special: Special, message: &Message, value: &Value, depth: usize) -> Wire<Vec<u8>> {
+        let mut out = Vec::new();
+        let text = || {
+            value
+                .as_str()
+                .ok_or_else(|| Malformed::new(format!("expected a string, found {value}")))
+        };
+        match special {
+            Special::Time | Special::MicroTime => {
+                if value.is_null() {
+                    return Ok(out);
+                }
+                let t = crate::time::parse(text()?)
+                    .ok_or_else(|| Malformed::new(format!("{value} is not an RFC 3339 time")))?;
+                put_key(&mut out, 1, 0);
+                put_varint(&mut out, t.as_second() as u64);
+                if special == Special::MicroTime {
+                    put_key(&mut out, 2, 0);
+                    put_varint(&mut out, t.subsec_nanosecond() as i64 as u64);
+                }
+            }
+            Special::Duration => {
+                let nanos = parse_go_duration(text()?)
+                    .ok_or_else(|| Malformed::new(format!("{value} is not a duration")))?;
+                put_key(&mut out, 1, 0);
+                put_varint(&mut out, nanos as u64);
+            }
+            Special::Quantity => {
+                let s = match value {
+                    Value::Number(n) => n.to_string(),
+                    _ => text()?.to_string(),
+                };
+                put_bytes(&mut out, 1, s.as_bytes());
+            }
+            Special::IntOrString => match value {
+                Value::String(s) => {
+                    put_key(&mut out, 1, 0);
+                    put_varint(&mut out, 1);
+                    put_key(&mut out, 2, 0);
+                    put_varint(&mut out, 0);
+                    put_bytes(&mut out, 3, s.as_bytes());
+                }
+                _ => {
+                    let n = value
+                        .as_i64()
+                        .ok_or_else(|| Malformed::new(format!("expected an int or string, found {value}")))?;
+                    put_key(&mut out, 1, 0);
+                    put_varint(&mut out, 0);
+                    put_key(&mut out, 2, 0);
+                    put_varint(&mut out, n as u64);
+                    put_bytes(&mut out, 3, b"");
+                }
+            },
+            Special::RawJson => {
+                if !value.is_null() {
+                    let raw = serde_json::to_vec(value).map_err(|e| Malformed::new(e.to_string()))?;
+                    put_bytes(&mut out, 1, &raw);
+                }
+            }
+            Special::StringList => {
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| Malformed::new(format!("expected a list of strings, found {value}")))?;
+                for item in items {
+                    let s = item
+                        .as_str()
+                        .ok_or_else(|| Malformed::new(format!("expected a string, found {item}")))?;
+                    put_bytes(&mut out, 1, s.as_bytes());
+                }
+            }
+            Special::SchemaOrArray | Special::SchemaOrBool | Special::SchemaOrStringArray => {
+                let schema_message = message
+                    .fields
+                    .iter()
+                    .find_map(|f| match (f.json.as_str(), f.ty) {
+                        ("schema" | "Schema", FieldType::Value(ValueType::Message(m))) => Some(m),
+                        _ => None,
+                    })
+                    .ok_or_else(|| Malformed::new(format!("{} has no schema field", message.name)))?;
+                match (special, value) {
+                    (Special::SchemaOrBool, Value::Bool(b)) => {
+                        put_key(&mut out, 1, 0);
+                        put_varint(&mut out, u64::from(*b));
+                    }
+                    (Special::SchemaOrBool, _) => {
+                        put_key(&mut out, 1, 0);
+                        put_varint(&mut out, 1);
+                        put_bytes(&mut out, 2, &self.message(schema_message, value, depth + 1)?);
+                    }
+                    (Special::SchemaOrStringArray, Value::Array(items)) => {
+                        for item in items {
+                            let s = item
+                                .as_str()
+                                .ok_or_else(|| Malformed::new(format!("expected a string, found {item}")))?;
+                            put_bytes(&mut out, 2, s.as_bytes());
+                        }
+                    }
+                    (_, Value::Array(items)) => {
+                        for item in items {
+                            put_bytes(&mut out, 2, &self.message(schema_message, item, depth + 1)?);
+                        }
+                    }
+                    _ => put_bytes(&mut out, 1, &self.message(schema_message, value, depth + 1)?),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a Go duration string (`1h2m3.5s`, `300ms`, `-1.5µs`) into nanoseconds.
+fn parse_go_duration(s: &str) -> Option<i64> {
+    let (negative, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    let nanos = total.round();
+    if nanos > i64::MAX as f64 {
+        return None;
+    }
+    Some(if negative { -(nanos as i64) } else { nanos as i64 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1334,5 +1668,65 @@ mod tests {
         }
         assert!(missing.is_empty(), "no protobuf message for {missing:?}");
         assert!(table.message_of("v1", "DeleteOptions").is_some());
+    }
+
+    /// decode → encode → decode is the identity for every kubectl body.
+    #[test]
+    fn encoding_round_trips_every_fixture() {
+        let mut names: Vec<String> = std::fs::read_dir(fixtures())
+            .expect("fixture dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".pb").map(str::to_string))
+            .collect();
+        names.sort();
+        for name in names {
+            let json = fixture(&name);
+            let bytes = encode(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(bytes.starts_with(MAGIC));
+            assert_eq!(decode(&bytes).expect("re-decodes"), json, "{name}");
+        }
+    }
+
+    #[test]
+    fn encoding_writes_what_upstream_reads() {
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
+        let bytes = encode(&ns).expect("encodes");
+        assert_eq!(bytes, body("v1", "Namespace", &lf(1, &lf(1, b"a"))));
+
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "l", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"renewTime": "2026-01-01T00:00:00.250000Z", "leaseDurationSeconds": -1}});
+        assert_eq!(decode(&encode(&lease).expect("lease")).expect("decodes"), lease);
+
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"volumes": [{"name": "v", "emptyDir": {}, "secret": {"secretName": "s"}}],
+                     "containers": [{"name": "c", "ports": [{"containerPort": 80}],
+                                     "resources": {"limits": {"cpu": "500m"}},
+                                     "livenessProbe": {"httpGet": {"port": "http", "path": "/"}}}]}});
+        assert_eq!(decode(&encode(&pod).expect("pod")).expect("decodes"), pod);
+
+        let e = encode(&json!({"apiVersion": "example.com/v1", "kind": "Widget"})).expect_err("unknown");
+        assert_eq!(e.code, 406);
+        let e = encode(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": 5}}))
+            .expect_err("bad json");
+        assert!(e.message.contains("metadata.name"), "{}", e.message);
+    }
+
+    #[test]
+    fn go_durations_parse_back() {
+        for d in [
+            0,
+            1,
+            1_500,
+            2_000_000,
+            3_600_000_000_000,
+            90_500_000_000,
+            -7_000_000_000,
+        ] {
+            assert_eq!(parse_go_duration(&go_duration(d)), Some(d), "{}", go_duration(d));
+        }
+        assert_eq!(parse_go_duration("1h30m"), Some(5_400_000_000_000));
+        assert_eq!(parse_go_duration("5x"), None);
+        assert_eq!(parse_go_duration(""), None);
     }
 }
