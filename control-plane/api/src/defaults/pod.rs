@@ -126,6 +126,8 @@ fn container(c: &mut Map<String, Value>) {
         let policy = default_pull_policy(image);
         c.insert("imagePullPolicy".into(), json!(policy));
     }
+    // A Go struct value: the apiserver always serialises it, empty or not.
+    set_if_unset(c, "resources", json!({}));
     set_if_empty(c, "terminationMessagePath", json!("/dev/termination-log"));
     set_if_empty(c, "terminationMessagePolicy", json!("File"));
     if let Some(Value::Array(ports)) = c.get_mut("ports") {
