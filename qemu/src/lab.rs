@@ -311,7 +311,7 @@ pub struct Lab {
 }
 
 /// Holds the machine-wide lock that serialises test labs with QEMU nodes.
-fn qemu_lock() -> Result<File, LabError> {
+pub fn qemu_lock() -> Result<File, LabError> {
     let path = std::env::temp_dir().join("keel-lab-qemu.lock");
     let file = File::options()
         .create(true)

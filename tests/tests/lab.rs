@@ -59,7 +59,8 @@ fn echo_pod(name: &str, node: &str) -> String {
 fn fetch(lab: &Lab, ip: &str) -> Result<String, String> {
     let url = format!("http://{ip}:8080/");
     let out = lab
-        .kubectl(&["exec", "client", "--", "wget", "-q", "-T", "3", "-O-", &url])
+        // Not `wget -T`: Debian busybox 1.35's wget segfaults with it.
+        .kubectl(&["exec", "client", "--", "timeout", "3", "wget", "-q", "-O-", &url])
         .map_err(|e| e.to_string())?;
     if out.success() {
         Ok(out.stdout)
