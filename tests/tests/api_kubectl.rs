@@ -596,3 +596,123 @@ fn delete_cascades_foreground_background_and_orphan() {
         }
     }
 }
+
+#[test]
+fn typed_client_verbs_send_protobuf_and_work() {
+    let s = Server::start();
+    let k = s.kubectl();
+    let cases: &[(&[&str], &str)] = &[
+        (&["create", "namespace", "n1"], "namespace/n1 created"),
+        (
+            &["create", "deployment", "d1", "--image=nginx", "--replicas=2"],
+            "deployment.apps/d1 created",
+        ),
+        (
+            &["create", "deployment", "d0", "--image=nginx", "--replicas=0"],
+            "deployment.apps/d0 created",
+        ),
+        (
+            &["create", "configmap", "c1", "--from-literal=a=b"],
+            "configmap/c1 created",
+        ),
+        (
+            &["create", "secret", "generic", "s1", "--from-literal=user=admin"],
+            "secret/s1 created",
+        ),
+        (
+            &["create", "service", "nodeport", "np1", "--tcp=80:8080"],
+            "service/np1 created",
+        ),
+        (
+            &["create", "job", "j1", "--image=busybox", "--", "echo", "hi"],
+            "job.batch/j1 created",
+        ),
+        (
+            &[
+                "create",
+                "cronjob",
+                "cj1",
+                "--image=busybox",
+                "--schedule=*/1 * * * *",
+                "--",
+                "echo",
+                "hi",
+            ],
+            "cronjob.batch/cj1 created",
+        ),
+        (&["create", "serviceaccount", "sa1"], "serviceaccount/sa1 created"),
+        (
+            &["create", "role", "r1", "--verb=get", "--resource=pods"],
+            "role.rbac.authorization.k8s.io/r1 created",
+        ),
+        (
+            &["create", "rolebinding", "rb1", "--role=r1", "--user=jane"],
+            "rolebinding.rbac.authorization.k8s.io/rb1 created",
+        ),
+        (
+            &[
+                "create",
+                "poddisruptionbudget",
+                "pdb1",
+                "--selector=app=x",
+                "--min-available=1",
+            ],
+            "poddisruptionbudget.policy/pdb1 created",
+        ),
+        (
+            &["create", "ingress", "i1", "--rule=foo.com/=svc:80"],
+            "ingress.networking.k8s.io/i1 created",
+        ),
+        (
+            &["autoscale", "deploy", "d1", "--max=3", "--cpu-percent=60"],
+            "horizontalpodautoscaler.autoscaling/d1 autoscaled",
+        ),
+        (&["auth", "can-i", "create", "pods"], "yes"),
+    ];
+    for (args, expected) in cases {
+        let out = s.ok(&k, args);
+        assert!(out.contains(expected), "kubectl {}: {out}", args.join(" "));
+    }
+    // Explicit zeros survive protobuf decoding; secrets decode to what was given.
+    assert_eq!(
+        s.ok(&k, &["get", "deploy", "d0", "-o", "jsonpath={.spec.replicas}"]),
+        "0"
+    );
+    assert_eq!(
+        s.ok(&k, &["get", "secret", "s1", "-o", "jsonpath={.data.user}"]),
+        "YWRtaW4="
+    );
+    let hpa = json(&s.ok(
+        &k,
+        &[
+            "get",
+            "--raw",
+            "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/d1",
+        ],
+    ));
+    assert_eq!(hpa["spec"]["targetCPUUtilizationPercentage"], 60, "{hpa}");
+    let whoami = s.ok(&k, &["auth", "whoami"]);
+    assert!(
+        whoami.contains("kubernetes-admin") && whoami.contains("system:masters"),
+        "{whoami}"
+    );
+
+    // certificate approve: PUT .../approval with a protobuf body.
+    let csr = "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {name: csr1}\nspec:\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n  request: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0KTUlIeU1JR1pBZ0VBTURjeEZUQVRCZ05WQkFvVERITjVjM1JsYlRwdWIyUmxjekVlTUJ3R0ExVUVBeE1WYzNsegpkR1Z0T201dlpHVTZkMjl5YTJWeUxURXdXVEFUQmdjcWhrak9QUUlCQmdncWhrak9QUU1CQndOQ0FBUXRaOWtzCkE4V1UrZ1ZFR0FLTExoN3V3VTB4bXRYQTFZVkRFSmw3NHRXeVpRamxuZ2hMWTBHS1lXbFBNcURDeldoSk9rSVYKSkRIaWRoeklzMW16S2ZMdG9BQXdDZ1lJS29aSXpqMEVBd0lEU0FBd1JRSWdRRHhnb2lKSHRyZXZYSzFkdmlzawpEUDJUMEpFT0ovK0JBdkJvdm1mMXZKRUNJUUR4d1d2amFWOG9WeWJDWlpzZEtDS08xSEJFYWMwZEZmdVhiVlRJCllrbnZ1Zz09Ci0tLS0tRU5EIENFUlRJRklDQVRFIFJFUVVFU1QtLS0tLQo=\n";
+    s.apply(&k, csr);
+    assert!(s
+        .ok(&k, &["certificate", "approve", "csr1"])
+        .contains("certificatesigningrequest.certificates.k8s.io/csr1 approved"));
+    let cond = s.ok(
+        &k,
+        &[
+            "get",
+            "csr",
+            "csr1",
+            "-o",
+            "jsonpath={.status.conditions[0].type} {.status.conditions[0].reason}",
+        ],
+    );
+    assert_eq!(cond, "Approved KubectlApprove");
+    assert!(s.ok(&k, &["get", "csr"]).contains("Approved"));
+}

@@ -16,7 +16,11 @@ fn gvk(rt: &ResourceType) -> Gvk<'static> {
 
 /// Unknown fields per `fieldValidation`: the warnings to send, or the Strict error; unknown
 /// fields are pruned either way (upstream never stores them).
-pub fn check_unknown_fields(rt: &ResourceType, obj: &mut Value, mode: FieldValidation) -> ApiResult<Vec<String>> {
+pub fn check_unknown_fields(
+    rt: &ResourceType,
+    obj: &mut Value,
+    mode: FieldValidation,
+) -> ApiResult<Vec<String>> {
     keel_api::schema::validate_and_prune(gvk(rt), None, obj, mode)
 }
 

@@ -48,7 +48,12 @@ impl WriteCtx {
         if let Some(m) = self.field_manager.as_deref().filter(|m| !m.is_empty()) {
             return m.to_string();
         }
-        match self.user_agent.as_deref().and_then(|ua| ua.split('/').next()).filter(|p| !p.is_empty()) {
+        match self
+            .user_agent
+            .as_deref()
+            .and_then(|ua| ua.split('/').next())
+            .filter(|p| !p.is_empty())
+        {
             Some(p) => p.to_string(),
             None => "keel-control-plane".to_string(),
         }
@@ -115,7 +120,7 @@ impl Objects {
     ) -> ApiResult<(Value, u64)> {
         let key = rt.key(ns, name);
         match self.store.get(&key).await.map_err(store_error)? {
-            Some(kv) => Ok((decode(rt, &kv)?, kv.mod_revision)),
+            Some(kv) => Ok((decode_stored(rt, &kv)?, kv.mod_revision)),
             None => Err(ApiError::not_found(rt, name)),
         }
     }
@@ -194,7 +199,61 @@ impl Objects {
 
     // --------------------------------------------------------------------------------- writes
 
+    /// Creates an object (POST).
     pub async fn create(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        obj: Value,
+        ctx: &mut WriteCtx,
+    ) -> ApiResult<Value> {
+        served(rt, self.create_stored(rt, ns, obj, ctx).await?)
+    }
+
+    /// Replaces an object (PUT), or one of its subresources (`status`, `finalize`, `approval`).
+    pub async fn update(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+        ctx: &mut WriteCtx,
+    ) -> ApiResult<Value> {
+        served(rt, self.update_stored(rt, ns, name, obj, subresource, ctx).await?)
+    }
+
+    /// PATCH: JSON, merge, strategic merge or server-side apply. Returns the object and whether
+    /// it was created (apply on a missing object).
+    pub async fn patch(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Patch,
+        subresource: Option<&str>,
+        ctx: &mut WriteCtx,
+    ) -> ApiResult<(Value, bool)> {
+        let (obj, created) = self.patch_stored(rt, ns, name, patch, subresource, ctx).await?;
+        Ok((served(rt, obj)?, created))
+    }
+
+    /// DELETE, with preconditions, grace period and propagation policy from `options`.
+    pub async fn delete(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        options: &Value,
+        ctx: &mut WriteCtx,
+    ) -> ApiResult<Deleted> {
+        Ok(match self.delete_stored(rt, ns, name, options, ctx).await? {
+            Deleted::Gone(o) => Deleted::Gone(served(rt, o)?),
+            Deleted::Pending(o) => Deleted::Pending(served(rt, o)?),
+        })
+    }
+
+    async fn create_stored(
         &self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -204,8 +263,8 @@ impl Objects {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
-        set_type_meta(rt, &mut obj)?;
         strategy::check_unknown_fields(rt, &mut obj, ctx)?;
+        set_type_meta(rt, &mut obj)?;
         let meta = meta_mut(&mut obj);
         // Namespace: from the URL; a different one in the body is an error.
         if rt.namespaced {
@@ -277,7 +336,7 @@ impl Objects {
     }
 
     /// Replaces an object (PUT), or one of its subresources (`status`, `finalize`, `approval`).
-    pub async fn update(
+    async fn update_stored(
         &self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -289,8 +348,8 @@ impl Objects {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
-        set_type_meta(rt, &mut obj)?;
         strategy::check_unknown_fields(rt, &mut obj, ctx)?;
+        set_type_meta(rt, &mut obj)?;
         let body_name = object_name(&obj);
         if body_name.is_empty() {
             meta_mut(&mut obj).insert("name".into(), json!(name));
@@ -304,7 +363,7 @@ impl Objects {
             Ok(found) => found,
             Err(e) if e.code == 404 && subresource.is_none() && strategy::allows_create_on_update(rt) => {
                 meta_mut(&mut obj).remove("resourceVersion");
-                return self.create(rt, ns, obj, ctx).await;
+                return self.create_stored(rt, ns, obj, ctx).await;
             }
             Err(e) => return Err(e),
         };
@@ -338,7 +397,14 @@ impl Objects {
         }
         crate::machinery::validate_update(rt, &obj, &old)?;
         if !ctx.applying {
-            keel_api::managed::record_update(rt, Some(&old), &mut obj, &ctx.manager(), subresource, &time::now_rfc3339());
+            keel_api::managed::record_update(
+                rt,
+                Some(&old),
+                &mut obj,
+                &ctx.manager(),
+                subresource,
+                &time::now_rfc3339(),
+            );
         }
         meta_mut(&mut obj).remove("resourceVersion");
         if ctx.dry_run {
@@ -379,7 +445,7 @@ impl Objects {
     /// PATCH: JSON, merge, strategic merge or server-side apply. Returns the object and whether
     /// it was created (apply on a missing object).
     #[allow(clippy::too_many_arguments)]
-    pub async fn patch(
+    async fn patch_stored(
         &self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -398,11 +464,18 @@ impl Objects {
                         if meta.get("name").and_then(Value::as_str).unwrap_or("").is_empty() {
                             meta.insert("name".into(), json!(name));
                         }
-                        set_type_meta(rt, &mut intent)?;
                         strategy::check_unknown_fields(rt, &mut intent, ctx)?;
-                        let obj = keel_api::managed::apply(rt, None, &intent, &ctx.manager(), *force, &time::now_rfc3339())?;
+                        set_type_meta(rt, &mut intent)?;
+                        let obj = keel_api::managed::apply(
+                            rt,
+                            None,
+                            &intent,
+                            &ctx.manager(),
+                            *force,
+                            &time::now_rfc3339(),
+                        )?;
                         ctx.applying = true;
-                        let created = self.create(rt, ns, obj, ctx).await;
+                        let created = self.create_stored(rt, ns, obj, ctx).await;
                         ctx.applying = false;
                         return created.map(|c| (c, true));
                     }
@@ -410,8 +483,11 @@ impl Objects {
                 }
                 Err(e) => return Err(e),
             };
-            let old_with_rv = with_rv(old.clone(), Some(old_rev));
-            let patched = strategy::apply_patch(rt, subresource, &old_with_rv, patch, ctx)?;
+            let old_with_rv = served(rt, with_rv(old.clone(), Some(old_rev)))?;
+            let patched = stored(
+                rt,
+                strategy::apply_patch(rt, subresource, &old_with_rv, patch, ctx)?,
+            )?;
             // A resourceVersion in the patch is a precondition (kubectl apply and diff send one).
             let precondition = resource_version_of(&patched)?;
             if let Some(rv) = precondition {
@@ -426,7 +502,9 @@ impl Objects {
                 )));
             }
             ctx.applying = matches!(patch, Patch::Apply { .. });
-            let written = self.write_update(rt, ns, name, old, old_rev, patched, subresource, ctx).await;
+            let written = self
+                .write_update(rt, ns, name, old, old_rev, patched, subresource, ctx)
+                .await;
             ctx.applying = false;
             match written {
                 Err(e)
@@ -469,7 +547,7 @@ impl Objects {
         Err(ApiError::conflict(rt, name))
     }
 
-    pub async fn delete(
+    async fn delete_stored(
         &self,
         rt: &'static ResourceType,
         ns: Option<&str>,
@@ -726,14 +804,38 @@ fn propagation_policy(rt: &ResourceType, options: &Value) -> ApiResult<Propagati
 
 // ------------------------------------------------------------------------------ object helpers
 
-pub(crate) fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
+/// An object as stored (storage version), with its resourceVersion.
+fn decode_stored(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
     let mut v: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored {} at {} is not JSON: {e}", rt.kind, kv.key)))?;
-    if rt.version != rt.storage_version {
-        strategy::convert(rt, &mut v, &rt.api_version())?;
-    }
     set_resource_version(&mut v, kv.mod_revision);
     Ok(v)
+}
+
+/// An object as clients of `rt`'s version see it.
+pub(crate) fn decode(rt: &ResourceType, kv: &KeyValue) -> ApiResult<Value> {
+    served(rt, decode_stored(rt, kv)?)
+}
+
+/// Converts a storage-version object to the version `rt` serves (a no-op for most kinds).
+pub(crate) fn served(rt: &ResourceType, mut obj: Value) -> ApiResult<Value> {
+    if rt.version != rt.storage_version {
+        strategy::convert(rt, &mut obj, &rt.api_version())?;
+    }
+    Ok(obj)
+}
+
+/// Converts an object of `rt`'s version to the storage version.
+fn stored(rt: &ResourceType, mut obj: Value) -> ApiResult<Value> {
+    if rt.version != rt.storage_version {
+        let storage = if rt.group.is_empty() {
+            rt.storage_version.to_string()
+        } else {
+            format!("{}/{}", rt.group, rt.storage_version)
+        };
+        strategy::convert(rt, &mut obj, &storage)?;
+    }
+    Ok(obj)
 }
 
 pub(crate) fn encode(obj: &Value) -> ApiResult<Bytes> {

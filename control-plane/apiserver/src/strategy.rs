@@ -230,7 +230,14 @@ pub fn apply_patch(
             if intent.get("kind").is_none() {
                 intent["kind"] = json!(rt.kind);
             }
-            keel_api::managed::apply(rt, Some(current), &intent, &ctx.manager(), *force, &keel_api::time::now_rfc3339())?
+            keel_api::managed::apply(
+                rt,
+                Some(current),
+                &intent,
+                &ctx.manager(),
+                *force,
+                &keel_api::time::now_rfc3339(),
+            )?
         }
     };
     if subresource != Some("scale") {
