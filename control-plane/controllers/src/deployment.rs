@@ -1060,6 +1060,7 @@ async fn write_status(ctx: &Context, st: &mut State) -> Result<Action, Error> {
         status["conditions"] = json!(conditions);
     }
     if d.get("status") != Some(&status) {
+        tracing::debug!(deployment = pods::name(d), old = ?d.get("status"), new = %status, "writing status");
         let mut updated = d.clone();
         updated["status"] = status;
         st.d = ctx

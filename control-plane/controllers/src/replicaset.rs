@@ -144,6 +144,7 @@ pub async fn reconcile(rs: Arc<Value>, ctx: Arc<Context>, flavor: Flavor) -> Res
         .unwrap_or(0);
     let status = compute_status(&rs, &owned, min_ready, now, failure.as_ref());
     if rs.get("status") != Some(&status) {
+        tracing::debug!(name = pods::name(&rs), new = %status, "writing status");
         let mut updated = (*rs).clone();
         updated["status"] = status;
         ctx.client

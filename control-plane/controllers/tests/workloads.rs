@@ -1,0 +1,255 @@
+//! The controllers against the real in-process API: Deployments, ReplicaSets and
+//! ReplicationControllers as a user drives them with kubectl, with a fake kubelet marking pods
+//! ready.
+
+mod support;
+
+use keel_controllers::deployment::{revision, REVISION};
+use keel_controllers::pods;
+use serde_json::{json, Value};
+use support::{active_owned, wait_for, Cluster};
+
+fn deployment(name: &str, replicas: i64, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default", "annotations": {"kubernetes.io/change-cause": "first"}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+        },
+    })
+}
+
+async fn replica_sets_of(c: &Cluster, d: &Value) -> Vec<Value> {
+    let uid = pods::uid(d).to_string();
+    c.list("apps", "replicasets", "default")
+        .await
+        .into_iter()
+        .filter(|rs| pods::controller_uid(rs) == Some(uid.as_str()))
+        .collect()
+}
+
+async fn active_pods_of(c: &Cluster, owner: &Value) -> Vec<Value> {
+    let all = c.list("", "pods", "default").await;
+    active_owned(&all, pods::uid(owner))
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+fn condition_reason(d: &Value, kind: &str) -> Option<String> {
+    d.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["reason"].as_str())
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_creates_replaces_scales_and_rolls() {
+    let c = Cluster::start().await;
+    c.run_controllers();
+    c.run_fake_kubelet();
+    let d = c
+        .create("apps", "deployments", deployment("web", 3, "nginx:1.0"))
+        .await;
+
+    // A ReplicaSet with 3 pods, owned as controller; the rollout completes.
+    let rs = wait_for(20, "one replica set with 3 ready pods", || async {
+        let rss = replica_sets_of(&c, &d).await;
+        let rs = rss.first()?.clone();
+        (rss.len() == 1 && rs.pointer("/status/readyReplicas") == Some(&json!(3))).then_some(rs)
+    })
+    .await;
+    assert_eq!(
+        rs["metadata"]["name"],
+        format!(
+            "web-{}",
+            rs["metadata"]["labels"]["pod-template-hash"]
+                .as_str()
+                .unwrap_or("?")
+        )
+    );
+    assert_eq!(revision(&rs), 1);
+    assert_eq!(
+        rs["metadata"]["annotations"]["kubernetes.io/change-cause"],
+        "first"
+    );
+    let owned = active_pods_of(&c, &rs).await;
+    assert_eq!(owned.len(), 3);
+    for p in &owned {
+        let owner = &p["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["controller"].clone(), owner["blockOwnerDeletion"].clone()),
+            (json!(true), json!(true))
+        );
+        let name = pods::name(p);
+        let suffix = name.strip_prefix(&format!("{}-", pods::name(&rs))).unwrap_or("");
+        assert_eq!(suffix.len(), 5, "pod name {name}");
+    }
+    wait_for(20, "the deployment to report a complete rollout", || async {
+        let d = c.get("apps", "deployments", "default", "web").await;
+        let done = d.pointer("/status/availableReplicas") == Some(&json!(3))
+            && d.pointer("/status/updatedReplicas") == Some(&json!(3))
+            && d.pointer("/status/observedGeneration") == d.pointer("/metadata/generation")
+            && condition_reason(&d, "Progressing").as_deref() == Some("NewReplicaSetAvailable")
+            && condition_reason(&d, "Available").as_deref() == Some("MinimumReplicasAvailable")
+            && d.pointer(&format!("/metadata/annotations/{}", REVISION.replace('/', "~1")))
+                == Some(&json!("1"));
+        done.then_some(())
+    })
+    .await;
+
+    // A deleted pod is replaced.
+    let victim = pods::name(&owned[0]).to_string();
+    c.client
+        .delete(
+            support::rt("", "pods"),
+            Some("default".into()),
+            victim.clone(),
+            Value::Null,
+        )
+        .await
+        .expect("delete pod");
+    wait_for(20, "the deleted pod to be replaced", || async {
+        let now = active_pods_of(&c, &rs).await;
+        (now.len() == 3 && now.iter().all(|p| pods::name(p) != victim)).then_some(())
+    })
+    .await;
+
+    // Scale to 5 and back to 3.
+    c.patch(
+        "apps",
+        "deployments",
+        "default",
+        "web",
+        json!({"spec": {"replicas": 5}}),
+    )
+    .await;
+    wait_for(20, "5 pods", || async {
+        (active_pods_of(&c, &rs).await.len() == 5).then_some(())
+    })
+    .await;
+    c.patch(
+        "apps",
+        "deployments",
+        "default",
+        "web",
+        json!({"spec": {"replicas": 3}}),
+    )
+    .await;
+    wait_for(20, "3 pods again", || async {
+        (active_pods_of(&c, &rs).await.len() == 3).then_some(())
+    })
+    .await;
+
+    // A new image rolls to a second ReplicaSet (revision 2); the first ends at 0.
+    let first_uid = pods::uid(&rs).to_string();
+    c.patch(
+        "apps",
+        "deployments",
+        "default",
+        "web",
+        json!({"metadata": {"annotations": {"kubernetes.io/change-cause": "second"}},
+               "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "nginx:2.0"}]}}}}),
+    )
+    .await;
+    let (old, new) = wait_for(30, "the rollout to revision 2", || async {
+        let rss = replica_sets_of(&c, &d).await;
+        let new = rss.iter().find(|rs| revision(rs) == 2)?.clone();
+        let old = rss.iter().find(|rs| pods::uid(rs) == first_uid)?.clone();
+        let d = c.get("apps", "deployments", "default", "web").await;
+        let done = new.pointer("/status/readyReplicas") == Some(&json!(3))
+            && old.pointer("/spec/replicas") == Some(&json!(0))
+            && old.pointer("/status/replicas") == Some(&json!(0))
+            && d.pointer("/status/updatedReplicas") == Some(&json!(3))
+            && d.pointer("/status/replicas") == Some(&json!(3))
+            && condition_reason(&d, "Progressing").as_deref() == Some("NewReplicaSetAvailable");
+        done.then_some((old, new))
+    })
+    .await;
+    assert_eq!(
+        new["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:2.0"
+    );
+    assert_eq!(
+        new["metadata"]["annotations"]["kubernetes.io/change-cause"],
+        "second"
+    );
+    assert_eq!(revision(&old), 1);
+    let d = c.get("apps", "deployments", "default", "web").await;
+    assert_eq!(d["metadata"]["annotations"][REVISION], "2");
+
+    // Undo: the old template comes back, the old ReplicaSet is reused as revision 3.
+    let mut template = old["spec"]["template"].clone();
+    if let Some(l) = template["metadata"]["labels"].as_object_mut() {
+        l.remove("pod-template-hash");
+    }
+    c.patch(
+        "apps",
+        "deployments",
+        "default",
+        "web",
+        json!({"spec": {"template": template}}),
+    )
+    .await;
+    wait_for(30, "the undo to reuse the first replica set", || async {
+        let old = c.get("apps", "replicasets", "default", pods::name(&old)).await;
+        let new = c.get("apps", "replicasets", "default", pods::name(&new)).await;
+        let done = revision(&old) == 3
+            && old.pointer("/status/readyReplicas") == Some(&json!(3))
+            && new.pointer("/spec/replicas") == Some(&json!(0));
+        done.then_some(())
+    })
+    .await;
+    assert_eq!(replica_sets_of(&c, &d).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_controller_adopts_orphans_and_fills_up() {
+    let c = Cluster::start().await;
+    // An orphan that matches the selector exists before the controller.
+    c.create(
+        "",
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "stray", "namespace": "default", "labels": {"app": "db"}},
+               "spec": {"containers": [{"name": "db", "image": "postgres"}]}}),
+    )
+    .await;
+    c.run_controllers();
+    let rc = c
+        .create(
+            "",
+            "replicationcontrollers",
+            json!({"apiVersion": "v1", "kind": "ReplicationController",
+                   "metadata": {"name": "db", "namespace": "default"},
+                   "spec": {"replicas": 2, "selector": {"app": "db"},
+                            "template": {"metadata": {"labels": {"app": "db"}},
+                                         "spec": {"containers": [{"name": "db", "image": "postgres"}]}}}}),
+        )
+        .await;
+    let owned = wait_for(
+        20,
+        "2 pods of the controller, one of them the adopted orphan",
+        || async {
+            let owned = active_pods_of(&c, &rc).await;
+            (owned.len() == 2).then_some(owned)
+        },
+    )
+    .await;
+    assert!(owned.iter().any(|p| pods::name(p) == "stray"));
+    wait_for(20, "the status to count both", || async {
+        let rc = c.get("", "replicationcontrollers", "default", "db").await;
+        (rc.pointer("/status/replicas") == Some(&json!(2))
+            && rc.pointer("/status/fullyLabeledReplicas") == Some(&json!(2))
+            && rc.pointer("/status/observedGeneration") == Some(&json!(1)))
+        .then_some(())
+    })
+    .await;
+}
