@@ -31,7 +31,8 @@ Usage (inputs are read-only; nothing is downloaded):
 
 `k8s-pb` is obtained with `cargo fetch` in a throwaway project that depends on `k8s-pb = "=0.9.0"`;
 the Go trees are `git archive`s of the kubernetes/api and kubernetes/apimachinery tags matching the
-Kubernetes version k8s-pb was generated from (v0.35.x for k8s-pb 0.9.0).
+Kubernetes version k8s-pb was generated from (v0.35.x for k8s-pb 0.9.0; the committed table
+used v0.35.7: `git archive v0.35.7 | tar -x -C DIR` in each repository).
 """
 
 import argparse
@@ -295,7 +296,7 @@ def main():
     data = json.dumps(out, separators=(',', ':'), sort_keys=False).encode()
     with open(args.out, 'wb') as f:
         # mtime=0 keeps the output byte-for-byte reproducible
-        with gzip.GzipFile(fileobj=f, mode='wb', mtime=0, compresslevel=9) as gz:
+        with gzip.GzipFile(filename='', fileobj=f, mode='wb', mtime=0, compresslevel=9) as gz:
             gz.write(data)
     print(f'{len(table)} messages, {len(kinds)} kinds, json names: {stats}', file=sys.stderr)
 
