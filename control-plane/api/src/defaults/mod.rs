@@ -37,6 +37,24 @@ fn child_or_new<'a>(m: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut 
     v.as_object_mut()
 }
 
+/// Canonicalises the quantities of the resource map at `path` (`SetDefaults_ResourceList`:
+/// rounded up to milli-units, printed as upstream's `Quantity.String()`).
+fn quantities_at(m: &mut Map<String, Value>, path: &[&str]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = m;
+    for p in parents {
+        match child(cur, p) {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+    if let Some(list) = cur.get_mut(*last) {
+        crate::validation::quantity::canonicalize_list(list);
+    }
+}
+
 /// Sets a pointer field that is absent or null.
 fn set_if_unset(m: &mut Map<String, Value>, key: &str, value: Value) {
     if m.get(key).is_none_or(Value::is_null) {
@@ -77,11 +95,15 @@ pub fn apply_defaults(rt: &ResourceType, object: &mut Value) {
             if let Some(spec) = child(obj, "spec") {
                 set_if_unset(spec, "volumeMode", json!("Filesystem"));
             }
+            quantities_at(obj, &["spec", "resources", "requests"]);
+            quantities_at(obj, &["spec", "resources", "limits"]);
+            quantities_at(obj, &["status", "capacity"]);
             if let Some(status) = child_or_new(obj, "status") {
                 set_if_empty(status, "phase", json!("Pending"));
             }
         }
         ("", "PersistentVolume") => {
+            quantities_at(obj, &["spec", "capacity"]);
             if let Some(spec) = child(obj, "spec") {
                 set_if_empty(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
                 set_if_unset(spec, "volumeMode", json!("Filesystem"));
@@ -102,6 +124,8 @@ pub fn apply_defaults(rt: &ResourceType, object: &mut Value) {
             }
         }
         ("", "Node") => {
+            quantities_at(obj, &["status", "capacity"]);
+            quantities_at(obj, &["status", "allocatable"]);
             if let Some(status) = child(obj, "status") {
                 if status.get("allocatable").is_none_or(Value::is_null) {
                     if let Some(cap) = status.get("capacity").filter(|c| c.is_object()).cloned() {
@@ -111,6 +135,11 @@ pub fn apply_defaults(rt: &ResourceType, object: &mut Value) {
             }
         }
         ("", "LimitRange") => limit_range(obj),
+        ("", "ResourceQuota") => {
+            quantities_at(obj, &["spec", "hard"]);
+            quantities_at(obj, &["status", "hard"]);
+            quantities_at(obj, &["status", "used"]);
+        }
         ("apps", "Deployment") => deployment(obj),
         ("apps", "ReplicaSet") => {
             if let Some(spec) = child(obj, "spec") {
@@ -447,6 +476,9 @@ fn limit_range(obj: &mut Map<String, Value>) {
         return;
     };
     for item in limits.iter_mut().filter_map(Value::as_object_mut) {
+        for key in ["max", "min", "default", "defaultRequest", "maxLimitRequestRatio"] {
+            quantities_at(item, &[key]);
+        }
         if item.get("type").and_then(Value::as_str) != Some("Container") {
             continue;
         }
@@ -521,6 +553,8 @@ fn stateful_set(obj: &mut Map<String, Value>) {
                 if let Some(s) = child(c, "spec") {
                     set_if_unset(s, "volumeMode", json!("Filesystem"));
                 }
+                quantities_at(c, &["spec", "resources", "requests"]);
+                quantities_at(c, &["spec", "resources", "limits"]);
                 if let Some(status) = child_or_new(c, "status") {
                     set_if_empty(status, "phase", json!("Pending"));
                 }

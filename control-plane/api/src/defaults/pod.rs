@@ -90,6 +90,13 @@ fn volume(v: &mut Map<String, Value>) {
         .and_then(|t| child(t, "spec"))
     {
         set_if_unset(spec, "volumeMode", json!("Filesystem"));
+        if let Some(res) = child(spec, "resources") {
+            for key in ["limits", "requests"] {
+                if let Some(list) = res.get_mut(key) {
+                    crate::validation::quantity::canonicalize_list(list);
+                }
+            }
+        }
     }
 }
 
@@ -128,6 +135,13 @@ fn container(c: &mut Map<String, Value>) {
     }
     // A Go struct value: the apiserver always serialises it, empty or not.
     set_if_unset(c, "resources", json!({}));
+    if let Some(res) = child(c, "resources") {
+        for key in ["limits", "requests"] {
+            if let Some(list) = res.get_mut(key) {
+                crate::validation::quantity::canonicalize_list(list);
+            }
+        }
+    }
     set_if_empty(c, "terminationMessagePath", json!("/dev/termination-log"));
     set_if_empty(c, "terminationMessagePolicy", json!("File"));
     if let Some(Value::Array(ports)) = c.get_mut("ports") {
