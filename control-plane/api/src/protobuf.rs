@@ -612,11 +612,8 @@ impl Decoder<'_> {
             if field.json == "-" {
                 continue;
             }
-            let segment = if field.json.is_empty() {
-                message.name.rsplit('.').next().unwrap_or("").to_string()
-            } else {
-                field.json.clone()
-            };
+            // Inlined fields add no path segment: their fields are the parent's in JSON.
+            let segment = (!field.inline).then(|| field.json.clone());
             let result = (|| -> Wire<()> {
                 match field.ty {
                     FieldType::Map(value_type) => {
@@ -654,7 +651,10 @@ impl Decoder<'_> {
                 }
                 Ok(())
             })();
-            result.map_err(|e| e.at(segment))?;
+            result.map_err(|e| match segment {
+                Some(segment) => e.at(segment),
+                None => e,
+            })?;
         }
         let zero = out.is_empty();
         Ok(Decoded {
@@ -1018,13 +1018,13 @@ impl Encoder<'_> {
         let mut out = Vec::new();
         for &(_, i) in &message.by_number {
             let field = &message.fields[i];
-            let segment = if field.json.is_empty() {
-                "<inline>"
-            } else {
-                field.json.as_str()
-            };
-            self.field(field, object, value, depth, &mut out)
-                .map_err(|e| e.at(segment))?;
+            self.field(field, object, value, depth, &mut out).map_err(|e| {
+                if field.inline {
+                    e
+                } else {
+                    e.at(field.json.as_str())
+                }
+            })?;
         }
         Ok(out)
     }
@@ -1598,6 +1598,17 @@ mod tests {
         let e = decode(&body("v1", "Namespace", &raw)).expect_err("wire type");
         assert_eq!(e.code, 400);
         assert!(e.message.contains("metadata.name"), "{}", e.message);
+
+        // Inlined structs add no path segment: volumes[0].configMap.name, not …VolumeSource….
+        let config_map = lf(1, &vf(1, 1));
+        let volume = cat(&[lf(1, b"v"), lf(2, &lf(19, &config_map))]);
+        let raw = cat(&[lf(1, &meta("p")), lf(2, &lf(1, &volume))]);
+        let e = decode(&body("v1", "Pod", &raw)).expect_err("inline path");
+        assert!(
+            e.message.contains("at spec.volumes[0].configMap.name:"),
+            "{}",
+            e.message
+        );
 
         // Invalid UTF-8 in a string.
         let raw = lf(1, &lf(1, &[0xff, 0xfe]));
