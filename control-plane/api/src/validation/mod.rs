@@ -20,7 +20,7 @@
 mod cluster;
 mod core;
 mod cron;
-pub mod go;
+pub(crate) mod go;
 mod meta;
 pub mod names;
 mod pod;

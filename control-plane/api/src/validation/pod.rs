@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::meta::labels;
 use super::names::{
-    is_c_identifier, is_dns1123_label, is_dns1123_subdomain, is_qualified_name, is_valid_label_value,
-    is_valid_port_name, is_valid_port_num,
+    is_dns1123_label, is_dns1123_subdomain, is_qualified_name, is_valid_label_value, is_valid_port_name,
+    is_valid_port_num,
 };
 use super::quantity::Quantity;
 use super::{arr, go, s, semantic_eq, Errs};
@@ -408,7 +408,6 @@ fn env(e: &mut Errs, list: &[Value], path: &str) {
                 "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')",
             );
         }
-        let _ = is_c_identifier;
     }
 }
 
