@@ -7,6 +7,7 @@
 //! joining nodes), `ca-hash` (the CA pin nodes check).
 
 mod cli_client;
+mod node_iso;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,28 @@ enum Command {
     },
     /// Prints the CA pin (`sha256:<hex>`) that nodes check (`keel.ca-hash=`).
     CaHash,
+    /// Writes a node ISO with this cluster's join data (server URL, a fresh bootstrap token,
+    /// the CA pin) baked in; the base ISO stays untouched.
+    NodeIso {
+        /// Where to write the ISO.
+        #[arg(long)]
+        out: PathBuf,
+        /// The node-gate URL nodes dial (default: https://<--node-listen>).
+        #[arg(long)]
+        server: Option<String>,
+        /// The base ISO (`make iso` builds it).
+        #[arg(long, default_value = "out/keel-node.iso")]
+        base: PathBuf,
+        /// How long the baked-in token is valid.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// The API server to create the token through.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        api: SocketAddr,
+        /// More `key=value` node settings (e.g. `registry-mirror=docker.io=http://…`), repeatable.
+        #[arg(long = "set")]
+        settings: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +135,29 @@ fn main() -> Result<()> {
         Some(Command::CaHash) => {
             let pki = load_pki(&cli.serve)?;
             println!("{}", pki.ca_pin());
+            Ok(())
+        }
+        Some(Command::NodeIso {
+            out,
+            server,
+            base,
+            ttl,
+            api,
+            settings,
+        }) => {
+            let pki = load_pki(&cli.serve)?;
+            let token = runtime.block_on(cli_client::create_bootstrap_token(&pki, api, ttl))?;
+            let server = server.unwrap_or_else(|| format!("https://{}", cli.serve.node_listen));
+            let extra = settings
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                    None => bail!("--set {kv:?}: expected key=value"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let conf = node_iso::node_conf(&server, &token, &pki.ca_pin(), &extra);
+            node_iso::write(&base, &out, &conf)?;
+            println!("wrote {} (joins {server})", out.display());
             Ok(())
         }
         Some(Command::Token {
