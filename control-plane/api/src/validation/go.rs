@@ -13,7 +13,7 @@ pub fn value(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Object(_) => string_map(Some(v)),
+        Value::Object(m) if m.values().all(Value::is_string) => string_map(Some(v)),
         Value::Array(a) if a.iter().all(Value::is_string) => string_slice(a),
         other => other.to_string(),
     }
