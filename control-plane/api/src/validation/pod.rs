@@ -125,6 +125,37 @@ fn pod_spec_with(e: &mut Errs, spec: &Value, path: &str, extra_volumes: &[String
         }
     }
     tolerations(e, arr(spec, "/tolerations"), &format!("{path}.tolerations"));
+    host_ports(e, spec, path);
+}
+
+/// `AccumulateUniqueHostPorts` (a host port is used once per protocol and host IP) and
+/// `validateHostNetwork` (with the host's network, container and host ports are the same).
+fn host_ports(e: &mut Errs, spec: &Value, path: &str) {
+    let host_network = spec.get("hostNetwork").and_then(Value::as_bool) == Some(true);
+    let mut seen = HashSet::new();
+    for key in ["containers", "initContainers"] {
+        for (i, c) in arr(spec, &format!("/{key}")).iter().enumerate() {
+            for (j, p) in arr(c, "/ports").iter().enumerate() {
+                let base = format!("{path}.{key}[{i}].ports[{j}]");
+                let host = p.get("hostPort").and_then(Value::as_i64).unwrap_or(0);
+                let container = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                if host_network && key == "containers" && host != container {
+                    e.invalid(
+                        format!("{base}.containerPort"),
+                        &Value::from(container),
+                        "must match `hostPort` when `hostNetwork` is true",
+                    );
+                }
+                if host == 0 {
+                    continue;
+                }
+                let id = format!("{}/{}/{host}", s(p, "/protocol"), s(p, "/hostIP"));
+                if !seen.insert(id.clone()) {
+                    e.duplicate(format!("{base}.hostPort"), &Value::from(id));
+                }
+            }
+        }
+    }
 }
 
 /// Volume names (unique DNS labels); returns the set of names for the mounts to refer to.
