@@ -14,7 +14,10 @@ use keel_lab::Kubectl;
 pub struct Server {
     child: Child,
     pub dir: tempfile::TempDir,
+    /// The Kubernetes API's port.
     pub port: u16,
+    /// The node gate's port.
+    pub node_port: u16,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -69,6 +72,7 @@ impl Server {
             child,
             dir,
             port: ports[0],
+            node_port: ports[1],
         };
         s.wait_ready();
         s
@@ -183,10 +187,7 @@ impl Server {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--node-listen")
-            .arg(format!(
-                "127.0.0.1:{}",
-                keel_lab::ports::free_ports(1).expect("port")[0]
-            ))
+            .arg(format!("127.0.0.1:{}", self.node_port))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
