@@ -130,7 +130,7 @@ const NANO: i128 = 1_000_000_000;
 pub fn canonical(s: &str, round_milli: bool) -> Option<String> {
     let Quantity(mut nanos) = Quantity::parse(s)?;
     if round_milli && nanos % 1_000_000 != 0 {
-        nanos = (nanos.div_euclid(1_000_000) + 1) * 1_000_000;
+        nanos = (nanos.div_euclid(1_000_000).saturating_add(1)).saturating_mul(1_000_000);
     }
     if nanos == 0 {
         return Some("0".into());

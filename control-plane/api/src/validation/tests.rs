@@ -212,3 +212,30 @@ fn every_seed_manifest_kind_validates_when_well_formed() {
         }
     }
 }
+
+#[test]
+fn malformed_objects_never_panic() {
+    let shapes = [
+        json!(null),
+        json!("text"),
+        json!([1, 2]),
+        json!({"metadata": "x", "spec": 5, "status": []}),
+        json!({"metadata": {"name": 7, "labels": [1], "annotations": "a"},
+            "spec": {"containers": "c", "template": {"spec": {"containers": [1, null, {"ports": "p"}]}},
+            "selector": {"matchExpressions": [{"operator": 3}]}, "ports": [{"port": "x", "nodePort": "y"}],
+            "replicas": "three", "schedule": 5, "taints": [{"effect": 1}], "rules": [5],
+            "resources": {"requests": {"storage": {"x": 1}}, "limits": [1]}, "volumes": [{"name": "v", "secret": 1}]},
+            "data": {"k": 5}, "subsets": [{"addresses": [1]}], "roleRef": 3, "subjects": [{"kind": 1}]}),
+    ];
+    for rt in crate::registry::RESOURCES.iter() {
+        for shape in &shapes {
+            let mut obj = shape.clone();
+            apply_create_defaults(rt, &mut obj);
+            let _ = validate_create(rt, &obj);
+            let _ = validate_update(rt, &obj, shape);
+            let _ = crate::table::table(rt, std::slice::from_ref(&obj), &crate::table::ListMeta::default());
+            let mut upd = shape.clone();
+            crate::defaults::apply_update_defaults(rt, &mut upd, &obj);
+        }
+    }
+}
