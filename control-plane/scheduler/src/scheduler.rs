@@ -1,0 +1,788 @@
+//! The scheduling loop: one task owns all state, fed by the pod and node watches and by the
+//! results of bindings, so decisions need no locks and each one sees every earlier one.
+//!
+//! * State is incremental: each node carries the total its pods request; a pod event adjusts one
+//!   node. Nothing is re-listed per pod.
+//! * A decision is "assumed" at once (the pod counts on its node before the binding is written),
+//!   so the next pod sees it; bindings run concurrently in the background. A failed binding undoes
+//!   the assumption and the pod is retried; the assumption ends when the watch shows the pod bound.
+//! * A pod that fits nowhere is marked unschedulable (a `FailedScheduling` Event and the
+//!   `PodScheduled=False/Unschedulable` condition, written once per distinct message) and tried
+//!   again with backoff when a node appears or changes in a way that matters, when an assigned pod
+//!   goes away, or after [`RETRY_UNSCHEDULABLE`] anyway.
+//! * Like upstream, the search stops after enough feasible nodes (at least 100, a share of the
+//!   cluster that shrinks as it grows) and starts where the previous search stopped, which keeps
+//!   per-pod cost flat on big clusters and spreads equal-scored pods.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_api::client::{ApiClient, ListParams, Patch, WatchEventKind, WriteOptions};
+use keel_api::registry::ResourceType;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+use crate::filter::{fit_error_message, NodeInfo, PodInfo};
+use crate::Options;
+
+/// How long an unschedulable pod waits at most before it is tried again without any event.
+pub const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+const MIN_FEASIBLE_NODES: usize = 100;
+const COMPONENT: &str = "default-scheduler";
+
+pub(crate) type PodKey = (String, String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Pod,
+    Node,
+}
+
+pub(crate) enum Input {
+    /// The whole current state of a kind (first list, or re-list after a gap).
+    Reset(Kind, Vec<Value>),
+    Event(Kind, WatchEventKind, Value),
+    Bound(PodKey, String, BindResult),
+}
+
+#[derive(Debug)]
+pub(crate) enum BindResult {
+    Bound,
+    /// Someone else bound it, or it is gone: nothing to do.
+    Moot,
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// In the active queue.
+    Active,
+    /// Waiting for its backoff to pass.
+    Backoff,
+    /// Waiting for the cluster to change.
+    Unschedulable,
+}
+
+struct Pending {
+    pod: Value,
+    info: PodInfo,
+    attempts: u32,
+    last_message: Option<String>,
+    not_before: Instant,
+    since: Instant,
+    wait: Wait,
+}
+
+pub(crate) struct Scheduler {
+    client: Arc<dyn ApiClient>,
+    pods_rt: &'static ResourceType,
+    events_rt: &'static ResourceType,
+    opts: Options,
+    nodes: HashMap<String, NodeInfo>,
+    /// Known, real nodes in a stable order for the rotating search.
+    order: Vec<String>,
+    next_start: usize,
+    /// Pods counted on a node (bound or assumed), with what they request.
+    assigned: HashMap<PodKey, (String, PodInfo)>,
+    /// Pods whose binding is in flight or not yet seen by the watch.
+    assumed: HashMap<PodKey, String>,
+    pending: HashMap<PodKey, Pending>,
+    active: VecDeque<PodKey>,
+    synced_pods: bool,
+    synced_nodes: bool,
+    binds: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Input>,
+    /// Counters for logs and benchmarks.
+    pub(crate) scheduled: u64,
+}
+
+fn key_of(obj: &Value) -> PodKey {
+    let s = |p: &str| obj.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+    (s("/metadata/namespace"), s("/metadata/name"))
+}
+
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_millis((1000u64 << attempts.min(4).saturating_sub(1)).min(10_000))
+}
+
+impl Scheduler {
+    pub(crate) fn new(
+        client: Arc<dyn ApiClient>,
+        pods_rt: &'static ResourceType,
+        events_rt: &'static ResourceType,
+        opts: Options,
+        tx: mpsc::UnboundedSender<Input>,
+    ) -> Self {
+        let binds = Arc::new(Semaphore::new(opts.bind_concurrency.max(1)));
+        Scheduler {
+            client,
+            pods_rt,
+            events_rt,
+            opts,
+            nodes: HashMap::new(),
+            order: Vec::new(),
+            next_start: 0,
+            assigned: HashMap::new(),
+            assumed: HashMap::new(),
+            pending: HashMap::new(),
+            active: VecDeque::new(),
+            synced_pods: false,
+            synced_nodes: false,
+            binds,
+            tx,
+            scheduled: 0,
+        }
+    }
+
+    /// Runs until the input channel closes.
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        let mut next_tick = Instant::now();
+        loop {
+            let busy = self.synced_pods && self.synced_nodes && !self.active.is_empty();
+            if busy {
+                // Take whatever arrived without waiting.
+                while let Ok(input) = rx.try_recv() {
+                    self.handle(input);
+                }
+            } else {
+                tokio::select! {
+                    input = rx.recv() => match input {
+                        Some(input) => self.handle(input),
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(next_tick) => {}
+                }
+                while let Ok(input) = rx.try_recv() {
+                    self.handle(input);
+                }
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + Duration::from_millis(100);
+            }
+            if self.synced_pods && self.synced_nodes {
+                for _ in 0..256 {
+                    let Some(key) = self.active.pop_front() else { break };
+                    self.schedule_one(key).await;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Reset(Kind::Node, items) => {
+                let seen: std::collections::HashSet<String> = items
+                    .iter()
+                    .filter_map(|n| {
+                        n.pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
+                    .collect();
+                let gone: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|(n, i)| i.known && !seen.contains(*n))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in gone {
+                    self.remove_node(&n);
+                }
+                for n in &items {
+                    self.upsert_node(n);
+                }
+                self.synced_nodes = true;
+                self.flush_unschedulable();
+            }
+            Input::Reset(Kind::Pod, items) => {
+                let seen: std::collections::HashSet<PodKey> = items.iter().map(key_of).collect();
+                let gone: Vec<PodKey> = self
+                    .assigned
+                    .keys()
+                    .chain(self.pending.keys())
+                    .filter(|k| !seen.contains(*k) && !self.assumed.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.forget_pod(&k);
+                }
+                for p in items {
+                    self.on_pod(p);
+                }
+                self.synced_pods = true;
+            }
+            Input::Event(Kind::Node, WatchEventKind::Deleted, n) => {
+                if let Some(name) = n.pointer("/metadata/name").and_then(Value::as_str) {
+                    self.remove_node(name);
+                }
+            }
+            Input::Event(Kind::Node, WatchEventKind::Added | WatchEventKind::Modified, n) => {
+                if self.upsert_node(&n) {
+                    self.flush_unschedulable();
+                }
+            }
+            Input::Event(Kind::Pod, WatchEventKind::Deleted, p) => {
+                let key = key_of(&p);
+                self.assumed.remove(&key);
+                self.forget_pod(&key);
+            }
+            Input::Event(Kind::Pod, WatchEventKind::Added | WatchEventKind::Modified, p) => self.on_pod(p),
+            Input::Event(_, _, _) => {}
+            Input::Bound(key, node, result) => self.on_bound(key, node, result),
+        }
+    }
+
+    /// Adds or refreshes a node; true if something that matters to scheduling changed.
+    fn upsert_node(&mut self, n: &Value) -> bool {
+        let Some(name) = n.pointer("/metadata/name").and_then(Value::as_str) else {
+            return false;
+        };
+        let info = self
+            .nodes
+            .entry(name.to_string())
+            .or_insert_with(|| NodeInfo::placeholder(name));
+        let was_known = info.known;
+        let before = info.signature();
+        info.set_node(n);
+        if !was_known {
+            self.order.push(name.to_string());
+            return true;
+        }
+        info.signature() != before
+    }
+
+    fn remove_node(&mut self, name: &str) {
+        let has_pods = self.assigned.values().any(|(n, _)| n == name);
+        if has_pods {
+            // Keep the totals for the pods still counted there; the node itself is gone.
+            if let Some(info) = self.nodes.get_mut(name) {
+                info.known = false;
+            }
+        } else {
+            self.nodes.remove(name);
+        }
+        self.order.retain(|n| n != name);
+    }
+
+    fn forget_pod(&mut self, key: &PodKey) {
+        if let Some((node, info)) = self.assigned.remove(key) {
+            self.uncount(&node, &info);
+            self.flush_unschedulable();
+        }
+        self.pending.remove(key);
+    }
+
+    fn count(&mut self, node: &str, info: &PodInfo) {
+        self.nodes
+            .entry(node.to_string())
+            .or_insert_with(|| NodeInfo::placeholder(node))
+            .add_pod(info);
+    }
+
+    fn uncount(&mut self, node: &str, info: &PodInfo) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.remove_pod(info);
+            if !n.known && n.requested.pods <= 0 {
+                self.nodes.remove(node);
+            }
+        }
+    }
+
+    fn on_pod(&mut self, pod: Value) {
+        let key = key_of(&pod);
+        let node = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let terminal = matches!(
+            pod.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        if !node.is_empty() {
+            self.pending.remove(&key);
+            self.assumed.remove(&key);
+            if terminal {
+                self.forget_pod(&key);
+                return;
+            }
+            match self.assigned.get(&key) {
+                Some((n, _)) if *n == node => {}
+                Some(_) => {
+                    if let Some((old, info)) = self.assigned.remove(&key) {
+                        self.uncount(&old, &info);
+                    }
+                    let info = PodInfo::new(&pod);
+                    self.count(&node, &info);
+                    self.assigned.insert(key, (node, info));
+                }
+                None => {
+                    let info = PodInfo::new(&pod);
+                    self.count(&node, &info);
+                    self.assigned.insert(key, (node, info));
+                }
+            }
+            return;
+        }
+        if self.assumed.contains_key(&key) {
+            // Our binding is in flight; the watch has not caught up yet.
+            return;
+        }
+        let ours = pod
+            .pointer("/spec/schedulerName")
+            .and_then(Value::as_str)
+            .unwrap_or(COMPONENT)
+            == self.opts.scheduler_name;
+        let gated = pod
+            .pointer("/spec/schedulingGates")
+            .and_then(Value::as_array)
+            .is_some_and(|g| !g.is_empty());
+        let deleting = pod
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null());
+        if !ours || gated || deleting || terminal {
+            self.pending.remove(&key);
+            return;
+        }
+        match self.pending.get_mut(&key) {
+            Some(p) => {
+                p.info = PodInfo::new(&pod);
+                p.pod = pod;
+            }
+            None => {
+                let now = Instant::now();
+                self.pending.insert(
+                    key.clone(),
+                    Pending {
+                        info: PodInfo::new(&pod),
+                        pod,
+                        attempts: 0,
+                        last_message: None,
+                        not_before: now,
+                        since: now,
+                        wait: Wait::Active,
+                    },
+                );
+                self.active.push_back(key);
+            }
+        }
+    }
+
+    fn on_bound(&mut self, key: PodKey, node: String, result: BindResult) {
+        match result {
+            BindResult::Bound => {
+                self.scheduled += 1;
+            }
+            BindResult::Moot => {
+                if self.assumed.get(&key) == Some(&node) {
+                    self.assumed.remove(&key);
+                    if let Some((n, info)) = self.assigned.remove(&key) {
+                        self.uncount(&n, &info);
+                    }
+                }
+            }
+            BindResult::Failed(message) => {
+                tracing::warn!(pod = %format!("{}/{}", key.0, key.1), node, error = message, "binding failed; retrying");
+                self.assumed.remove(&key);
+                if let Some((n, info)) = self.assigned.remove(&key) {
+                    self.uncount(&n, &info);
+                    let now = Instant::now();
+                    if let Some(p) = self.pending.get_mut(&key) {
+                        p.attempts += 1;
+                        p.not_before = now + backoff(p.attempts);
+                        p.wait = Wait::Backoff;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every unschedulable pod gets another chance (after its backoff).
+    fn flush_unschedulable(&mut self) {
+        for p in self.pending.values_mut() {
+            if p.wait == Wait::Unschedulable {
+                p.wait = Wait::Backoff;
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for (k, p) in self.pending.iter_mut() {
+            let retry = match p.wait {
+                Wait::Backoff => p.not_before <= now,
+                Wait::Unschedulable => now.duration_since(p.since) >= RETRY_UNSCHEDULABLE,
+                Wait::Active => false,
+            };
+            if retry {
+                p.wait = Wait::Active;
+                due.push(k.clone());
+            }
+        }
+        due.sort();
+        self.active.extend(due);
+    }
+
+    /// How many feasible nodes are enough (upstream's adaptive percentage, at least 100).
+    fn feasible_wanted(&self, n: usize) -> usize {
+        if n <= MIN_FEASIBLE_NODES {
+            return n;
+        }
+        let pct = (50usize.saturating_sub(n / 125)).max(5);
+        (n * pct / 100).max(MIN_FEASIBLE_NODES)
+    }
+
+    async fn schedule_one(&mut self, key: PodKey) {
+        let Some(p) = self.pending.get(&key) else { return };
+        if p.wait != Wait::Active {
+            return;
+        }
+        let n = self.order.len();
+        let wanted = self.feasible_wanted(n);
+        let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(wanted.min(n));
+        let mut reasons: HashMap<String, usize> = HashMap::new();
+        let start = if n == 0 { 0 } else { self.next_start % n };
+        let mut visited = 0;
+        for i in 0..n {
+            let name = &self.order[(start + i) % n];
+            visited += 1;
+            let Some(node) = self.nodes.get(name) else {
+                continue;
+            };
+            match node.fits(&p.info) {
+                Ok(()) => {
+                    feasible.push(node);
+                    if feasible.len() >= wanted {
+                        break;
+                    }
+                }
+                Err(rs) => {
+                    for r in rs {
+                        *reasons.entry(r).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        if n > 0 {
+            self.next_start = (start + visited) % n;
+        }
+        if feasible.is_empty() {
+            let message = if n == 0 {
+                "no nodes available to schedule pods".to_string()
+            } else {
+                fit_error_message(n, &reasons)
+            };
+            self.unschedulable(key, message);
+            return;
+        }
+        let best = pick(&feasible, &p.info).name.clone();
+        let info = p.info.clone();
+        let rv = p
+            .pod
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let pod = p.pod.clone();
+        self.count(&best, &info);
+        self.assigned.insert(key.clone(), (best.clone(), info));
+        self.assumed.insert(key.clone(), best.clone());
+        if let Some(p) = self.pending.get_mut(&key) {
+            p.wait = Wait::Backoff;
+            p.not_before = Instant::now() + Duration::from_secs(3600);
+        }
+        let Ok(permit) = self.binds.clone().acquire_owned().await else {
+            return;
+        };
+        let client = self.client.clone();
+        let pods_rt = self.pods_rt;
+        let events_rt = self.events_rt;
+        let tx = self.tx.clone();
+        let record = self.opts.record_scheduled_events;
+        tokio::spawn(async move {
+            let result = bind(client.as_ref(), pods_rt, &key, &best, rv).await;
+            drop(permit);
+            if record && matches!(result, BindResult::Bound) {
+                let message = format!("Successfully assigned {}/{} to {best}", key.0, key.1);
+                keel_controllers::events::record(
+                    client.as_ref(),
+                    events_rt,
+                    COMPONENT,
+                    &pod,
+                    "Normal",
+                    "Scheduled",
+                    &message,
+                )
+                .await;
+            }
+            let _ = tx.send(Input::Bound(key, best, result));
+        });
+    }
+
+    fn unschedulable(&mut self, key: PodKey, message: String) {
+        let Some(p) = self.pending.get_mut(&key) else {
+            return;
+        };
+        let now = Instant::now();
+        p.attempts += 1;
+        p.not_before = now + backoff(p.attempts);
+        p.since = now;
+        p.wait = Wait::Unschedulable;
+        if p.last_message.as_deref() == Some(message.as_str()) {
+            return;
+        }
+        tracing::debug!(pod = %format!("{}/{}", key.0, key.1), message, "unschedulable");
+        p.last_message = Some(message.clone());
+        let client = self.client.clone();
+        let pods_rt = self.pods_rt;
+        let events_rt = self.events_rt;
+        let pod = p.pod.clone();
+        tokio::spawn(async move {
+            keel_controllers::events::record(
+                client.as_ref(),
+                events_rt,
+                COMPONENT,
+                &pod,
+                "Warning",
+                "FailedScheduling",
+                &message,
+            )
+            .await;
+            let patch = json!({"status": {"conditions": [{
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+                "lastProbeTime": null,
+                "lastTransitionTime": keel_api::time::now_rfc3339(),
+            }]}});
+            if let Err(e) = client
+                .patch(
+                    pods_rt,
+                    Some(key.0.clone()),
+                    key.1.clone(),
+                    Patch::Strategic(patch),
+                    Some("status".into()),
+                    WriteOptions::default(),
+                )
+                .await
+            {
+                tracing::debug!(pod = key.1, error = %e, "could not set PodScheduled=False");
+            }
+        });
+    }
+}
+
+/// The best of the feasible nodes: least allocated (weight 1), fewest replicas of the same
+/// controller (2), preferred affinity (2), fewest untolerated `PreferNoSchedule` taints (3).
+fn pick<'a>(feasible: &[&'a NodeInfo], pod: &PodInfo) -> &'a NodeInfo {
+    let counts: Vec<i64> = feasible
+        .iter()
+        .map(|n| n.replicas_of(pod.owner.as_ref()))
+        .collect();
+    let max_count = counts.iter().copied().max().unwrap_or(0);
+    let weights: Vec<i64> = feasible.iter().map(|n| n.preferred_weight(pod)).collect();
+    let max_weight = weights.iter().copied().max().unwrap_or(0);
+    let prefs: Vec<i64> = feasible.iter().map(|n| n.intolerable_preferences(pod)).collect();
+    let max_pref = prefs.iter().copied().max().unwrap_or(0);
+    let mut best = 0;
+    let mut best_score = i64::MIN;
+    for (i, node) in feasible.iter().enumerate() {
+        let spread = if max_count == 0 {
+            100
+        } else {
+            100 * (max_count - counts[i]) / max_count
+        };
+        let affinity = if max_weight == 0 {
+            0
+        } else {
+            100 * weights[i] / max_weight
+        };
+        let taints = if max_pref == 0 {
+            100
+        } else {
+            100 * (max_pref - prefs[i]) / max_pref
+        };
+        let score = node.least_allocated(pod) + 2 * spread + 2 * affinity + 3 * taints;
+        if score > best_score {
+            best_score = score;
+            best = i;
+        }
+    }
+    feasible[best]
+}
+
+/// Binds a pod by setting `spec.nodeName` (guarded by the pod's resourceVersion, so a pod that
+/// someone else bound meanwhile is not moved).
+///
+/// The API server's `pods/binding` subresource is a POST that [`ApiClient`] cannot express; a
+/// merge patch of an unbound pod has the same effect.
+pub(crate) async fn bind(
+    client: &dyn ApiClient,
+    pods_rt: &'static ResourceType,
+    key: &PodKey,
+    node: &str,
+    mut rv: Option<String>,
+) -> BindResult {
+    let ns = Some(key.0.clone()).filter(|s| !s.is_empty());
+    for _ in 0..5 {
+        let mut patch = json!({"spec": {"nodeName": node}});
+        if let Some(rv) = &rv {
+            patch["metadata"] = json!({"resourceVersion": rv});
+        }
+        let opts = WriteOptions {
+            field_manager: Some(COMPONENT.into()),
+            dry_run: false,
+        };
+        match client
+            .patch(
+                pods_rt,
+                ns.clone(),
+                key.1.clone(),
+                Patch::Merge(patch),
+                None,
+                opts,
+            )
+            .await
+        {
+            Ok(_) => return BindResult::Bound,
+            Err(e) if e.code == 404 => return BindResult::Moot,
+            Err(e) if e.code == 409 => match client.get(pods_rt, ns.clone(), key.1.clone()).await {
+                Ok(pod) => {
+                    let bound = !pod
+                        .pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .is_empty();
+                    if bound || pod.pointer("/metadata/deletionTimestamp").is_some() {
+                        return BindResult::Moot;
+                    }
+                    rv = pod
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                }
+                Err(e) if e.code == 404 => return BindResult::Moot,
+                Err(e) => return BindResult::Failed(e.message),
+            },
+            Err(e) => return BindResult::Failed(e.message),
+        }
+    }
+    BindResult::Failed("too many conflicts".into())
+}
+
+/// Lists and then watches one kind forever, sending a [`Input::Reset`] for each (re-)list.
+pub(crate) async fn follow(
+    client: Arc<dyn ApiClient>,
+    rt: &'static ResourceType,
+    kind: Kind,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    use futures::StreamExt;
+    let mut failures = 0u32;
+    loop {
+        let list = match client.list(rt, None, ListParams::default()).await {
+            Ok(l) => l,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(kind = rt.kind, error = %e, "list failed");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
+                continue;
+            }
+        };
+        let mut version = list
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let items = list
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if tx.send(Input::Reset(kind, items)).is_err() {
+            return;
+        }
+        // Follow from the list's version until the watch cannot resume.
+        loop {
+            let params = ListParams {
+                resource_version: version.clone(),
+                allow_bookmarks: true,
+                ..Default::default()
+            };
+            let mut stream = match client.watch(rt, None, params).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(kind = rt.kind, error = %e, "watch failed; re-listing");
+                    break;
+                }
+            };
+            let mut resumable = true;
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(ev) if ev.kind == WatchEventKind::Error => {
+                        resumable = false;
+                        break;
+                    }
+                    Ok(ev) => {
+                        failures = 0;
+                        if let Some(rv) = ev
+                            .object
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                        {
+                            version = Some(rv.to_string());
+                        }
+                        if ev.kind == WatchEventKind::Bookmark {
+                            continue;
+                        }
+                        if tx.send(Input::Event(kind, ev.kind, ev.object)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(kind = rt.kind, error = %e, "watch ended; re-listing");
+                        resumable = false;
+                        break;
+                    }
+                }
+            }
+            if !resumable {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(9), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn spread_prefers_nodes_without_replicas() {
+        let mut a = NodeInfo::placeholder("a");
+        let mut b = NodeInfo::placeholder("b");
+        for n in [&mut a, &mut b] {
+            n.set_node(&json!({"metadata": {"name": n.name.clone()}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi"},
+                "conditions": [{"type": "Ready", "status": "True"}]}}));
+        }
+        let pod = PodInfo::new(
+            &json!({"metadata": {"ownerReferences": [{"uid": "rs1", "controller": true}]}, "spec": {"containers": [{}]}}),
+        );
+        a.add_pod(&pod);
+        assert_eq!(pick(&[&a, &b], &pod).name, "b");
+        b.add_pod(&pod);
+        b.add_pod(&pod);
+        assert_eq!(pick(&[&a, &b], &pod).name, "a");
+    }
+}
