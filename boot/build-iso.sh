@@ -5,9 +5,11 @@
 # Layout inside the ISO:
 #   /boot/vmlinuz       the kernel
 #   /boot/initramfs     the node image (zstd cpio)
-#   /boot/config.cpio   the node's configuration archive; EMPTY in the base ISO.
-#                       `keel-server node-iso` swaps in one holding etc/keel/node.conf
-#                       (see boot/README.md); GRUB concatenates both archives for the kernel.
+#   /boot/config.cpio   a 64 KiB slot for the node's configuration archive; in the base ISO it
+#                       holds only an empty marker file `keel-config-slot` and zeros.
+#                       `keel-server node-iso` overwrites the slot in place with a cpio holding
+#                       etc/keel/node.conf (see boot/README.md); GRUB hands both archives to
+#                       the kernel, which unpacks them into one root.
 #   /boot/grub/grub.cfg serial (ttyS0, 115200) + VGA; the LAST console= (ttyS0) is /dev/console,
 #                       and PID 1 mirrors its lines to tty0 as well.
 #
@@ -34,8 +36,11 @@ rm -rf "$STAGE"
 mkdir -p "$STAGE/boot/grub"
 cp "$OUT/vmlinuz" "$STAGE/boot/vmlinuz"
 cp "$OUT/initramfs" "$STAGE/boot/initramfs"
-# An empty newc archive: just the trailer.
-cpio -o -H newc --quiet < /dev/null > "$STAGE/boot/config.cpio"
+# The config slot: a newc archive with the empty marker file, padded with zeros to 64 KiB (the
+# kernel skips zero padding between archives).
+mkdir -p "$OUT/slot" && : > "$OUT/slot/keel-config-slot"
+(cd "$OUT/slot" && echo keel-config-slot | cpio -o -H newc --quiet --reproducible -R 0:0) > "$STAGE/boot/config.cpio"
+truncate -s 65536 "$STAGE/boot/config.cpio"
 cat > "$STAGE/boot/grub/grub.cfg" <<CFG
 serial --unit=0 --speed=115200
 terminal_input serial console

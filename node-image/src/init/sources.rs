@@ -108,6 +108,20 @@ fn read_head(dev: &str) -> Option<Vec<u8>> {
     Some(head)
 }
 
+/// True the first time a device is seen: the late search skips what the early one tried.
+fn first_look(dev: &str) -> bool {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = match SEEN.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if seen.iter().any(|d| d == dev) {
+        return false;
+    }
+    seen.push(dev.to_string());
+    true
+}
+
 /// Finds the block device labelled KEELCFG, mounts it read-only and reads the config file.
 fn config_disk(modules: &Index) -> Option<String> {
     let entries = fs::read_dir("/sys/class/block").ok()?;
@@ -119,13 +133,19 @@ fn config_disk(modules: &Index) -> Option<String> {
     names.sort();
     for name in names {
         let dev = format!("/dev/{name}");
+        if !first_look(&dev) {
+            continue;
+        }
         let Some(head) = read_head(&dev) else { continue };
         let (fstype, module) = match probe_label(&head) {
             Some(Volume::Iso9660(l)) if l.eq_ignore_ascii_case(DISK_LABEL) => ("iso9660", "isofs"),
             Some(Volume::Vfat(l)) if l.eq_ignore_ascii_case(DISK_LABEL) => ("vfat", "vfat"),
             _ => continue,
         };
-        let _ = modules.modprobe(module);
+        // vfat's default code page and I/O charset come as separate modules.
+        for m in [module, "nls_cp437", "nls_ascii", "nls_utf8"] {
+            let _ = modules.modprobe(m);
+        }
         let _ = fs::create_dir_all(DISK_MOUNT);
         let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if let Err(e) = sys::mount(Some(&dev), DISK_MOUNT, Some(fstype), flags, None) {
