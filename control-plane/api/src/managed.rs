@@ -526,7 +526,7 @@ fn remove_path(obj: &mut Value, path: &Path) {
     }
     if let Some(v) = last.strip_prefix("v:") {
         if let Some(Value::Array(list)) = walk_mut(obj, parents) {
-            list.retain(|item| item.to_string() != v);
+            list.retain(|item| *item != serde_json::from_str::<Value>(v).unwrap_or(Value::Null));
         }
         return;
     }

@@ -153,7 +153,7 @@ impl Format {
             let mut params = part.split(';').map(str::trim);
             let media = params.next().unwrap_or("");
             let rest: Vec<&str> = params.collect();
-            if media == "application/json" && rest.iter().any(|p| *p == "as=Table") {
+            if media == "application/json" && rest.contains(&"as=Table") {
                 return Format::Table;
             }
             if media == "application/yaml" {

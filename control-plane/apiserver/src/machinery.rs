@@ -53,13 +53,15 @@ pub fn strategic_merge_patch(
     keel_api::patch::strategic_merge_patch(current, patch, gvk)
 }
 
-/// Defaults of a write (create-only defaults too when `create`).
-pub fn apply_defaults(rt: &ResourceType, obj: &mut Value, create: bool) {
-    if create {
-        keel_api::defaults::apply_create_defaults(rt, obj);
-    } else {
-        keel_api::defaults::apply_defaults(rt, obj);
-    }
+/// Defaults of a create (including the create-only ones: admission, initial status).
+pub fn apply_create_defaults(rt: &ResourceType, obj: &mut Value) {
+    keel_api::defaults::apply_create_defaults(rt, obj);
+}
+
+/// Defaults of an update, carrying over what the old object had allocated (a Service's IPs
+/// and node ports when a `kubectl replace` leaves them out).
+pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value) {
+    keel_api::defaults::apply_update_defaults(rt, new, old);
 }
 
 pub fn validate_create(rt: &ResourceType, obj: &Value) -> ApiResult<()> {

@@ -146,7 +146,6 @@ impl Objects {
         let mut items = Vec::new();
         let mut last_key: Option<String> = None;
         let mut more = false;
-        let read_revision;
         'pages: loop {
             // Read in batches, filtering as we go, until the page is full or the range ends.
             let batch = limit.map(|l| (l - items.len()).max(64));
@@ -180,7 +179,7 @@ impl Objects {
             }
             start_after = last_key.clone();
         }
-        read_revision = revision.unwrap_or(0);
+        let read_revision = revision.unwrap_or(0);
 
         let continue_token = match (more, &last_key) {
             (true, Some(k)) => Some(watch::encode_continue(
@@ -305,7 +304,7 @@ impl Objects {
             meta_mut(&mut obj).insert("generation".into(), json!(1));
         }
         strategy::prepare_for_create(rt, &mut obj);
-        crate::machinery::apply_defaults(rt, &mut obj, true);
+        crate::machinery::apply_create_defaults(rt, &mut obj);
         self.alloc.allocate_on_create(self, rt, &mut obj).await?;
         let name = object_name(&obj).to_string();
         crate::machinery::validate_create(rt, &obj)?;
@@ -392,7 +391,7 @@ impl Objects {
     ) -> ApiResult<Value> {
         let mut obj = strategy::prepare_for_update(rt, subresource, new, &old)?;
         if subresource.is_none() {
-            crate::machinery::apply_defaults(rt, &mut obj, false);
+            crate::machinery::apply_update_defaults(rt, &mut obj, &old);
             self.alloc.allocate_on_update(self, rt, &mut obj, &old).await?;
         }
         crate::machinery::validate_update(rt, &obj, &old)?;
