@@ -221,7 +221,13 @@ async fn reconcile_node(gate: &Gate, name: &str, node: &Value, stale: bool) -> A
             if remove_unreachable_taints(&mut taints) {
                 tracing::info!(node = name, "node is back; removing unreachable taints");
                 let mut node = node.clone();
-                node["spec"]["taints"] = Value::Array(taints);
+                if taints.is_empty() {
+                    if let Some(spec) = node["spec"].as_object_mut() {
+                        spec.remove("taints");
+                    }
+                } else {
+                    node["spec"]["taints"] = Value::Array(taints);
+                }
                 gate.client
                     .update(gate.kinds.nodes, None, node, None, WriteOptions::default())
                     .await?;

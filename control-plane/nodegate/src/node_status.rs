@@ -47,6 +47,25 @@ fn default_reason(kind: &str, status: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// The Node annotation with the node's boot phases, e.g. `kernel=0.00s, modules=0.41s, agent=1.20s`.
+pub(crate) const BOOT_PHASES_ANNOTATION: &str = "keel.dev/boot-phases";
+
+/// Boot phases as one line: `name=1.23s` (time since power-on), comma-separated.
+pub(crate) fn boot_phases_text(phases: &[keel_proto::BootPhase]) -> String {
+    phases
+        .iter()
+        .map(|p| {
+            format!(
+                "{}={}.{:02}s",
+                p.name,
+                p.millis_since_boot / 1000,
+                (p.millis_since_boot % 1000) / 10
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `2` for 2000 millicores, `1500m` otherwise.
 pub(crate) fn cpu_quantity(millis: u64) -> String {
     if millis.is_multiple_of(1000) {
@@ -305,6 +324,19 @@ mod tests {
             ],
             boot_phases: vec![],
         }
+    }
+
+    #[test]
+    fn boot_phases_read_as_one_line() {
+        let p = |name: &str, ms| keel_proto::BootPhase {
+            name: name.into(),
+            millis_since_boot: ms,
+        };
+        assert_eq!(
+            boot_phases_text(&[p("kernel", 0), p("agent", 1234)]),
+            "kernel=0.00s, agent=1.23s"
+        );
+        assert_eq!(boot_phases_text(&[]), "");
     }
 
     #[test]

@@ -130,6 +130,7 @@ impl NodeSession {
     async fn register(&mut self, report: &NodeReport) -> ApiResult<()> {
         let g = &self.gate;
         let now = keel_api::time::now_rfc3339();
+        let mut created_now = false;
         let existing = match g.client.get(g.kinds.nodes, None, self.node.clone()).await {
             Ok(n) => n,
             Err(e) if e.code == 404 => {
@@ -141,6 +142,7 @@ impl NodeSession {
                 {
                     Ok(created) => {
                         tracing::info!(node = %self.node, "registered node");
+                        created_now = true;
                         created
                     }
                     // Raced with another session of the same node: use theirs.
@@ -156,7 +158,69 @@ impl NodeSession {
             .unwrap_or_default()
             .to_string();
         self.transitions = node_status::transitions_of(&existing);
+        self.announce_boot(&existing, report, created_now).await;
         self.ensure_labels(&existing, report).await
+    }
+
+    /// Events for a node that (re)started, as the kubelet posts them, and the boot phases as
+    /// an annotation ([`node_status::BOOT_PHASES_ANNOTATION`]). Best effort: failures are logged.
+    async fn announce_boot(&self, node: &Value, report: &NodeReport, created_now: bool) {
+        let boot_id = report
+            .system_info
+            .as_ref()
+            .map(|s| s.boot_id.as_str())
+            .unwrap_or_default();
+        let known_boot = node
+            .pointer("/status/nodeInfo/bootID")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let rebooted = !created_now && !known_boot.is_empty() && known_boot != boot_id;
+        if !(created_now || rebooted) {
+            return;
+        }
+        if rebooted {
+            let msg = format!("Node {} has been rebooted, boot id: {boot_id}", self.node);
+            self.log_failure(self.node_event("Warning", "Rebooted", &msg).await);
+        }
+        let phases = node_status::boot_phases_text(&report.boot_phases);
+        let msg = if phases.is_empty() {
+            "Starting keel node agent.".to_string()
+        } else {
+            format!("Starting keel node agent; boot phases: {phases}")
+        };
+        self.log_failure(self.node_event("Normal", "Starting", &msg).await);
+        if !phases.is_empty() {
+            let g = &self.gate;
+            let patch = json!({"metadata": {"annotations": {node_status::BOOT_PHASES_ANNOTATION: phases}}});
+            let r = g
+                .client
+                .patch(
+                    g.kinds.nodes,
+                    None,
+                    self.node.clone(),
+                    Patch::Merge(patch),
+                    None,
+                    WriteOptions::default(),
+                )
+                .await;
+            self.log_failure(r.map(|_| ()));
+        }
+    }
+
+    fn log_failure(&self, r: ApiResult<()>) {
+        if let Err(e) = r {
+            tracing::warn!(node = %self.node, error = %e, "node session: API write failed");
+        }
+    }
+
+    async fn node_event(&self, kind: &str, reason: &str, message: &str) -> ApiResult<()> {
+        self.on_event(NodeEvent {
+            r#type: kind.into(),
+            reason: reason.into(),
+            message: message.into(),
+            ..Default::default()
+        })
+        .await
     }
 
     async fn ensure_labels(&self, node: &Value, report: &NodeReport) -> ApiResult<()> {

@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{condition, csrs, node_config, wait_for, Agent, Gate};
+use support::{condition, csrs, events, node_config, wait_for, Agent, Gate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_registers_heartbeats_survives_restarts_and_goes_unreachable() {
@@ -71,6 +71,26 @@ async fn a_node_joins_registers_heartbeats_survives_restarts_and_goes_unreachabl
     assert!(addresses
         .iter()
         .any(|a| a["type"] == "Hostname" && a["address"] == "node-a"));
+
+    // The boot is announced as the kubelet does, with the phases PID 1 timed.
+    let node = wait_for("the boot-phases annotation", || {
+        gate.node("node-a")
+            .filter(|n| !n["metadata"]["annotations"]["keel.dev/boot-phases"].is_null())
+    })
+    .await;
+    assert_eq!(
+        node["metadata"]["annotations"]["keel.dev/boot-phases"],
+        "kernel=0.00s, agent=1.50s"
+    );
+    let starting = gate
+        .api
+        .all(events())
+        .into_iter()
+        .find(|e| e["reason"] == "Starting")
+        .expect("a Starting event");
+    assert_eq!(starting["involvedObject"]["kind"], "Node");
+    assert_eq!(starting["involvedObject"]["name"], "node-a");
+    assert_eq!(starting["metadata"]["namespace"], "default");
 
     // The issuance is on record, approved, and the key stayed on the node.
     let csr = wait_for("the CSR record", || gate.api.all(csrs()).into_iter().next()).await;

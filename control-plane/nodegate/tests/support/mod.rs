@@ -35,6 +35,9 @@ pub fn leases() -> &'static ResourceType {
 pub fn secrets() -> &'static ResourceType {
     rt("", "v1", "secrets")
 }
+pub fn events() -> &'static ResourceType {
+    rt("", "v1", "events")
+}
 pub fn csrs() -> &'static ResourceType {
     rt("certificates.k8s.io", "v1", "certificatesigningrequests")
 }
@@ -252,6 +255,7 @@ pub fn node_config(server: &str, token: &str, ca_hash: &str, name: &str) -> Valu
         "token": token,
         "ca_hash": ca_hash,
         "name": name,
+        "boot_phases": [{"name": "kernel", "at": 0.0}, {"name": "agent", "at": 1.5}],
     })
 }
 
