@@ -312,6 +312,12 @@ fn up(
             "nodes Ready",
             wait_start.elapsed().as_secs_f64()
         ),
+        Err(LabError::Wait(keel_lab::WaitError::Interrupted { .. })) => {
+            println!("interrupted: stopping the lab");
+            lab.shutdown();
+            let _ = lab::down(&state_dir);
+            return Ok(ExitCode::FAILURE);
+        }
         Err(e) => {
             let logs = lab.logs(25);
             let _ = lab.detach();
