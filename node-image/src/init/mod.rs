@@ -7,13 +7,17 @@
 //! 1. stage 1 (on the initramfs): /dev, /proc, /sys, console, copy the image into a tmpfs and
 //!    re-exec there ([`mounts`]);
 //! 2. stage 2: cgroup2, devpts, tmpfs on /run /tmp /var, `/` read-only;
-//! 3. hardware drivers by coldplug (PCI, virtio, SCSI modaliases), entropy from virtio-rng;
+//! 3. network drivers by coldplug (PCI network/virtio modaliases), entropy from virtio-rng;
 //! 4. configuration ([`sources`]): kernel command line, appended archive, config disk, guestinfo;
 //! 5. network ([`crate::net`]): loopback, NIC 0 by DHCP or static, NIC 1 `keel.ip2`, others up;
-//! 6. the remaining modules (`/etc/keel/modules`), sysctls;
-//! 7. hostname, /etc/hosts, resolv.conf, clock (RTC, SNTP);
-//! 8. `/run/keel/node.json`, the summary or the how-to-join text, the read-only self-check;
-//! 9. the agent, supervised ([`supervise`]) until poweroff or reboot.
+//! 6. storage drivers (before the agent only when the node cannot join yet: a config disk may
+//!    sit behind them);
+//! 7. hostname, /etc/hosts, resolv.conf, clock (RTC, SNTP), `/run/keel/node.json`, the summary
+//!    or the how-to-join text;
+//! 8. the agent starts (it can join while the rest loads);
+//! 9. the remaining modules (`/etc/keel/modules`), sysctls, [`MODULES_READY`], the read-only
+//!    self-check;
+//! 10. the agent, supervised ([`supervise`]) until poweroff or reboot.
 //!
 //! Kernel switches for PID 1 itself: `keel.selftest=poweroff` powers off once the agent has been
 //! started (boot tests); `keel.nic=none` skips network setup.
@@ -35,6 +39,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub use modules::modprobe_main;
+
+/// Created once every module of `/etc/keel/modules` is loaded and the sysctls are set (the agent
+/// starts before that and waits for it before it builds the pod network).
+pub const MODULES_READY: &str = "/run/keel/modules.ready";
 
 /// How long boot waits for a DHCP lease before going on without an address (it keeps trying
 /// in the background loop).
@@ -115,31 +123,14 @@ fn boot_and_supervise() -> PowerAction {
     }
     let mut lease_timer = net_result.lease;
 
-    if let Some(idx) = &idx {
-        // Storage controllers probe slowly under emulation: after the network.
-        loaded += modules::coldplug(idx, "pci", modules::Pass::Rest);
-        if std::fs::read_dir("/sys/class/scsi_host").is_ok_and(|mut d| d.next().is_some()) {
-            for m in ["sd_mod", "sr_mod"] {
-                loaded += idx.modprobe(m).unwrap_or(0);
-            }
-        }
-        if !cfg.sources.iter().any(|s| s == "disk") {
-            if let Some(disk) = sources::late_disk(idx) {
-                apply_late_config(&mut cfg, disk);
-            }
-        }
-        let list = std::fs::read_to_string("/etc/keel/modules").unwrap_or_default();
-        for name in list.split_whitespace() {
-            match idx.modprobe(name) {
-                Ok(n) => loaded += n,
-                Err(modules::ModuleError::Load { source, .. })
-                    if source.raw_os_error() == Some(libc::ENODEV) => {}
-                Err(e) => say!("module {e}"),
-            }
-        }
-        phase("modules", &format!("modules loaded ({loaded})"));
+    // Storage controllers probe slowly under emulation, so they load after the network, and
+    // after the agent starts when the node already knows how to join (a config disk on them
+    // can then only add lower-ranked settings, which a configured node does not wait for).
+    let mut storage_done = false;
+    if let (Some(idx), false) = (&idx, cfg.can_join()) {
+        loaded += load_storage(idx, &mut cfg);
+        storage_done = true;
     }
-    set_sysctls();
 
     let primary = cfg.interfaces.first().cloned();
     let name = cfg
@@ -179,11 +170,6 @@ fn boot_and_supervise() -> PowerAction {
             Err(e) => say!("SNTP: {e}"),
         }
     }
-
-    match mounts::root_is_read_only() {
-        Ok(()) => say!("rootfs read-only: ok"),
-        Err(e) => say!("rootfs read-only: FAILED: {e}"),
-    }
     cfg.boot_phases = console::phases();
     write_node_config(&cfg);
     print_summary(&cfg);
@@ -199,7 +185,37 @@ fn boot_and_supervise() -> PowerAction {
             }
         }
     };
+    // The agent starts joining now; the datapath modules load meanwhile (anything it needs
+    // sooner is autoloaded through /sbin/modprobe), then MODULES_READY tells it they are in.
     phase("agent", "starting the agent");
+    sup.start_agent();
+
+    if let Some(idx) = &idx {
+        if !storage_done {
+            loaded += load_storage(idx, &mut cfg);
+        }
+        let list = std::fs::read_to_string("/etc/keel/modules").unwrap_or_default();
+        for name in list.split_whitespace() {
+            match idx.modprobe(name) {
+                Ok(n) => loaded += n,
+                Err(modules::ModuleError::Load { source, .. })
+                    if source.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(e) => say!("module {e}"),
+            }
+        }
+        phase("modules", &format!("modules loaded ({loaded})"));
+    }
+    set_sysctls();
+    if let Err(e) = std::fs::write(MODULES_READY, b"") {
+        say!("{MODULES_READY}: {e}");
+    }
+    cfg.boot_phases = console::phases();
+    write_node_config(&cfg);
+
+    match mounts::root_is_read_only() {
+        Ok(()) => say!("rootfs read-only: ok"),
+        Err(e) => say!("rootfs read-only: FAILED: {e}"),
+    }
     let action = match lease_timer.as_mut() {
         Some(t) => sup.run(&mut [t], selftest),
         None => sup.run(&mut [], selftest),
@@ -461,6 +477,23 @@ fn bring_up_network(cfg: &mut NodeConfig) -> NetResult {
     }
     result.lease = timer;
     result
+}
+
+/// Storage controller drivers (PCI coldplug, second pass), SCSI disk/CD-ROM drivers, and a config
+/// disk that only appears on them. Returns how many modules were loaded.
+fn load_storage(idx: &modules::Index, cfg: &mut NodeConfig) -> usize {
+    let mut loaded = modules::coldplug(idx, "pci", modules::Pass::Rest);
+    if std::fs::read_dir("/sys/class/scsi_host").is_ok_and(|mut d| d.next().is_some()) {
+        for m in ["sd_mod", "sr_mod"] {
+            loaded += idx.modprobe(m).unwrap_or(0);
+        }
+    }
+    if !cfg.sources.iter().any(|s| s == "disk") {
+        if let Some(disk) = sources::late_disk(idx) {
+            apply_late_config(cfg, disk);
+        }
+    }
+    loaded
 }
 
 /// Merges a config disk found after the network came up. Its static addresses are applied now

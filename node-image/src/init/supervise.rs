@@ -78,11 +78,13 @@ impl Supervisor {
         })
     }
 
-    fn start_agent(&mut self) {
+    /// Starts the agent now (the loop restarts it when it exits).
+    pub fn start_agent(&mut self) {
         self.next_start = None;
         let spawn = || -> std::io::Result<std::process::Child> {
-            Command::new("/init")
-                .args(["agent", "--config", &self.config_path])
+            let mut cmd = Command::new("/init");
+            sys::clear_signal_mask_on_spawn(&mut cmd);
+            cmd.args(["agent", "--config", &self.config_path])
                 .env_clear()
                 .env("PATH", "/sbin")
                 .env("HOME", crate::config::STATE_DIR)
@@ -155,10 +157,10 @@ impl Supervisor {
         loop {
             if self.next_start.is_some_and(|t| t <= Instant::now()) {
                 self.start_agent();
-                if poweroff_after_start && self.agent.is_some() {
-                    say!("selftest: agent stage reached, powering off");
-                    return PowerAction::PowerOff;
-                }
+            }
+            if poweroff_after_start && self.agent.is_some() {
+                say!("selftest: agent stage reached, powering off");
+                return PowerAction::PowerOff;
             }
             for t in timers.iter_mut() {
                 if t.due().is_some_and(|d| d <= Instant::now()) {

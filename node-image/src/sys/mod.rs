@@ -263,6 +263,21 @@ impl SignalFd {
     }
 }
 
+/// Makes `cmd`'s child start with no blocked signals. `std` passes the parent's signal mask on
+/// to children, and PID 1 blocks the signals it reads from its signalfd (SIGTERM among them),
+/// which would make the agent deaf to SIGTERM.
+pub fn clear_signal_mask_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // sigemptyset/pthread_sigmask on a local set, which are async-signal-safe and allocate nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            unblock_all_signals();
+            Ok(())
+        });
+    }
+}
+
 /// Unblocks every signal in the calling thread (children inherit the mask through fork).
 pub fn unblock_all_signals() {
     // SAFETY: an all-zero sigset_t is valid storage; sigemptyset initialises it.
