@@ -190,8 +190,8 @@ async fn handle(
 
     let user = match cert_user {
         Some(u) => Some(u),
-        None => match authorization.strip_prefix("Bearer ") {
-            Some(token) => match server.authn.bearer(token.trim()).await {
+        None => match authorization.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) {
+            Some(token) => match server.authn.bearer(token).await {
                 Some(u) => Some(u),
                 None => return error_response(&ApiError::unauthorized()),
             },
