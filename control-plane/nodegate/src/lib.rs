@@ -5,6 +5,8 @@
 //! * `Join` — bootstrap token + CSR in, node client certificate out ([`join`](crate::join)).
 //! * `Session` — mutual TLS, one stream per node: reports become the Node object, heartbeats
 //!   renew its Lease ([`session`](crate::session)).
+//! * Down the session go the node's pods, as full snapshots whenever they change
+//!   ([`pods`](crate::pods)).
 //! * A lifecycle loop marks nodes with stale Leases unreachable and restores them when they
 //!   come back ([`lifecycle`](crate::lifecycle)).
 //!
@@ -17,6 +19,7 @@ mod gate;
 mod join;
 mod lifecycle;
 mod node_status;
+mod pods;
 mod service;
 mod session;
 mod tls;

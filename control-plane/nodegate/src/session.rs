@@ -72,6 +72,7 @@ pub(crate) async fn run(gate: Arc<Gate>, node: String, mut inbound: Streaming<No
         last_status_post: None,
     };
     tracing::info!(node = %s.node, "node session opened");
+    let feeder = tokio::spawn(crate::pods::feed(s.gate.clone(), s.node.clone(), out.clone()));
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -93,6 +94,7 @@ pub(crate) async fn run(gate: Arc<Gate>, node: String, mut inbound: Streaming<No
             }
         }
     }
+    feeder.abort();
 }
 
 impl NodeSession {

@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{condition, csrs, events, node_config, wait_for, Agent, Gate};
+use support::{condition, csrs, events, node_config, pods, wait_for, Agent, Gate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_registers_heartbeats_survives_restarts_and_goes_unreachable() {
@@ -117,11 +117,30 @@ async fn a_node_joins_registers_heartbeats_survives_restarts_and_goes_unreachabl
     })
     .await;
 
+    // The node is told which pods are its own: a fresh snapshot on every change.
+    agent.wait_line("keel: desired pods", 1).await;
+    assert!(
+        agent.lines().iter().any(|l| l.contains("(0 pods)")),
+        "{:?}",
+        agent.lines()
+    );
+    let pod = |name: &str, node: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    gate.api.seed(pods(), Some("default"), pod("elsewhere", "node-z"));
+    gate.api.seed(pods(), Some("default"), pod("mine-1", "node-a"));
+    agent.wait_line("(1 pods)", 1).await;
+    gate.api.seed(pods(), Some("default"), pod("mine-2", "node-a"));
+    agent.wait_line("(2 pods)", 1).await;
+
     // The control plane restarts: the node reconnects by itself.
     gate.restart().await;
     agent
         .wait_line(&format!("keel: connected to {}", gate.url()), 2)
         .await;
+    agent.wait_line("(2 pods)", 2).await; // the snapshot again, on the new session
     let before = gate.lease("node-a").unwrap()["spec"]["renewTime"].clone();
     wait_for("a renewal after the restart", || {
         (gate.lease("node-a")?["spec"]["renewTime"] != before).then_some(())

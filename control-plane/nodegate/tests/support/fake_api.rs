@@ -10,21 +10,53 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use futures::stream;
-use keel_api::client::{ApiClient, BoxFuture, BoxStream, ListParams, Patch, WatchEvent, WriteOptions};
+use futures::StreamExt;
+use keel_api::client::{
+    ApiClient, BoxFuture, BoxStream, ListParams, Patch, WatchEvent, WatchEventKind, WriteOptions,
+};
 use keel_api::registry::ResourceType;
 use keel_api::status::{ApiError, ApiResult};
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
 
-#[derive(Default)]
 pub struct FakeApi {
     state: Mutex<State>,
+    /// Every write, with the key it was stored under, for watches.
+    events: broadcast::Sender<(u64, String, WatchEvent)>,
+}
+
+impl Default for FakeApi {
+    fn default() -> Self {
+        FakeApi {
+            state: Mutex::default(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+/// The fake understands the one field selector the gate uses: `spec.nodeName=<name>`.
+fn field_matches(obj: &Value, selector: Option<&str>) -> bool {
+    match selector {
+        None | Some("") => true,
+        Some(sel) => {
+            let want = sel
+                .strip_prefix("spec.nodeName=")
+                .unwrap_or_else(|| panic!("fake: unsupported field selector {sel:?}"));
+            obj.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                == want
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     objects: BTreeMap<String, Value>,
     revision: u64,
+    /// Every write since the start, for watches from a resourceVersion.
+    log: Vec<(u64, String, WatchEvent)>,
 }
 
 fn has_status(rt: &ResourceType) -> bool {
@@ -63,12 +95,10 @@ impl FakeApi {
     }
 
     /// Stores an object as is (test setup), assigning a resourceVersion.
-    pub fn seed(&self, rt: &ResourceType, ns: Option<&str>, mut obj: Value) {
-        let mut s = self.state.lock().unwrap();
-        s.revision += 1;
-        obj["metadata"]["resourceVersion"] = json!(s.revision.to_string());
+    pub fn seed(&self, rt: &ResourceType, ns: Option<&str>, obj: Value) {
         let key = rt.key(ns, &name_of(&obj).unwrap());
-        s.objects.insert(key, obj);
+        let mut s = self.state.lock().unwrap();
+        self.store(&mut s, key, obj);
     }
 
     pub fn object(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Option<Value> {
@@ -87,11 +117,24 @@ impl FakeApi {
             .collect()
     }
 
-    fn store(s: &mut State, key: String, mut obj: Value) -> Value {
+    /// Writes an object under the lock and tells watchers.
+    fn store(&self, s: &mut State, key: String, mut obj: Value) -> Value {
         s.revision += 1;
         obj["metadata"]["resourceVersion"] = json!(s.revision.to_string());
-        s.objects.insert(key, obj.clone());
+        let kind = if s.objects.contains_key(&key) {
+            WatchEventKind::Modified
+        } else {
+            WatchEventKind::Added
+        };
+        s.objects.insert(key.clone(), obj.clone());
+        self.emit(s, key, kind, obj.clone());
         obj
+    }
+
+    fn emit(&self, s: &mut State, key: String, kind: WatchEventKind, object: Value) {
+        let ev = WatchEvent { kind, object };
+        s.log.push((s.revision, key.clone(), ev.clone()));
+        let _ = self.events.send((s.revision, key, ev));
     }
 }
 
@@ -112,14 +155,14 @@ impl ApiClient for FakeApi {
         &self,
         rt: &'static ResourceType,
         ns: Option<String>,
-        _params: ListParams,
+        params: ListParams,
     ) -> BoxFuture<'_, ApiResult<Value>> {
         let s = self.state.lock().unwrap();
         let prefix = rt.namespace_prefix(ns.as_deref());
         let items: Vec<Value> = s
             .objects
             .iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, v)| k.starts_with(&prefix) && field_matches(v, params.field_selector.as_deref()))
             .map(|(_, v)| v.clone())
             .collect();
         let list = json!({
@@ -156,7 +199,7 @@ impl ApiClient for FakeApi {
             if let Some(ns) = &ns {
                 obj["metadata"]["namespace"] = json!(ns);
             }
-            Ok(Self::store(&mut s, key, obj))
+            Ok(self.store(&mut s, key, obj))
         })();
         Box::pin(async move { r })
     }
@@ -200,7 +243,7 @@ impl ApiClient for FakeApi {
                 }
                 o
             };
-            Ok(Self::store(&mut s, key, new))
+            Ok(self.store(&mut s, key, new))
         })();
         Box::pin(async move { r })
     }
@@ -239,7 +282,7 @@ impl ApiClient for FakeApi {
                 }
                 patched
             };
-            Ok(Self::store(&mut s, key, new))
+            Ok(self.store(&mut s, key, new))
         })();
         Box::pin(async move { r })
     }
@@ -251,25 +294,48 @@ impl ApiClient for FakeApi {
         name: String,
         _options: Value,
     ) -> BoxFuture<'_, ApiResult<Value>> {
-        let r = self
-            .state
-            .lock()
-            .unwrap()
-            .objects
-            .remove(&rt.key(ns.as_deref(), &name))
-            .ok_or_else(|| ApiError::not_found(rt, &name));
+        let key = rt.key(ns.as_deref(), &name);
+        let mut s = self.state.lock().unwrap();
+        let r = match s.objects.remove(&key) {
+            Some(obj) => {
+                s.revision += 1;
+                self.emit(&mut s, key, WatchEventKind::Deleted, obj.clone());
+                Ok(obj)
+            }
+            None => Err(ApiError::not_found(rt, &name)),
+        };
         Box::pin(async move { r })
     }
 
     fn watch(
         &self,
-        _rt: &'static ResourceType,
-        _ns: Option<String>,
-        _params: ListParams,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        params: ListParams,
     ) -> BoxFuture<'_, ApiResult<BoxStream<ApiResult<WatchEvent>>>> {
-        Box::pin(async move {
-            let s: BoxStream<ApiResult<WatchEvent>> = Box::pin(stream::empty());
-            Ok(s)
-        })
+        let prefix = rt.namespace_prefix(ns.as_deref());
+        let from: u64 = params
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let selector = params.field_selector.clone();
+        // Backlog and subscription under one lock: no write falls between them.
+        let s = self.state.lock().unwrap();
+        let live = self.events.subscribe();
+        let backlog: Vec<(u64, String, WatchEvent)> =
+            s.log.iter().filter(|(rev, _, _)| *rev > from).cloned().collect();
+        drop(s);
+        let wanted = move |(rev, key, ev): &(u64, String, WatchEvent)| {
+            *rev > from && key.starts_with(&prefix) && field_matches(&ev.object, selector.as_deref())
+        };
+        let wanted2 = wanted.clone();
+        let backlog = futures::stream::iter(backlog.into_iter().filter(wanted));
+        let live = BroadcastStream::new(live).filter_map(move |item| {
+            let keep = item.ok().filter(&wanted2);
+            async move { keep }
+        });
+        let stream: BoxStream<ApiResult<WatchEvent>> = Box::pin(backlog.chain(live).map(|(_, _, ev)| Ok(ev)));
+        Box::pin(async move { Ok(stream) })
     }
 }

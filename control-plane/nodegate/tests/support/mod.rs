@@ -35,6 +35,9 @@ pub fn leases() -> &'static ResourceType {
 pub fn secrets() -> &'static ResourceType {
     rt("", "v1", "secrets")
 }
+pub fn pods() -> &'static ResourceType {
+    rt("", "v1", "pods")
+}
 pub fn events() -> &'static ResourceType {
     rt("", "v1", "events")
 }
