@@ -234,8 +234,16 @@ fn assert_stderr(stderr: &str, expected: &str) {
 }
 
 /// One row of a kubectl table, keyed by column header. Columns are found by the header's
-/// positions (kubectl pads with spaces), so empty cells read as "".
+/// positions (kubectl pads with spaces), so empty cells read as "". Several tables (`get
+/// pod,svc`) are searched one by one.
 fn row(table: &str, name: &str) -> BTreeMap<String, String> {
+    table
+        .split("\n\n")
+        .find_map(|block| block_row(block, name))
+        .unwrap_or_else(|| panic!("no row {name} in\n{table}"))
+}
+
+fn block_row(table: &str, name: &str) -> Option<BTreeMap<String, String>> {
     let mut lines = table.lines();
     let header = lines.next().unwrap_or_default();
     let mut cols: Vec<(usize, String)> = Vec::new();
@@ -263,7 +271,6 @@ fn row(table: &str, name: &str) -> BTreeMap<String, String> {
     lines
         .map(cells)
         .find(|r| r.get("NAME").map(String::as_str) == Some(name))
-        .unwrap_or_else(|| panic!("no row {name} in\n{table}"))
 }
 
 /// Standard base64, as `base64 -d` decodes it.
@@ -973,6 +980,24 @@ fn pods_get_the_service_account_token_volume() {
     assert!(parts[3].starts_with("kube-api-access-"), "{mounts}");
 }
 
+/// Every namespace gets its `default` ServiceAccount (YAML-22's `development` too), which the
+/// ServiceAccount admission of its Pods looks up.
+#[test]
+fn namespaces_get_a_default_service_account() {
+    let s = Server::start();
+    let k = s.kubectl();
+    s.ok(&k, &["apply", "-f", &manifest("yaml-22-namespace-pod.yaml")]);
+    let sa = wait_for(30, "ServiceAccount development/default", || {
+        k.run(&["get", "serviceaccounts", "-n", "development"])
+            .ok()
+            .filter(|o| o.success() && o.stdout.contains("default"))
+            .map(|o| o.stdout)
+    });
+    assert_eq!(row(&sa, "default")["SECRETS"], "0", "{sa}");
+    let sa = s.ok(&k, &["get", "serviceaccounts"]);
+    row(&sa, "default");
+}
+
 /// KCTL-42, KCTL-45..52: label and taint nodes as the seed does, including the `NoShedule`
 /// typo (§25 #3), rejected by kubectl and by the API server.
 #[test]
@@ -1264,5 +1289,247 @@ fn deployments_in_removed_api_versions_are_unknown_kinds() {
         for verb in ["apply", "create"] {
             assert_stderr(&fails(&s, &k, &[verb, "-f", &f]), &msg);
         }
+    }
+}
+
+/// The seed's imperative commands that need no node: KCTL-03/04/05 (create, expose, get
+/// pod,svc), KCTL-06 (create clusterrolebinding), KCTL-28/43 (run, with labels), KCTL-31 (the
+/// docker-registry Secret YAML-19 pulls with), KCTL-32..35 (ConfigMaps from a directory, a file
+/// and literals), KCTL-38 (the patch that rolls a Deployment), KCTL-44 (explain).
+#[test]
+fn seed_imperative_commands() {
+    let s = Server::start();
+    let k = s.kubectl();
+
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "create",
+                "secret",
+                "docker-registry",
+                "myregistrykey",
+                "--docker-server=DOCKER_REGISTRY_SERVER",
+                "--docker-username=DOCKER_USER",
+                "--docker-password=DOCKER_PASSWORD",
+                "--docker-email=DOCKER_EMAIL",
+            ]
+        )
+        .trim_end(),
+        "secret/myregistrykey created"
+    );
+    let r = row(&s.ok(&k, &["get", "secret", "myregistrykey"]), "myregistrykey");
+    assert_eq!(
+        (r["TYPE"].as_str(), r["DATA"].as_str()),
+        ("kubernetes.io/dockerconfigjson", "1")
+    );
+    let config = s.ok(
+        &k,
+        &[
+            "get",
+            "secret",
+            "myregistrykey",
+            "-o",
+            r#"go-template={{index .data ".dockerconfigjson" | base64decode}}"#,
+        ],
+    );
+    assert!(
+        config.contains(r#""DOCKER_REGISTRY_SERVER":{"username":"DOCKER_USER","password":"DOCKER_PASSWORD","email":"DOCKER_EMAIL""#),
+        "{config}"
+    );
+    s.ok(
+        &k,
+        &["apply", "-f", &manifest("yaml-19-pod-imagepullsecrets.yaml")],
+    );
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "get",
+                "pod",
+                "foo",
+                "-o",
+                "jsonpath={.spec.imagePullSecrets[0].name}"
+            ]
+        ),
+        "myregistrykey"
+    );
+
+    // KCTL-32/33: the seed's two properties files (003:2037-2049).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("kubectl");
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(
+        conf.join("game.properties"),
+        "enemies=aliens\nlives=3\nenemies.cheat=true\nenemies.cheat.level=noGoodRotten\n\
+         secret.code.passphrase=UUDDLRLRBABAS\nsecret.code.allowed=true\nsecret.code.lives=30\n",
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("ui.properties"),
+        "color.good=purple\ncolor.bad=yellow\nallow.textmode=true\nhow.nice.to.look=fairlyNice\n",
+    )
+    .unwrap();
+    let from_dir = format!("--from-file={}", conf.display());
+    assert_eq!(
+        s.ok(&k, &["create", "configmap", "game-config", &from_dir])
+            .trim_end(),
+        "configmap/game-config created"
+    );
+    let from_file = format!("--from-file={}", conf.join("game.properties").display());
+    s.ok(&k, &["create", "configmap", "game-config-2", &from_file]);
+    let cms = s.ok(&k, &["get", "configmaps"]);
+    assert_eq!(row(&cms, "game-config")["DATA"], "2", "{cms}");
+    assert_eq!(row(&cms, "game-config-2")["DATA"], "1", "{cms}");
+    let yaml = s.ok(&k, &["get", "configmaps", "game-config-2", "-o", "yaml"]);
+    assert!(
+        yaml.contains("data:\n  game.properties: |\n    enemies=aliens\n    lives=3\n"),
+        "{yaml}"
+    );
+    // KCTL-35/34.
+    s.ok(
+        &k,
+        &[
+            "create",
+            "configmap",
+            "special-config",
+            "--from-literal=special.how=very",
+            "--from-literal=special.type=charm",
+        ],
+    );
+    let yaml = s.ok(&k, &["get", "configmaps", "special-config", "-o", "yaml"]);
+    assert!(
+        yaml.contains("data:\n  special.how: very\n  special.type: charm\n"),
+        "{yaml}"
+    );
+
+    // KCTL-38: a template annotation is a new revision of the Deployment.
+    s.ok(&k, &["create", "deployment", "my-nginx", "--image=nginx"]);
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "patch",
+                "deployment",
+                "my-nginx",
+                "--patch",
+                r#"{"spec": {"template": {"metadata": {"annotations": {"version/config": "20190411" }}}}}"#,
+            ]
+        )
+        .trim_end(),
+        "deployment.apps/my-nginx patched"
+    );
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "get",
+                "deployment",
+                "my-nginx",
+                "-o",
+                "jsonpath={.metadata.generation} {.spec.template.metadata.annotations.version/config}"
+            ]
+        ),
+        "2 20190411"
+    );
+
+    // KCTL-03/04/05 (BOOT-06's smoke test, without curl).
+    assert_eq!(
+        s.ok(&k, &["create", "deployment", "nginx", "--image=nginx"])
+            .trim_end(),
+        "deployment.apps/nginx created"
+    );
+    assert_eq!(
+        s.ok(
+            &k,
+            &["expose", "deployment", "nginx", "--port=80", "--type=NodePort"]
+        )
+        .trim_end(),
+        "service/nginx exposed"
+    );
+    let both = s.ok(&k, &["get", "pod,svc"]);
+    let svc = row(&both, "service/nginx");
+    assert_eq!(svc["TYPE"], "NodePort", "{both}");
+    assert!(svc["PORT(S)"].starts_with("80:3"), "{both}");
+    assert_eq!(
+        s.ok(&k, &["get", "svc", "nginx", "-o", "jsonpath={.spec.selector}"]),
+        r#"{"app":"nginx"}"#
+    );
+
+    // KCTL-06.
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "create",
+                "clusterrolebinding",
+                "kubelet-bootstrap",
+                "--clusterrole=system:node-bootstrapper",
+                "--user=kubelet-bootstrap",
+            ]
+        )
+        .trim_end(),
+        "clusterrolebinding.rbac.authorization.k8s.io/kubelet-bootstrap created"
+    );
+    let crb = s.ok(
+        &k,
+        &["get", "clusterrolebinding", "kubelet-bootstrap", "-o", "wide"],
+    );
+    let r = row(&crb, "kubelet-bootstrap");
+    assert_eq!(
+        (r["ROLE"].as_str(), r["USERS"].as_str()),
+        ("ClusterRole/system:node-bootstrapper", "kubelet-bootstrap")
+    );
+
+    // KCTL-28/43: modern `kubectl run` makes a Pod (§25 #27), here with YAML-31's tomcat.
+    assert_eq!(
+        s.ok(&k, &["run", "nginx", "--image", "nginx"]).trim_end(),
+        "pod/nginx created"
+    );
+    assert_eq!(
+        s.ok(
+            &k,
+            &["run", "tomcat", "-l", "app=tomcat", "--image", "tomcat:alpine"]
+        )
+        .trim_end(),
+        "pod/tomcat created"
+    );
+    assert_eq!(
+        s.ok(&k, &["get", "pods", "-l", "app=tomcat", "-o", "name"])
+            .trim_end(),
+        "pod/tomcat"
+    );
+    s.ok(&k, &["apply", "-f", &manifest("yaml-31-pod-affinity.yaml")]);
+    let wide = s.ok(&k, &["get", "po", "with-pod-affinity", "-o", "wide"]);
+    assert_eq!(row(&wide, "with-pod-affinity")["NODE"], "<none>", "{wide}");
+
+    // KCTL-44.
+    let explain = s.ok(
+        &k,
+        &[
+            "explain",
+            "pod.spec.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution.topologyKey",
+        ],
+    );
+    assert!(
+        explain.contains("KIND:       Pod") && explain.contains("FIELD: topologyKey <string>"),
+        "{explain}"
+    );
+}
+
+/// KCTL-07 (003:1062): `kubectl get cs` still answers in v1.32, with a deprecation warning.
+#[test]
+fn component_statuses_answer_with_a_deprecation_warning() {
+    let s = Server::start();
+    let k = s.kubectl();
+    let out = k.run(&["get", "cs"]).unwrap();
+    assert!(out.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("Warning: v1 ComponentStatus is deprecated in v1.19+"),
+        "{out:?}"
+    );
+    for component in ["scheduler", "controller-manager"] {
+        assert_eq!(row(&out.stdout, component)["STATUS"], "Healthy", "{out:?}");
     }
 }
