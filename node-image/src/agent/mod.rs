@@ -20,6 +20,7 @@
 mod host;
 mod identity;
 mod join;
+mod link;
 mod report;
 mod session;
 mod tls;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use crate::config::{NodeConfig, NODE_CONFIG_PATH, STATE_DIR};
 use identity::Identity;
+use link::SessionLink;
 use report::Reporter;
 use session::Ended;
 use tls::ServerAddr;
@@ -175,6 +177,10 @@ async fn run(opts: Options) -> ExitCode {
             .collect(),
     };
 
+    // Until a pod manager takes its end, the console shows what this node is assigned.
+    let (mut session_link, pod_link) = link::pair();
+    tokio::spawn(link::announce_assignments(pod_link));
+
     loop {
         let id = match usable_identity(&opts.state_dir, &cfg, &name) {
             Some(id) => id,
@@ -188,7 +194,7 @@ async fn run(opts: Options) -> ExitCode {
             let _ = Identity::remove(&opts.state_dir);
             continue;
         };
-        let reason = keep_session(&id, &addr, &reporter).await;
+        let reason = keep_session(&id, &addr, &reporter, &mut session_link).await;
         eprintln!("keel: the control plane refused this node's certificate ({reason}); joining again");
         if let Err(e) = Identity::remove(&opts.state_dir) {
             eprintln!("keel: {e}");
@@ -268,12 +274,17 @@ async fn join_until_done(cfg: &NodeConfig, name: &str, state: &Path) -> Identity
 }
 
 /// Keeps a session up, reconnecting with back-off; returns only if the certificate is refused.
-async fn keep_session(id: &Identity, addr: &ServerAddr, reporter: &Reporter) -> String {
+async fn keep_session(
+    id: &Identity,
+    addr: &ServerAddr,
+    reporter: &Reporter,
+    link: &mut SessionLink,
+) -> String {
     let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut down_since_said = false;
     let server = id.server.clone();
     loop {
-        let ended = session::run(id, addr, reporter, || {
+        let ended = session::run(id, addr, reporter, link, || {
             eprintln!("keel: connected to {server}");
         })
         .await;
@@ -288,8 +299,19 @@ async fn keep_session(id: &Identity, addr: &ServerAddr, reporter: &Reporter) -> 
                     eprintln!("keel: lost the control plane at {server} ({reason}); reconnecting");
                     down_since_said = true;
                 }
-                backoff.wait().await;
+                // Reports queued while away are stale; the pod manager sends fresh ones when
+                // the next session starts.
+                tokio::select! {
+                    _ = backoff.wait() => {}
+                    _ = discard(&mut link.up) => {}
+                }
             }
         }
     }
+}
+
+/// Drops whatever arrives; never completes.
+async fn discard<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) {
+    while rx.recv().await.is_some() {}
+    std::future::pending::<()>().await
 }

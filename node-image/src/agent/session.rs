@@ -17,6 +17,7 @@ use tonic::Code;
 
 use super::identity::Identity;
 use super::join::error_chain;
+use super::link::{DesiredSet, SessionLink};
 use super::report::Reporter;
 use super::tls::{self, CertRejected, ServerAddr, Trust};
 
@@ -36,11 +37,13 @@ fn msg(m: NodeMsg) -> NodeMessage {
     NodeMessage { msg: Some(m) }
 }
 
-/// Runs one session. `on_welcome` is called once the control plane has accepted it.
+/// Runs one session, passing pods and reports through `link`. `on_welcome` is called once the
+/// control plane has accepted it.
 pub async fn run(
     id: &Identity,
     addr: &ServerAddr,
     reporter: &Reporter,
+    link: &mut SessionLink,
     mut on_welcome: impl FnMut(),
 ) -> Ended {
     let cfg = match tls::client_config(Trust::Mutual {
@@ -98,6 +101,7 @@ pub async fn run(
         Err(s) => return classify(s, false),
     };
     on_welcome();
+    link.sessions.send_modify(|n| *n += 1);
 
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,14 +126,21 @@ pub async fn run(
             }
             m = inbound.message() => match m {
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Pods(p)) })) => {
-                    // The pod runtime is not wired yet; the desired set is acknowledged by
-                    // being level-triggered: the next snapshot carries everything again.
-                    eprintln!("keel: desired pods v{} ({} pods) received", p.version, p.pods_json.len());
+                    let (set, bad) = DesiredSet::decode(&p);
+                    if bad > 0 {
+                        eprintln!("keel: {bad} pods of desired set v{} are not valid JSON; skipped", p.version);
+                    }
+                    link.desired.send_replace(Some(std::sync::Arc::new(set)));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ended::Broken { reason: "the control plane closed the session".into(), established: true },
                 Err(s) => return classify(s, true),
             },
+            Some(up) = link.up.recv() => {
+                if tx.send(msg(up)).await.is_err() {
+                    break;
+                }
+            }
         }
     }
     Ended::Broken {
