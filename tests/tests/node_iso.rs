@@ -7,97 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{server_binary, workspace_root, Server};
-
-fn out_dir() -> PathBuf {
-    std::env::var_os("KEEL_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("out"))
-}
-
-fn lab_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("KEEL_LAB_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    ["debug", "release"]
-        .iter()
-        .map(|p| target.join(p).join("keel-lab"))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("keel-lab is not built: run `cargo build -p keel-lab` (make test does)"))
-}
-
-struct Vm {
-    child: Child,
-    console: PathBuf,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-            eprintln!("--- console ---\n{text}");
-        }
-    }
-}
-
-fn boot(iso: &Path, dir: &Path, node_port: u16, uefi: bool) -> Vm {
-    let console = dir.join(if uefi {
-        "console-uefi.log"
-    } else {
-        "console-bios.log"
-    });
-    let relay = format!("{} relay 127.0.0.1 {node_port}", lab_binary().display());
-    let netdev = format!("user,id=u0,restrict=on,guestfwd=tcp:10.0.2.100:9443-cmd:{relay}");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel",
-        "tcg,tb-size=64",
-        "-m",
-        "512",
-        "-smp",
-        "1",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .arg("-serial")
-    .arg(format!("file:{}", console.display()))
-    .args([
-        "-device",
-        "virtio-rng-pci",
-        "-netdev",
-        &netdev,
-        "-device",
-        "virtio-net-pci,netdev=u0",
-    ])
-    .arg("-cdrom")
-    .arg(iso);
-    if uefi {
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF vars (apt-get install ovmf)");
-        cmd.args(["-machine", "q35"])
-            .arg("-drive")
-            .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
-    }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64");
-    Vm { child, console }
-}
+use common::{boot_iso, out_dir, server_binary, Server, Vm};
 
 fn node_iso(s: &Server, out: &Path) {
     let base = out_dir().join("keel-node.iso");
@@ -149,7 +63,7 @@ fn boots_and_joins(uefi: bool) {
     let k = s.kubectl();
     let iso = s.dir.path().join("node.iso");
     node_iso(&s, &iso);
-    let vm = boot(&iso, s.dir.path(), node_port, uefi);
+    let vm = boot_iso(&iso, s.dir.path(), node_port, uefi);
     let wide = wait_ready(&s, &k, &vm, Duration::from_secs(120));
     let header = wide.lines().next().unwrap_or("");
     for col in ["INTERNAL-IP", "OS-IMAGE", "KERNEL-VERSION", "CONTAINER-RUNTIME"] {

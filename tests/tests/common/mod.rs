@@ -239,3 +239,170 @@ impl Drop for Spawned {
         let _ = self.child.wait();
     }
 }
+
+// ------------------------------------------------------------------------------ QEMU nodes
+
+/// `out/` (or `$KEEL_OUT`): the node image `make image` / `make iso` builds.
+pub fn out_dir() -> PathBuf {
+    std::env::var_os("KEEL_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("out"))
+}
+
+pub fn lab_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("KEEL_LAB_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join("keel-lab"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("keel-lab is not built: run `cargo build -p keel-lab` (make test does)"))
+}
+
+/// A QEMU node; killed (and its console printed if the test failed) when dropped.
+pub struct Vm {
+    child: Child,
+    pub console: PathBuf,
+}
+
+impl Vm {
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// Waits until the console shows a line containing `needle`.
+    pub fn wait_console(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.console_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} not on the console after {timeout:?}:\n{}",
+                self.console_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- console {} ---\n{}",
+                self.console.display(),
+                self.console_text()
+            );
+        }
+    }
+}
+
+/// QEMU (TCG) with a restricted user network whose only opening is the node gate at
+/// 10.0.2.100:9443, relayed to `node_port` on the host.
+fn qemu(console: &Path, node_port: u16) -> Command {
+    let relay = format!("{} relay 127.0.0.1 {node_port}", lab_binary().display());
+    let netdev = format!("user,id=u0,restrict=on,guestfwd=tcp:10.0.2.100:9443-cmd:{relay}");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg,tb-size=64",
+        "-m",
+        "512",
+        "-smp",
+        "1",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .args([
+        "-device",
+        "virtio-rng-pci",
+        "-netdev",
+        &netdev,
+        "-device",
+        "virtio-net-pci,netdev=u0",
+    ]);
+    cmd
+}
+
+fn spawn(mut cmd: Command, console: PathBuf) -> Vm {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    Vm { child, console }
+}
+
+/// Boots an ISO under BIOS or UEFI (OVMF).
+pub fn boot_iso(iso: &Path, dir: &Path, node_port: u16, uefi: bool) -> Vm {
+    let console = dir.join(if uefi {
+        "console-uefi.log"
+    } else {
+        "console-bios.log"
+    });
+    let mut cmd = qemu(&console, node_port);
+    cmd.arg("-cdrom").arg(iso);
+    if uefi {
+        let vars = dir.join("OVMF_VARS.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("OVMF vars (apt-get install ovmf)");
+        cmd.args(["-machine", "q35"])
+            .arg("-drive")
+            .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    spawn(cmd, console)
+}
+
+/// Boots `out/vmlinux` + `out/initramfs` (the fast PVH path) with extra kernel arguments.
+pub fn boot_kernel(dir: &Path, name: &str, node_port: u16, args: &str) -> Vm {
+    let out = out_dir();
+    let (kernel, initrd) = (out.join("vmlinux"), out.join("initramfs"));
+    assert!(
+        kernel.exists() && initrd.exists(),
+        "{} is missing the node image: run `make image`",
+        out.display()
+    );
+    let console = dir.join(format!("console-{name}.log"));
+    let mut cmd = qemu(&console, node_port);
+    cmd.arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 {args}"));
+    spawn(cmd, console)
+}
+
+/// The join arguments of this server: a fresh bootstrap token and the CA pin.
+pub fn join_args(s: &Server) -> (String, String) {
+    let run = |args: &[&str]| {
+        let out = Command::new(server_binary())
+            .arg("--data-dir")
+            .arg(s.data_dir())
+            .args(args)
+            .output()
+            .expect("keel-server");
+        assert!(
+            out.status.success(),
+            "keel-server {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let token = run(&["token", "create", "--server", &format!("127.0.0.1:{}", s.port)]);
+    (token, run(&["ca-hash"]))
+}
