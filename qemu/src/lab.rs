@@ -312,7 +312,16 @@ pub struct Lab {
 
 /// Holds the machine-wide lock that serialises test labs with QEMU nodes.
 pub fn qemu_lock() -> Result<File, LabError> {
-    let path = std::env::temp_dir().join("keel-lab-qemu.lock");
+    // In the build's target directory when there is one, so nothing is left in /tmp.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target"));
+    let dir = if target.is_dir() {
+        target
+    } else {
+        std::env::temp_dir()
+    };
+    let path = dir.join("keel-lab-qemu.lock");
     let file = File::options()
         .create(true)
         .truncate(false)
