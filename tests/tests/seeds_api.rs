@@ -154,6 +154,7 @@ const POSITIVE: &[(&str, &[&str])] = &[
         &["deployment.apps/web", "service/web"],
     ),
     ("yaml-48-ingress.yaml", &["ingress.networking.k8s.io/web-ingress"]),
+    ("yaml-49-helm-configmap-range-rendered.yaml", &["configmap/web"]),
 ];
 
 /// The seed errors (FEATURES.md §25) kept as files under `negative/`.
@@ -585,6 +586,11 @@ fn seed_manifests_apply_and_read_back() {
             ]
         ),
         "very charm"
+    );
+    // YAML-49: the block scalar the Helm range loop renders.
+    assert_eq!(
+        s.ok(&k, &["get", "configmap", "web", "-o", "jsonpath={.data.test}"]),
+        "1\n2\n3\n"
     );
     let yaml = s.ok(&k, &["get", "configmaps", "env-config", "-o", "yaml"]);
     assert!(yaml.contains("data:\n  log_level: INFO\n"), "{yaml}");
@@ -1127,10 +1133,14 @@ fn seed_node_label_and_taint_commands() {
         "node/kube-node1 patched"
     );
     assert!(!taints("kube-node1").contains("node-type"));
+    let cleared = taints("kube-node1");
     // Labels come off as they went on.
     s.ok(&k, &["label", "nodes", "kube-node1", "zone-"]);
     let none = k.run(&["get", "nodes", "-l", "zone=foo"]).unwrap();
     assert!(none.stderr.contains("No resources found"), "{none:?}");
+    // Upstream stores no empty list: after the patch `taints` is gone, not `[]` (as after
+    // `node-type-` above).
+    assert_eq!(cleared, "<no value>");
 }
 
 /// FEATURES.md §25: the seed errors kept under `negative/` are rejected with upstream's messages,
