@@ -6,11 +6,15 @@
 //! * `/init` (PID 1): brings the system up and supervises the agent ([`init`]).
 //! * `/sbin/modprobe` (called by the kernel to autoload modules) or `keel-node modprobe NAME…`.
 //! * `keel-node agent`: the node agent, a child of PID 1 that it restarts if it dies ([`agent`]).
+//! * `keel-node container CONFIG` and `keel-node sandbox HOSTNAME`: the runtime's helpers, which
+//!   the agent starts for each container and pod sandbox ([`runtime`]).
 
 mod agent;
 mod config;
 mod init;
 mod net;
+mod pods;
+mod runtime;
 mod sys;
 
 use std::process::ExitCode;
@@ -31,6 +35,8 @@ fn main() -> ExitCode {
     }
     match rest.first().map(String::as_str) {
         Some("agent") => agent::main(&rest[1..]),
+        Some("container") => runtime::container::helper_main(&rest[1..]),
+        Some("sandbox") => runtime::sandbox::helper_main(&rest[1..]),
         Some("modprobe") => init::modprobe_main(&rest[1..]),
         Some("init") => init::main(),
         _ => {

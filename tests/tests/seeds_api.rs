@@ -1543,3 +1543,122 @@ fn component_statuses_answer_with_a_deprecation_warning() {
         assert_eq!(row(&out.stdout, component)["STATUS"], "Healthy", "{out:?}");
     }
 }
+
+/// YAML-36..42 as the catalogue suggests checking them (no nodes needed): what each Role and
+/// binding grants, through impersonation (`--as`) by the admin, and upstream's Forbidden text.
+#[test]
+fn seed_rbac_grants_what_it_says() {
+    let s = Server::start();
+    let k = s.kubectl();
+    for f in [
+        "yaml-05-pod-mytomcat.yaml",
+        "yaml-16-secret.yaml",
+        "yaml-22-namespace-pod.yaml",
+        "yaml-36-role-pod-reader.yaml",
+        "yaml-37-clusterrole-secret-reader.yaml",
+        "yaml-38-rolebinding-read-pods.yaml",
+        "yaml-39-rolebinding-read-secrets.yaml",
+        "yaml-40-clusterrolebinding-read-secrets-global.yaml",
+        "yaml-41-role-pod-and-pod-logs-reader.yaml",
+        "yaml-42-role-configmap-updater.yaml",
+    ] {
+        s.ok(&k, &["apply", "-f", &manifest(f)]);
+    }
+    s.ok(
+        &k,
+        &[
+            "create",
+            "rolebinding",
+            "logs",
+            "--role=pod-and-pod-logs-reader",
+            "--user=logger",
+        ],
+    );
+    s.ok(
+        &k,
+        &[
+            "create",
+            "rolebinding",
+            "cm",
+            "--role=configmap-updater",
+            "--user=carol",
+        ],
+    );
+    let can_i = |args: &[&str]| -> String {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = k.run(&all).unwrap();
+        out.stdout.trim().to_string()
+    };
+    // YAML-36/38: jane reads pods in default only, and may not delete them.
+    assert_eq!(can_i(&["list", "pods", "--as", "jane"]), "yes");
+    assert_eq!(can_i(&["watch", "pods", "--as", "jane"]), "yes");
+    assert_eq!(can_i(&["delete", "pods", "--as", "jane"]), "no");
+    assert_eq!(
+        can_i(&["list", "pods", "--as", "jane", "-n", "kube-system"]),
+        "no"
+    );
+    let pods = s.ok(&k, &["get", "pods", "--as", "jane"]);
+    row(&pods, "mytomcat");
+    assert_stderr(
+        &fails(&s, &k, &["get", "pods", "--as", "jane", "-n", "kube-system"]),
+        r#"Error from server (Forbidden): pods is forbidden: User "jane" cannot list resource "pods" in API group "" in the namespace "kube-system""#,
+    );
+    assert_stderr(
+        &fails(&s, &k, &["delete", "pod", "mytomcat", "--as", "jane"]),
+        r#"Error from server (Forbidden): pods "mytomcat" is forbidden: User "jane" cannot delete resource "pods" in API group "" in the namespace "default""#,
+    );
+    // YAML-39: dave reads secrets in development only.
+    assert_eq!(
+        can_i(&["get", "secrets", "--as", "dave", "-n", "development"]),
+        "yes"
+    );
+    assert_stderr(
+        &fails(&s, &k, &["get", "secret", "mysecret", "--as", "dave"]),
+        r#"Error from server (Forbidden): secrets "mysecret" is forbidden: User "dave" cannot get resource "secrets" in API group "" in the namespace "default""#,
+    );
+    // YAML-40: any member of group manager reads secrets everywhere.
+    let user = s.ok(
+        &k,
+        &[
+            "get",
+            "secret",
+            "mysecret",
+            "--as",
+            "someone",
+            "--as-group",
+            "manager",
+            "-o",
+            "jsonpath={.data.username}",
+        ],
+    );
+    assert_eq!(base64_decode(&user), "admin");
+    assert_eq!(can_i(&["list", "secrets", "--as", "someone", "-A"]), "no");
+    assert_eq!(
+        can_i(&[
+            "list",
+            "secrets",
+            "--as",
+            "someone",
+            "--as-group",
+            "manager",
+            "-A"
+        ]),
+        "yes"
+    );
+    // YAML-41: pods/log but not pods/exec.
+    assert_eq!(
+        can_i(&["get", "pods", "--subresource=log", "--as", "logger"]),
+        "yes"
+    );
+    assert_eq!(
+        can_i(&["create", "pods", "--subresource=exec", "--as", "logger"]),
+        "no"
+    );
+    // YAML-42: only the ConfigMap named my-configmap.
+    assert_eq!(
+        can_i(&["update", "configmaps/my-configmap", "--as", "carol"]),
+        "yes"
+    );
+    assert_eq!(can_i(&["update", "configmaps/other", "--as", "carol"]), "no");
+}

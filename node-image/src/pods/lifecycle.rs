@@ -1,0 +1,371 @@
+//! One container's life inside a pod: pull its image, start it, wait for it, restart it with
+//! back-off according to the pod's `restartPolicy`, and stop it gracefully when asked.
+//!
+//! Each container runs this loop in its own task and publishes its state (a
+//! [`ContainerView`]) to the pod, which turns the views into the pod status. Back-offs double
+//! from 10 s to 5 min as the kubelet's do: image pulls (`ErrImagePull` → `ImagePullBackOff`)
+//! and restarts (`CrashLoopBackOff`); a container that ran 10 minutes starts over at 10 s.
+//!
+//! Stopping: SIGTERM to the container (through its helper, which forwards it to the
+//! container's PID 1), then, after the grace period, SIGKILL to everything in its cgroup.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::spec::{self, Downward};
+use super::status::{ContainerView, State};
+use super::worker::PodCtx;
+use crate::runtime::cgroup::Cgroups;
+use crate::runtime::container::{self, ContainerConfig};
+use crate::runtime::image::{Image, ImageError};
+use crate::runtime::reference::Reference;
+use crate::runtime::sys;
+
+const BACKOFF_MIN: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+
+/// `None` while the pod should run; `Some(grace)` once its containers must stop.
+pub type StopSignal = watch::Receiver<Option<Duration>>;
+
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(BACKOFF_MAX)
+}
+
+/// Waits for `d` or until stopping is asked; true if asked to stop.
+async fn sleep_or_stop(d: Duration, stop: &mut StopSignal) -> bool {
+    if stop.borrow().is_some() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        r = stop.wait_for(Option::is_some) => { let _ = r; true }
+    }
+}
+
+/// A human duration the way the kubelet writes back-offs (`10s`, `2m40s`).
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        if s % 60 == 0 {
+            format!("{}m", s / 60)
+        } else {
+            format!("{}m{}s", s / 60, s % 60)
+        }
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub struct ContainerTask {
+    pub ctx: Arc<PodCtx>,
+    pub index: usize,
+    pub stop: StopSignal,
+}
+
+impl ContainerTask {
+    fn spec(&self) -> spec::Container {
+        self.ctx.desired().pod.spec.containers[self.index].clone()
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut ContainerView)) {
+        self.ctx.update_view(self.index, f);
+    }
+
+    async fn pull(&mut self, c: &spec::Container) -> Option<Image> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            let result = {
+                let mut puller = self.ctx.shared.puller.lock().await;
+                let waited = started.elapsed();
+                let needs_pull = match Reference::parse(&c.image) {
+                    Ok(r) => puller.store.local(&r).is_none() || c.image_pull_policy.as_deref() == Some("Always"),
+                    Err(_) => false,
+                };
+                if needs_pull {
+                    self.ctx.event("Normal", "Pulling", format!("Pulling image \"{}\"", c.image));
+                }
+                let registries = self.ctx.shared.settings.registries.clone();
+                let r = puller.ensure(&c.image, c.image_pull_policy.as_deref(), &registries).await;
+                (r, waited)
+            };
+            match result {
+                (Ok((img, stats)), waited) => {
+                    match stats {
+                        Some(s) => {
+                            let total = started.elapsed();
+                            self.ctx.event(
+                                "Normal",
+                                "Pulled",
+                                format!(
+                                    "Successfully pulled image \"{}\" in {}ms ({}ms including waiting). Image size: {} bytes.",
+                                    c.image,
+                                    s.millis,
+                                    total.as_millis(),
+                                    s.bytes
+                                ),
+                            );
+                            eprintln!(
+                                "keel: pulled {} from {} in {} ms ({} bytes, {} layers fetched; waited {} ms)",
+                                img.reference,
+                                s.from,
+                                s.millis,
+                                s.bytes,
+                                s.layers_fetched,
+                                waited.as_millis()
+                            );
+                        }
+                        None => self.ctx.event(
+                            "Normal",
+                            "Pulled",
+                            format!("Container image \"{}\" already present on machine", c.image),
+                        ),
+                    }
+                    return Some(img);
+                }
+                (Err(e), _) => {
+                    let (reason, msg) = match &e {
+                        ImageError::Reference(_) => ("InvalidImageName", e.to_string()),
+                        ImageError::NeverPull(_) => ("ErrImageNeverPull", e.to_string()),
+                        _ => ("ErrImagePull", format!("failed to pull image \"{}\": {e}", c.image)),
+                    };
+                    self.ctx.event("Warning", "Failed", format!("Failed to pull image \"{}\": {e}", c.image));
+                    self.publish(|v| v.state = State::waiting(reason, Some(msg.clone())));
+                    // Show the error a moment, then the back-off, as the kubelet does.
+                    if sleep_or_stop(Duration::from_secs(2).min(backoff), &mut self.stop).await {
+                        return None;
+                    }
+                    if reason == "ErrImagePull" {
+                        let m = format!("Back-off pulling image \"{}\": {msg}", c.image);
+                        self.publish(|v| v.state = State::waiting("ImagePullBackOff", Some(m.clone())));
+                        self.ctx.event("Normal", "BackOff", format!("Back-off pulling image \"{}\"", c.image));
+                    }
+                    if sleep_or_stop(backoff, &mut self.stop).await {
+                        return None;
+                    }
+                    backoff = next_backoff(backoff);
+                }
+            }
+        }
+    }
+
+    /// The container's whole life. Returns when the pod stops it (or it finished for good and
+    /// the pod then stops).
+    pub async fn run(mut self) {
+        let mut crash_backoff = BACKOFF_MIN;
+        let mut run_number: u32 = 0;
+        loop {
+            if self.stop.borrow().is_some() {
+                return;
+            }
+            let c = self.spec();
+            let Some(image) = self.pull(&c).await else {
+                return;
+            };
+            let image_ref = Reference::parse(&c.image).map(|r| r.to_string()).unwrap_or_else(|_| c.image.clone());
+            self.publish(|v| {
+                v.image = image_ref.clone();
+                v.image_id = image.repo_digest.clone();
+            });
+            let started_wall = SystemTime::now();
+            let started = Instant::now();
+            let (mut child, cgroup, id) = match self.start(&c, &image, run_number).await {
+                Ok(x) => x,
+                Err((reason, msg)) => {
+                    self.ctx.event("Warning", "Failed", format!("Error: {msg}"));
+                    self.publish(|v| v.state = State::waiting(reason, Some(msg.clone())));
+                    if sleep_or_stop(crash_backoff, &mut self.stop).await {
+                        return;
+                    }
+                    crash_backoff = next_backoff(crash_backoff);
+                    continue;
+                }
+            };
+            self.ctx.event("Normal", "Created", format!("Created container: {}", c.name));
+            self.ctx.event("Normal", "Started", format!("Started container {}", c.name));
+            self.publish(|v| {
+                v.container_id = id.clone();
+                v.state = State::Running { started_at: started_wall };
+                v.restart_count = run_number;
+            });
+            let outcome = tokio::select! {
+                status = child.wait() => Outcome::Exited(status.map(exit_code).unwrap_or(255)),
+                g = self.stop.wait_for(Option::is_some) => {
+                    Outcome::Stop(g.ok().and_then(|g| *g).unwrap_or_default())
+                }
+            };
+            match outcome {
+                Outcome::Exited(code) => self.finished(&c, code, &cgroup, &id, started_wall, run_number),
+                Outcome::Stop(grace) => {
+                    self.ctx.event("Normal", "Killing", format!("Stopping container {}", c.name));
+                    let code = stop_process(&mut child, &cgroup, grace).await;
+                    self.finished(&c, code, &cgroup, &id, started_wall, run_number);
+                    return;
+                }
+            }
+            let code = match &self.ctx.view(self.index).state {
+                State::Terminated { exit_code, .. } => *exit_code,
+                _ => 0,
+            };
+            if !self.ctx.desired().pod.restart_policy().restarts(code) {
+                // Done for good: wait for the pod to stop.
+                let _ = self.stop.wait_for(Option::is_some).await;
+                return;
+            }
+            if started.elapsed() >= BACKOFF_RESET_AFTER {
+                crash_backoff = BACKOFF_MIN;
+            }
+            let pod = &self.ctx.desired().pod;
+            let msg = format!(
+                "back-off {} restarting failed container={} pod={}_{}({})",
+                human(crash_backoff),
+                c.name,
+                pod.metadata.name,
+                pod.metadata.namespace,
+                pod.metadata.uid
+            );
+            self.publish(|v| {
+                v.last_state = Some(v.state.clone());
+                v.state = State::waiting("CrashLoopBackOff", Some(msg.clone()));
+            });
+            self.ctx.event("Warning", "BackOff", format!("Back-off restarting failed container {} in pod {}_{}({})", c.name, pod.metadata.name, pod.metadata.namespace, pod.metadata.uid));
+            if sleep_or_stop(crash_backoff, &mut self.stop).await {
+                return;
+            }
+            crash_backoff = next_backoff(crash_backoff);
+            run_number += 1;
+        }
+    }
+
+    fn finished(&self, c: &spec::Container, code: i32, cgroup: &PathBuf, id: &str, started: SystemTime, run: u32) {
+        let reason = if Cgroups::oom_killed(cgroup) {
+            "OOMKilled"
+        } else if code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        self.publish(|v| {
+            v.state = State::Terminated {
+                exit_code: code,
+                reason: reason.to_string(),
+                message: None,
+                started_at: started,
+                finished_at: SystemTime::now(),
+                container_id: id.to_string(),
+            };
+        });
+        let _ = std::fs::remove_dir(cgroup);
+        let _ = std::fs::remove_dir_all(self.ctx.container_dir(&c.name, run));
+    }
+
+    /// Prepares and starts one run of the container.
+    async fn start(&self, c: &spec::Container, image: &Image, run: u32) -> Result<(tokio::process::Child, PathBuf, String), (&'static str, String)> {
+        let desired = self.ctx.desired();
+        let pod = &desired.pod;
+        let settings = &self.ctx.shared.settings;
+        let facts = Downward {
+            pod_ip: self.ctx.pod_ip(),
+            host_ip: settings.host_ip.clone(),
+            node_name: settings.node_name.clone(),
+        };
+        let env = spec::environment(pod, c, &image.config, &desired.resolved, &facts).map_err(|m| ("CreateContainerConfigError", m))?;
+        let mut args = spec::command_line(c, &image.config);
+        let defined: Vec<(String, String)> = env
+            .iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        for a in args.iter_mut() {
+            *a = spec::expand(a, &defined);
+        }
+        if args.is_empty() {
+            return Err(("CreateContainerConfigError", "no command specified".to_string()));
+        }
+        let (uid, gid) = spec::user(pod, c, &image.config);
+        let cgroup = self
+            .ctx
+            .shared
+            .cgroups
+            .create(&pod.metadata.uid, &c.name, &spec::limits(c))
+            .map_err(|e| ("RunContainerError", format!("cgroup: {e}")))?;
+        let dir = self.ctx.container_dir(&c.name, run);
+        let _ = std::fs::remove_dir_all(&dir);
+        let cwd = c
+            .working_dir
+            .clone()
+            .or_else(|| image.config.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into());
+        let cfg = ContainerConfig {
+            layers: image.layers.clone(),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            rootfs: dir.join("rootfs"),
+            args,
+            env,
+            cwd,
+            uid,
+            gid,
+            cgroup: Some(cgroup.clone()),
+            sandbox_pid: self.ctx.sandbox_pid(),
+            join_net: self.ctx.sandbox_netns(),
+            etc_files: self.ctx.etc_files(),
+        };
+        let log = self.ctx.log_path(&c.name, run);
+        let child = container::spawn(&cfg, &dir.join("bundle"), &log).map_err(|e| ("RunContainerError", e.to_string()))?;
+        let id = format!(
+            "keel://{}",
+            hex::encode(Sha256::digest(format!("{}/{}/{run}/{:?}", pod.metadata.uid, c.name, SystemTime::now())))
+        );
+        Ok((child, cgroup, id))
+    }
+}
+
+enum Outcome {
+    Exited(i32),
+    Stop(Duration),
+}
+
+/// The exit code, or 128 + the signal that ended the process.
+fn exit_code(s: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().or_else(|| s.signal().map(|sig| 128 + sig)).unwrap_or(255)
+}
+
+/// SIGTERM, then SIGKILL to the whole cgroup after `grace`. Returns the exit code.
+async fn stop_process(child: &mut tokio::process::Child, cgroup: &PathBuf, grace: Duration) -> i32 {
+    let code = exit_code;
+    if let Some(pid) = child.id() {
+        let _ = sys::kill(pid as i32, libc::SIGTERM);
+    }
+    if let Ok(Ok(s)) = tokio::time::timeout(grace, child.wait()).await {
+        return code(s);
+    }
+    let _ = Cgroups::kill(cgroup);
+    let _ = child.start_kill();
+    match child.wait().await {
+        Ok(s) => code(s),
+        Err(_) => 137,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes() {
+        let mut d = BACKOFF_MIN;
+        let mut seen = vec![];
+        for _ in 0..7 {
+            seen.push(human(d));
+            d = next_backoff(d);
+        }
+        assert_eq!(seen, ["10s", "20s", "40s", "1m20s", "2m40s", "5m", "5m"]);
+    }
+}

@@ -1,0 +1,284 @@
+//! The pod manager: takes each `DesiredPods` snapshot (the full set, level-triggered) and makes
+//! the node match it — a [`worker`](super::worker) per pod uid, started when a pod appears,
+//! told when its spec changes, told to stop when it leaves the set.
+//!
+//! It outlives sessions: the agent keeps one manager for its lifetime and each session hands it
+//! the snapshots it receives and drains its [`Outbox`] of statuses and events. A pod the node
+//! cannot understand is reported `Failed` with the reason, and never stops the others.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use keel_proto::node_message::Msg;
+use keel_proto::PodStatusReport;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::outbox::Outbox;
+use super::spec::{Pod, Resolved};
+use super::status::{self, PodView, Transitions};
+use crate::config::NodeConfig;
+use crate::runtime::cgroup::{Cgroups, CGROUP_ROOT};
+use crate::runtime::image::{Image, ImageError, PullStats, Registries, Store};
+use crate::runtime::registry::Client;
+
+/// Where things live and what the node is.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node_name: String,
+    pub host_ip: String,
+    pub registries: Registries,
+    pub images_dir: PathBuf,
+    pub pods_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+    pub resolv_conf: PathBuf,
+    /// Give each pod its own network namespace (loopback only until the pod network exists).
+    pub private_netns: bool,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &NodeConfig, node_name: &str, state_dir: &std::path::Path) -> Settings {
+        let host_ip = cfg
+            .static_ip
+            .as_ref()
+            .map(|s| s.address.to_string())
+            .or_else(|| {
+                cfg.interfaces
+                    .iter()
+                    .find_map(|i| i.ipv4.as_deref().map(|a| a.split('/').next().unwrap_or(a).to_string()))
+            })
+            .unwrap_or_default();
+        Settings {
+            node_name: node_name.to_string(),
+            host_ip,
+            registries: Registries {
+                mirrors: cfg.registry_mirrors.clone(),
+                insecure: cfg.insecure_registries.clone(),
+            },
+            images_dir: state_dir.join("images"),
+            pods_dir: state_dir.join("pods"),
+            log_dir: PathBuf::from("/var/log/pods"),
+            cgroup_root: PathBuf::from(CGROUP_ROOT),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            private_netns: false,
+        }
+    }
+}
+
+/// The registry client and the store, used by one pull at a time.
+pub struct Puller {
+    pub client: Option<Client>,
+    pub store: Store,
+}
+
+impl Puller {
+    pub async fn ensure(&mut self, image: &str, policy: Option<&str>, registries: &Registries) -> Result<(Image, Option<PullStats>), ImageError> {
+        if self.client.is_none() {
+            self.client = Some(Client::new()?);
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Err(ImageError::NeverPull(image.to_string()));
+        };
+        self.store.ensure(client, image, policy, registries).await
+    }
+}
+
+/// What every pod worker shares.
+pub struct Shared {
+    pub settings: Settings,
+    pub outbox: Arc<Outbox>,
+    pub puller: tokio::sync::Mutex<Puller>,
+    pub cgroups: Cgroups,
+}
+
+/// One pod as desired, with what the control plane resolved for it.
+#[derive(Debug)]
+pub struct Desired {
+    pub pod: Pod,
+    pub resolved: Resolved,
+}
+
+struct Handle {
+    tx: watch::Sender<Option<Arc<Desired>>>,
+    task: JoinHandle<()>,
+}
+
+pub struct Manager {
+    shared: Arc<Shared>,
+    pods: HashMap<String, Handle>,
+    last_version: u64,
+}
+
+impl Manager {
+    pub fn new(settings: Settings) -> Manager {
+        let shared = Arc::new(Shared {
+            outbox: Arc::new(Outbox::default()),
+            puller: tokio::sync::Mutex::new(Puller {
+                client: None,
+                store: Store::new(settings.images_dir.clone()),
+            }),
+            cgroups: Cgroups::new(settings.cgroup_root.clone()),
+            settings,
+        });
+        Manager {
+            shared,
+            pods: HashMap::new(),
+            last_version: 0,
+        }
+    }
+
+    pub fn outbox(&self) -> Arc<Outbox> {
+        self.shared.outbox.clone()
+    }
+
+    /// Makes the node's pods match the snapshot (`version`, every pod's JSON).
+    pub fn apply(&mut self, version: u64, pods: &[Value]) {
+        self.pods.retain(|_, h| !h.task.is_finished());
+        let mut seen = std::collections::HashSet::new();
+        for json in pods {
+            let pod = match Pod::from_value(json) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.report_unusable(json, &e.to_string());
+                    continue;
+                }
+            };
+            let uid = pod.metadata.uid.clone();
+            seen.insert(uid.clone());
+            let resolved = pod.resolved.clone();
+            let desired = Arc::new(Desired { pod, resolved });
+            match self.pods.get(&uid) {
+                Some(h) => {
+                    let _ = h.tx.send(Some(desired));
+                }
+                None => {
+                    let (tx, rx) = watch::channel(Some(desired.clone()));
+                    let task = tokio::spawn(super::worker::run(self.shared.clone(), desired, rx));
+                    self.pods.insert(uid, Handle { tx, task });
+                }
+            }
+        }
+        for (uid, h) in &self.pods {
+            if !seen.contains(uid) {
+                let _ = h.tx.send(None);
+            }
+        }
+        if version != self.last_version {
+            self.last_version = version;
+            eprintln!(
+                "keel: desired pods v{}: {} pods ({} running workers)",
+                version,
+                seen.len(),
+                self.pods.len()
+            );
+        }
+    }
+
+    /// A pod whose JSON the node cannot use: Failed, with the reason, if it can be named.
+    fn report_unusable(&self, v: &Value, why: &str) {
+        let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        let (ns, name, uid) = (s("/metadata/namespace"), s("/metadata/name"), s("/metadata/uid"));
+        eprintln!("keel: cannot run pod {ns}/{name}: {why}");
+        if uid.is_empty() || name.is_empty() {
+            return;
+        }
+        let view = PodView {
+            policy: super::spec::RestartPolicy::Never,
+            containers: &[],
+            host_ip: &self.shared.settings.host_ip,
+            pod_ip: "",
+            start_time: None,
+            sandbox_ready: false,
+            failure: Some(("Invalid", why.to_string())),
+        };
+        let status = status::pod_status(&view, &mut Transitions::default(), SystemTime::now());
+        let deleting = v.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null());
+        self.shared.outbox.status(PodStatusReport {
+            namespace: if ns.is_empty() { "default".into() } else { ns },
+            name,
+            uid,
+            status_json: serde_json::to_vec(&status).unwrap_or_default(),
+            gone: deleting,
+        });
+    }
+}
+
+/// The pod manager's loop: snapshots in from `desired`, statuses and events out through `up`;
+/// every status again when `sessions` moves (a new session may have missed some). Ends when the
+/// session side is gone.
+pub async fn serve<S: Snapshot>(settings: Settings, mut desired: watch::Receiver<Option<Arc<S>>>, up: mpsc::Sender<Msg>, mut sessions: watch::Receiver<u64>) {
+    let mut m = Manager::new(settings);
+    let outbox = m.outbox();
+    let first = desired.borrow_and_update().clone();
+    if let Some(set) = first {
+        m.apply(set.version(), set.pods());
+    }
+    loop {
+        tokio::select! {
+            r = desired.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let set = desired.borrow_and_update().clone();
+                if let Some(set) = set {
+                    m.apply(set.version(), set.pods());
+                }
+            }
+            r = sessions.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                sessions.borrow_and_update();
+                outbox.resend_all();
+            }
+            batch = outbox.next_batch() => {
+                for msg in batch {
+                    if up.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A desired-pods snapshot as the session decoded it.
+pub trait Snapshot: Send + Sync + 'static {
+    fn version(&self) -> u64;
+    fn pods(&self) -> &[Value];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn unusable_pods_are_reported_failed_and_others_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::from_config(&NodeConfig::default(), "n1", dir.path());
+        settings.cgroup_root = dir.path().join("cgroup");
+        let mut m = Manager::new(settings);
+        m.apply(
+            1,
+            &[
+                serde_json::json!({"metadata":{"name":"bad","namespace":"default","uid":"u-bad"},"spec":{"containers":[]}}),
+                serde_json::json!("not a pod"),
+            ],
+        );
+        let batch = tokio::time::timeout(Duration::from_secs(5), m.outbox().next_batch()).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        let Msg::PodStatus(r) = &batch[0] else {
+            panic!("{batch:?}")
+        };
+        assert_eq!(r.uid, "u-bad");
+        let s: serde_json::Value = serde_json::from_slice(&r.status_json).unwrap();
+        assert_eq!(s["phase"], "Failed");
+        assert_eq!(s["reason"], "Invalid");
+        assert!(m.pods.is_empty());
+    }
+}

@@ -1,0 +1,22 @@
+//! Pods on this node, with the kubelet's semantics (first slice): the desired set from the
+//! control plane in, containers started, restarted and stopped, statuses and events out.
+//!
+//! * [`manager`]: one worker per pod uid, driven by each `DesiredPods` snapshot;
+//! * [`worker`]: one pod's sandbox, containers, status and teardown;
+//! * [`lifecycle`]: one container's pull → start → wait → restart-with-back-off loop;
+//! * [`spec`]: the pod JSON as the node reads it (own serde structs, no Kubernetes crates) and
+//!   the command line, environment and limits derived from it;
+//! * [`status`]: the PodStatus as the kubelet computes it (pure, tested);
+//! * [`outbox`]: statuses and events waiting for the session to send them.
+//!
+//! Not yet: init containers, probes, volumes, `kubectl logs`/`exec` streaming, re-adopting
+//! containers after an agent restart (they die with it and the pods start again).
+
+pub mod lifecycle;
+pub mod manager;
+pub mod outbox;
+pub mod spec;
+pub mod status;
+pub mod worker;
+
+pub use manager::Settings;

@@ -1,0 +1,22 @@
+//! The container runtime: images, sandboxes, containers, cgroups — no external programs.
+//!
+//! * [`reference`]: image names and which registry endpoints (mirrors first) to ask;
+//! * [`registry`]: a small OCI distribution client (bearer tokens, redirects, HTTP or HTTPS);
+//! * [`image`]: pulling into the content-addressed store under `/var/lib/keel/images`;
+//! * [`unpack`]: one layer into one directory, OCI whiteouts turned into overlayfs ones;
+//! * [`sandbox`]: the process that holds a pod's UTS/IPC (and network) namespaces;
+//! * [`container`]: the `keel-node container` helper that builds a container's mount and PID
+//!   namespaces over an overlayfs root and execs its command;
+//! * [`cgroup`]: cgroup v2 limits under `/sys/fs/cgroup/kubepods/<pod uid>/<container>`;
+//! * [`sys`]: the syscall wrappers, the only `unsafe` of the runtime.
+//!
+//! Policy (what to run, when to restart, what to report) is not here but in [`crate::pods`].
+
+pub mod cgroup;
+pub mod container;
+pub mod image;
+pub mod reference;
+pub mod registry;
+pub mod sandbox;
+pub mod sys;
+pub mod unpack;
