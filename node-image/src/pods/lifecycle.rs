@@ -84,14 +84,19 @@ impl ContainerTask {
                 let mut puller = self.ctx.shared.puller.lock().await;
                 let waited = started.elapsed();
                 let needs_pull = match Reference::parse(&c.image) {
-                    Ok(r) => puller.store.local(&r).is_none() || c.image_pull_policy.as_deref() == Some("Always"),
+                    Ok(r) => {
+                        puller.store.local(&r).is_none() || c.image_pull_policy.as_deref() == Some("Always")
+                    }
                     Err(_) => false,
                 };
                 if needs_pull {
-                    self.ctx.event("Normal", "Pulling", format!("Pulling image \"{}\"", c.image));
+                    self.ctx
+                        .event("Normal", "Pulling", format!("Pulling image \"{}\"", c.image));
                 }
                 let registries = self.ctx.shared.settings.registries.clone();
-                let r = puller.ensure(&c.image, c.image_pull_policy.as_deref(), &registries).await;
+                let r = puller
+                    .ensure(&c.image, c.image_pull_policy.as_deref(), &registries)
+                    .await;
                 (r, waited)
             };
             match result {
@@ -132,9 +137,16 @@ impl ContainerTask {
                     let (reason, msg) = match &e {
                         ImageError::Reference(_) => ("InvalidImageName", e.to_string()),
                         ImageError::NeverPull(_) => ("ErrImageNeverPull", e.to_string()),
-                        _ => ("ErrImagePull", format!("failed to pull image \"{}\": {e}", c.image)),
+                        _ => (
+                            "ErrImagePull",
+                            format!("failed to pull image \"{}\": {e}", c.image),
+                        ),
                     };
-                    self.ctx.event("Warning", "Failed", format!("Failed to pull image \"{}\": {e}", c.image));
+                    self.ctx.event(
+                        "Warning",
+                        "Failed",
+                        format!("Failed to pull image \"{}\": {e}", c.image),
+                    );
                     self.publish(|v| v.state = State::waiting(reason, Some(msg.clone())));
                     // Show the error a moment, then the back-off, as the kubelet does.
                     if sleep_or_stop(Duration::from_secs(2).min(backoff), &mut self.stop).await {
@@ -143,7 +155,11 @@ impl ContainerTask {
                     if reason == "ErrImagePull" {
                         let m = format!("Back-off pulling image \"{}\": {msg}", c.image);
                         self.publish(|v| v.state = State::waiting("ImagePullBackOff", Some(m.clone())));
-                        self.ctx.event("Normal", "BackOff", format!("Back-off pulling image \"{}\"", c.image));
+                        self.ctx.event(
+                            "Normal",
+                            "BackOff",
+                            format!("Back-off pulling image \"{}\"", c.image),
+                        );
                     }
                     if sleep_or_stop(backoff, &mut self.stop).await {
                         return None;
@@ -167,7 +183,9 @@ impl ContainerTask {
             let Some(image) = self.pull(&c).await else {
                 return;
             };
-            let image_ref = Reference::parse(&c.image).map(|r| r.to_string()).unwrap_or_else(|_| c.image.clone());
+            let image_ref = Reference::parse(&c.image)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| c.image.clone());
             self.publish(|v| {
                 v.image = image_ref.clone();
                 v.image_id = image.repo_digest.clone();
@@ -186,11 +204,15 @@ impl ContainerTask {
                     continue;
                 }
             };
-            self.ctx.event("Normal", "Created", format!("Created container: {}", c.name));
-            self.ctx.event("Normal", "Started", format!("Started container {}", c.name));
+            self.ctx
+                .event("Normal", "Created", format!("Created container: {}", c.name));
+            self.ctx
+                .event("Normal", "Started", format!("Started container {}", c.name));
             self.publish(|v| {
                 v.container_id = id.clone();
-                v.state = State::Running { started_at: started_wall };
+                v.state = State::Running {
+                    started_at: started_wall,
+                };
                 v.restart_count = run_number;
             });
             let outcome = tokio::select! {
@@ -202,7 +224,8 @@ impl ContainerTask {
             match outcome {
                 Outcome::Exited(code) => self.finished(&c, code, &cgroup, &id, started_wall, run_number),
                 Outcome::Stop(grace) => {
-                    self.ctx.event("Normal", "Killing", format!("Stopping container {}", c.name));
+                    self.ctx
+                        .event("Normal", "Killing", format!("Stopping container {}", c.name));
                     let code = stop_process(&mut child, &cgroup, grace).await;
                     self.finished(&c, code, &cgroup, &id, started_wall, run_number);
                     return;
@@ -233,7 +256,14 @@ impl ContainerTask {
                 v.last_state = Some(v.state.clone());
                 v.state = State::waiting("CrashLoopBackOff", Some(msg.clone()));
             });
-            self.ctx.event("Warning", "BackOff", format!("Back-off restarting failed container {} in pod {}_{}({})", c.name, pod.metadata.name, pod.metadata.namespace, pod.metadata.uid));
+            self.ctx.event(
+                "Warning",
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}_{}({})",
+                    c.name, pod.metadata.name, pod.metadata.namespace, pod.metadata.uid
+                ),
+            );
             if sleep_or_stop(crash_backoff, &mut self.stop).await {
                 return;
             }
@@ -242,7 +272,15 @@ impl ContainerTask {
         }
     }
 
-    fn finished(&self, c: &spec::Container, code: i32, cgroup: &PathBuf, id: &str, started: SystemTime, run: u32) {
+    fn finished(
+        &self,
+        c: &spec::Container,
+        code: i32,
+        cgroup: &PathBuf,
+        id: &str,
+        started: SystemTime,
+        run: u32,
+    ) {
         let reason = if Cgroups::oom_killed(cgroup) {
             "OOMKilled"
         } else if code == 0 {
@@ -265,7 +303,12 @@ impl ContainerTask {
     }
 
     /// Prepares and starts one run of the container.
-    async fn start(&self, c: &spec::Container, image: &Image, run: u32) -> Result<(tokio::process::Child, PathBuf, String), (&'static str, String)> {
+    async fn start(
+        &self,
+        c: &spec::Container,
+        image: &Image,
+        run: u32,
+    ) -> Result<(tokio::process::Child, PathBuf, String), (&'static str, String)> {
         let desired = self.ctx.desired();
         let pod = &desired.pod;
         let settings = &self.ctx.shared.settings;
@@ -274,7 +317,8 @@ impl ContainerTask {
             host_ip: settings.host_ip.clone(),
             node_name: settings.node_name.clone(),
         };
-        let env = spec::environment(pod, c, &image.config, &desired.resolved, &facts).map_err(|m| ("CreateContainerConfigError", m))?;
+        let env = spec::environment(pod, c, &image.config, &desired.resolved, &facts)
+            .map_err(|m| ("CreateContainerConfigError", m))?;
         let mut args = spec::command_line(c, &image.config);
         let defined: Vec<(String, String)> = env
             .iter()
@@ -317,10 +361,16 @@ impl ContainerTask {
             etc_files: self.ctx.etc_files(),
         };
         let log = self.ctx.log_path(&c.name, run);
-        let child = container::spawn(&cfg, &dir.join("bundle"), &log).map_err(|e| ("RunContainerError", e.to_string()))?;
+        let child = container::spawn(&cfg, &dir.join("bundle"), &log)
+            .map_err(|e| ("RunContainerError", e.to_string()))?;
         let id = format!(
             "keel://{}",
-            hex::encode(Sha256::digest(format!("{}/{}/{run}/{:?}", pod.metadata.uid, c.name, SystemTime::now())))
+            hex::encode(Sha256::digest(format!(
+                "{}/{}/{run}/{:?}",
+                pod.metadata.uid,
+                c.name,
+                SystemTime::now()
+            )))
         );
         Ok((child, cgroup, id))
     }
@@ -334,7 +384,9 @@ enum Outcome {
 /// The exit code, or 128 + the signal that ended the process.
 fn exit_code(s: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    s.code().or_else(|| s.signal().map(|sig| 128 + sig)).unwrap_or(255)
+    s.code()
+        .or_else(|| s.signal().map(|sig| 128 + sig))
+        .unwrap_or(255)
 }
 
 /// SIGTERM, then SIGKILL to the whole cgroup after `grace`. Returns the exit code.

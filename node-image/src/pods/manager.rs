@@ -47,9 +47,11 @@ impl Settings {
             .as_ref()
             .map(|s| s.address.to_string())
             .or_else(|| {
-                cfg.interfaces
-                    .iter()
-                    .find_map(|i| i.ipv4.as_deref().map(|a| a.split('/').next().unwrap_or(a).to_string()))
+                cfg.interfaces.iter().find_map(|i| {
+                    i.ipv4
+                        .as_deref()
+                        .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                })
             })
             .unwrap_or_default();
         Settings {
@@ -76,7 +78,12 @@ pub struct Puller {
 }
 
 impl Puller {
-    pub async fn ensure(&mut self, image: &str, policy: Option<&str>, registries: &Registries) -> Result<(Image, Option<PullStats>), ImageError> {
+    pub async fn ensure(
+        &mut self,
+        image: &str,
+        policy: Option<&str>,
+        registries: &Registries,
+    ) -> Result<(Image, Option<PullStats>), ImageError> {
         if self.client.is_none() {
             self.client = Some(Client::new()?);
         }
@@ -180,7 +187,12 @@ impl Manager {
 
     /// A pod whose JSON the node cannot use: Failed, with the reason, if it can be named.
     fn report_unusable(&self, v: &Value, why: &str) {
-        let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
         let (ns, name, uid) = (s("/metadata/namespace"), s("/metadata/name"), s("/metadata/uid"));
         eprintln!("keel: cannot run pod {ns}/{name}: {why}");
         if uid.is_empty() || name.is_empty() {
@@ -196,7 +208,9 @@ impl Manager {
             failure: Some(("Invalid", why.to_string())),
         };
         let status = status::pod_status(&view, &mut Transitions::default(), SystemTime::now());
-        let deleting = v.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null());
+        let deleting = v
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|d| !d.is_null());
         self.shared.outbox.status(PodStatusReport {
             namespace: if ns.is_empty() { "default".into() } else { ns },
             name,
@@ -210,7 +224,12 @@ impl Manager {
 /// The pod manager's loop: snapshots in from `desired`, statuses and events out through `up`;
 /// every status again when `sessions` moves (a new session may have missed some). Ends when the
 /// session side is gone.
-pub async fn serve<S: Snapshot>(settings: Settings, mut desired: watch::Receiver<Option<Arc<S>>>, up: mpsc::Sender<Msg>, mut sessions: watch::Receiver<u64>) {
+pub async fn serve<S: Snapshot>(
+    settings: Settings,
+    mut desired: watch::Receiver<Option<Arc<S>>>,
+    up: mpsc::Sender<Msg>,
+    mut sessions: watch::Receiver<u64>,
+) {
     let mut m = Manager::new(settings);
     let outbox = m.outbox();
     let first = desired.borrow_and_update().clone();
@@ -270,7 +289,9 @@ mod tests {
                 serde_json::json!("not a pod"),
             ],
         );
-        let batch = tokio::time::timeout(Duration::from_secs(5), m.outbox().next_batch()).await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(5), m.outbox().next_batch())
+            .await
+            .unwrap();
         assert_eq!(batch.len(), 1);
         let Msg::PodStatus(r) = &batch[0] else {
             panic!("{batch:?}")

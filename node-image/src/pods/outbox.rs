@@ -126,7 +126,9 @@ mod tests {
         o.status(report("a", "Running"));
         o.status(report("b", "Running"));
         o.event(NodeEvent::default());
-        let batch = tokio::time::timeout(Duration::from_secs(5), o.next_batch()).await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(5), o.next_batch())
+            .await
+            .unwrap();
         assert_eq!(batch.len(), 3);
         match &batch[0] {
             Msg::PodStatus(r) => assert_eq!(r.status_json, b"Running"),
@@ -134,10 +136,14 @@ mod tests {
         }
         // Same status again: nothing to send.
         o.status(report("b", "Running"));
-        assert!(tokio::time::timeout(Duration::from_millis(50), o.next_batch()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(50), o.next_batch())
+            .await
+            .is_err());
         o.forget("a");
         o.resend_all();
-        let batch = tokio::time::timeout(Duration::from_secs(5), o.next_batch()).await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(5), o.next_batch())
+            .await
+            .unwrap();
         assert_eq!(batch.len(), 1);
     }
 }

@@ -143,7 +143,8 @@ impl Pod {
     /// Parses and checks what the node cannot do without.
     #[cfg(test)]
     pub fn parse(json: &[u8]) -> Result<Pod, SpecError> {
-        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| SpecError::Json(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| SpecError::Json(e.to_string()))?;
         Pod::from_value(&v)
     }
 
@@ -184,7 +185,11 @@ impl Pod {
     }
 
     pub fn hostname(&self) -> String {
-        let h = self.spec.hostname.clone().unwrap_or_else(|| self.metadata.name.clone());
+        let h = self
+            .spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone());
         // The kernel takes 64 bytes; Kubernetes truncates pod names to 63.
         h.chars().take(63).collect()
     }
@@ -273,7 +278,13 @@ pub fn expand(s: &str, defined: &[(String, String)]) -> String {
 /// The container's environment: the image's, then `envFrom`, then `env` (later wins), with
 /// ConfigMap/Secret keys and downward-API fields resolved. A missing non-optional reference is
 /// `CreateContainerConfigError`'s message.
-pub fn environment(pod: &Pod, c: &Container, image: &ExecConfig, resolved: &Resolved, facts: &Downward) -> Result<Vec<String>, String> {
+pub fn environment(
+    pod: &Pod,
+    c: &Container,
+    image: &ExecConfig,
+    resolved: &Resolved,
+    facts: &Downward,
+) -> Result<Vec<String>, String> {
     let mut vars: Vec<(String, String)> = Vec::new();
     let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
         vars.retain(|(n, _)| n != &k);
@@ -285,7 +296,11 @@ pub fn environment(pod: &Pod, c: &Container, image: &ExecConfig, resolved: &Reso
         }
     }
     if !vars.iter().any(|(k, _)| k == "PATH") {
-        set(&mut vars, "PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        set(
+            &mut vars,
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
     }
     set(&mut vars, "HOSTNAME".into(), pod.hostname());
     for from in &c.env_from {
@@ -317,7 +332,10 @@ pub fn environment(pod: &Pod, c: &Container, image: &ExecConfig, resolved: &Reso
                         Some(v) => v.clone(),
                         None if r.optional == Some(true) => continue,
                         None if resolved.config_maps.contains_key(&r.name) => {
-                            return Err(format!("couldn't find key {} in ConfigMap {}/{}", r.key, pod.metadata.namespace, r.name))
+                            return Err(format!(
+                                "couldn't find key {} in ConfigMap {}/{}",
+                                r.key, pod.metadata.namespace, r.name
+                            ))
                         }
                         None => return Err(format!("configmap \"{}\" not found", r.name)),
                     }
@@ -326,12 +344,16 @@ pub fn environment(pod: &Pod, c: &Container, image: &ExecConfig, resolved: &Reso
                         Some(v) => v.clone(),
                         None if r.optional == Some(true) => continue,
                         None if resolved.secrets.contains_key(&r.name) => {
-                            return Err(format!("couldn't find key {} in Secret {}/{}", r.key, pod.metadata.namespace, r.name))
+                            return Err(format!(
+                                "couldn't find key {} in Secret {}/{}",
+                                r.key, pod.metadata.namespace, r.name
+                            ))
                         }
                         None => return Err(format!("secret \"{}\" not found", r.name)),
                     }
                 } else if let Some(f) = &src.field_ref {
-                    field(pod, facts, &f.field_path).ok_or_else(|| format!("unsupported fieldRef {:?}", f.field_path))?
+                    field(pod, facts, &f.field_path)
+                        .ok_or_else(|| format!("unsupported fieldRef {:?}", f.field_path))?
                 } else {
                     String::new()
                 }
@@ -364,7 +386,9 @@ pub fn quantity(v: &serde_json::Value) -> Option<f64> {
         return Some(n);
     }
     let s = v.as_str()?.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+        .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     // `1e3` is an exponent, but `1E` alone is exa: only digits after e/E make it an exponent.
     let (num, suffix) = match num.find(['e', 'E']) {
@@ -486,7 +510,9 @@ mod tests {
         assert!(Pod::parse(b"{").is_err());
         assert!(Pod::parse(br#"{"metadata":{"name":"x","uid":"u"},"spec":{"containers":[]}}"#).is_err());
         assert!(Pod::parse(br#"{"metadata":{"name":"x"},"spec":{"containers":[{"name":"c"}]}}"#).is_err());
-        assert!(Pod::parse(br#"{"metadata":{"name":"x","uid":"u"},"spec":{"containers":[{"name":7}]}}"#).is_err());
+        assert!(
+            Pod::parse(br#"{"metadata":{"name":"x","uid":"u"},"spec":{"containers":[{"name":7}]}}"#).is_err()
+        );
         assert!(Pod::parse(b"[1,2]").is_err());
     }
 
@@ -502,7 +528,19 @@ mod tests {
             ..Default::default()
         };
         let env = environment(&p, &p.spec.containers[0], &img, &resolved(), &facts).unwrap();
-        for want in ["PATH=/bin", "HOSTNAME=web", "A=x", "B=x-$(A)-$(NOPE)", "CM=v", "S=hunter2", "POD=web", "IP=10.0.2.15", "APP=web", "P_k=v", "P_other=o"] {
+        for want in [
+            "PATH=/bin",
+            "HOSTNAME=web",
+            "A=x",
+            "B=x-$(A)-$(NOPE)",
+            "CM=v",
+            "S=hunter2",
+            "POD=web",
+            "IP=10.0.2.15",
+            "APP=web",
+            "P_k=v",
+            "P_other=o",
+        ] {
             assert!(env.contains(&want.to_string()), "{want} missing from {env:?}");
         }
         assert!(!env.iter().any(|e| e.starts_with("OPT=")));

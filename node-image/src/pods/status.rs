@@ -246,12 +246,26 @@ pub fn pod_status(v: &PodView<'_>, tr: &mut Transitions, now: SystemTime) -> Val
         c
     };
     let not_ready_msg = format!("containers with unready status: [{}]", unready.join(" "));
-    let not_ready_reason = if completed { "PodCompleted" } else { "ContainersNotReady" };
+    let not_ready_reason = if completed {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let conditions = vec![
         cond("PodReadyToStartContainers", v.sandbox_ready, None, None),
         cond("Initialized", true, None, None),
-        cond("Ready", all_ready, Some(not_ready_reason), (!completed).then(|| not_ready_msg.clone())),
-        cond("ContainersReady", all_ready, Some(not_ready_reason), (!completed).then_some(not_ready_msg)),
+        cond(
+            "Ready",
+            all_ready,
+            Some(not_ready_reason),
+            (!completed).then(|| not_ready_msg.clone()),
+        ),
+        cond(
+            "ContainersReady",
+            all_ready,
+            Some(not_ready_reason),
+            (!completed).then_some(not_ready_msg),
+        ),
         cond("PodScheduled", true, None, None),
     ];
     let mut s = json!({
@@ -359,18 +373,34 @@ mod tests {
         assert_eq!(cs["containerID"], "keel://abc");
         assert_eq!(cs["state"]["running"]["startedAt"], "1970-01-01T00:00:10Z");
         assert_eq!(cs["lastState"], json!({}));
-        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        let ready = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
         assert_eq!(ready["status"], "True");
         assert_eq!(ready["lastTransitionTime"], "1970-01-01T00:00:20Z");
 
         // The container crashes: Ready goes False at the new time; Initialized keeps its time.
-        let containers = [view(State::waiting("CrashLoopBackOff", Some("back-off 10s".into())), Some(done(1)))];
+        let containers = [view(
+            State::waiting("CrashLoopBackOff", Some("back-off 10s".into())),
+            Some(done(1)),
+        )];
         let v = PodView {
             containers: &containers,
             ..v
         };
         let s = pod_status(&v, &mut tr, t(30));
-        let find = |k: &str| s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == k).unwrap().clone();
+        let find = |k: &str| {
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == k)
+                .unwrap()
+                .clone()
+        };
         assert_eq!(find("Ready")["status"], "False");
         assert_eq!(find("Ready")["lastTransitionTime"], "1970-01-01T00:00:30Z");
         assert_eq!(find("Ready")["message"], "containers with unready status: [c]");
@@ -395,8 +425,16 @@ mod tests {
         };
         let s = pod_status(&v, &mut Transitions::default(), t(1));
         assert_eq!(s["phase"], "Succeeded");
-        assert_eq!(s["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
-        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
+        let ready = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
         assert_eq!(ready["reason"], "PodCompleted");
         assert!(s.get("podIP").is_none());
         let v = PodView {
@@ -404,6 +442,9 @@ mod tests {
             ..v
         };
         let s = pod_status(&v, &mut Transitions::default(), t(1));
-        assert_eq!((s["phase"].as_str(), s["reason"].as_str()), (Some("Failed"), Some("Invalid")));
+        assert_eq!(
+            (s["phase"].as_str(), s["reason"].as_str()),
+            (Some("Failed"), Some("Invalid"))
+        );
     }
 }

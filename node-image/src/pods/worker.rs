@@ -133,7 +133,9 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
         .containers
         .iter()
         .map(|c| {
-            let image = Reference::parse(&c.image).map(|r| r.to_string()).unwrap_or_else(|_| c.image.clone());
+            let image = Reference::parse(&c.image)
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| c.image.clone());
             ContainerView::new(&c.name, &image)
         })
         .collect();
@@ -157,7 +159,11 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
 
     if ctx.desired().pod.metadata.deletion_timestamp.is_none() {
         if let Err(e) = ctx.write_etc() {
-            ctx.event("Warning", "FailedCreatePodSandBox", format!("writing the pod's /etc files: {e}"));
+            ctx.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                format!("writing the pod's /etc files: {e}"),
+            );
         }
         match Sandbox::start(&ctx.desired().pod.hostname(), shared.settings.private_netns).await {
             Ok(s) => {

@@ -69,7 +69,10 @@ impl Cgroups {
         match fs::create_dir(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display()))),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("creating cgroup {}: {e}", dir.display()),
+            )),
         }
     }
 
@@ -94,7 +97,9 @@ impl Cgroups {
         )?;
         write(
             "cpu.max",
-            limits.cpu_limit_millis.map_or(format!("max {CPU_PERIOD}"), cpu_max),
+            limits
+                .cpu_limit_millis
+                .map_or(format!("max {CPU_PERIOD}"), cpu_max),
         )?;
         if let Some(r) = limits.cpu_request_millis {
             write("cpu.weight", cpu_weight(r).to_string())?;
@@ -175,7 +180,11 @@ mod tests {
         let c2 = cg.create("uid-1", "side", &Limits::default()).unwrap();
         assert_eq!(fs::read_to_string(c2.join("memory.max")).unwrap(), "max");
         assert_eq!(fs::read_to_string(c2.join("cpu.max")).unwrap(), "max 100000");
-        fs::write(c.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        fs::write(
+            c.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         assert!(Cgroups::oom_killed(&c));
         assert!(!Cgroups::oom_killed(&c2));
     }

@@ -65,7 +65,11 @@ pub enum ContainerError {
 }
 
 /// Writes the bundle and starts the helper with stdout and stderr appended to `log`.
-pub fn spawn(cfg: &ContainerConfig, bundle: &Path, log: &Path) -> Result<tokio::process::Child, ContainerError> {
+pub fn spawn(
+    cfg: &ContainerConfig,
+    bundle: &Path,
+    log: &Path,
+) -> Result<tokio::process::Child, ContainerError> {
     let prep = |what: String| move |source| ContainerError::Prepare { what, source };
     for d in [bundle, &cfg.upper, &cfg.work, &cfg.rootfs] {
         fs::create_dir_all(d).map_err(prep(format!("{}", d.display())))?;
@@ -103,7 +107,10 @@ pub fn helper_main(args: &[String]) -> ExitCode {
         eprintln!("usage: keel-node container CONFIG");
         return ExitCode::from(2);
     };
-    let cfg: ContainerConfig = match fs::read(path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+    let cfg: ContainerConfig = match fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("keel: container config {path}: {e}");
@@ -185,7 +192,10 @@ fn child(cfg: &ContainerConfig) -> io::Error {
         }
     }
     let Some(arg0) = cfg.args.first() else {
-        return io::Error::new(io::ErrorKind::InvalidInput, "no command: the pod and the image name none");
+        return io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no command: the pod and the image name none",
+        );
     };
     let path_var = cfg
         .env
@@ -228,36 +238,82 @@ fn prepare_root(cfg: &ContainerConfig) -> io::Result<()> {
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount(Some("proc"), &dir("proc")?, Some("proc"), nosuid, None)?;
     let dev = dir("dev")?;
-    sys::mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID, Some("mode=755,size=65536k"))?;
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+    sys::mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        libc::MS_NOSUID,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
         sys::mknod_char(&dev.join(name), 0o666, major, minor)?;
         // mknod honours the umask; the nodes must be usable by any user.
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dev.join(name), fs::Permissions::from_mode(0o666))?;
     }
     let pts = dir("dev/pts")?;
-    sys::mount(Some("devpts"), &pts, Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+    sys::mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
     let shm = dir("dev/shm")?;
-    sys::mount(Some("shm"), &shm, Some("tmpfs"), nosuid, Some("mode=1777,size=65536k"))?;
-    for (link, target) in [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+    sys::mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
         std::os::unix::fs::symlink(target, dev.join(link))?;
     }
     // /sys read-only; a node without sysfs in the namespace still runs the container.
     if let Ok(sysdir) = dir("sys") {
-        if let Err(e) = sys::mount(Some("sysfs"), &sysdir, Some("sysfs"), nosuid | libc::MS_RDONLY, None) {
+        if let Err(e) = sys::mount(
+            Some("sysfs"),
+            &sysdir,
+            Some("sysfs"),
+            nosuid | libc::MS_RDONLY,
+            None,
+        ) {
             eprintln!("keel: container /sys not mounted: {e}");
         }
     }
     let etc = dir("etc")?;
     for (name, source) in &cfg.etc_files {
         let target = etc.join(name);
-        if fs::symlink_metadata(&target).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        if fs::symlink_metadata(&target)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
             fs::remove_file(&target)?;
         }
         if !target.exists() {
             fs::write(&target, b"")?;
         }
-        sys::mount(Some(&source.to_string_lossy()), &target, None, libc::MS_BIND, None)?;
+        sys::mount(
+            Some(&source.to_string_lossy()),
+            &target,
+            None,
+            libc::MS_BIND,
+            None,
+        )?;
     }
     Ok(())
 }

@@ -49,7 +49,11 @@ pub enum ImageError {
         source: std::io::Error,
     },
     #[error("{what}: digest mismatch (expected {expected}, got {got})")]
-    Digest { what: String, expected: String, got: String },
+    Digest {
+        what: String,
+        expected: String,
+        got: String,
+    },
     #[error("manifest of {0}: {1}")]
     Manifest(String, String),
     #[error("{0} has no linux/amd64 image")]
@@ -91,7 +95,10 @@ pub struct Descriptor {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Manifest {
     Index(Vec<Descriptor>),
-    Image { config: Descriptor, layers: Vec<Descriptor> },
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    },
 }
 
 /// Parses a manifest or an index (OCI or Docker v2; schema 1 is refused).
@@ -309,7 +316,10 @@ impl Store {
                 Ok(done) => return Ok(done),
                 Err(e) => {
                     if ep.mirror {
-                        eprintln!("keel: pulling {r} from mirror {}: {e}; trying the next endpoint", ep.base);
+                        eprintln!(
+                            "keel: pulling {r} from mirror {}: {e}; trying the next endpoint",
+                            ep.base
+                        );
                     }
                     last = Some(e);
                 }
@@ -318,7 +328,14 @@ impl Store {
         Err(last.unwrap_or_else(|| ImageError::Manifest(r.to_string(), "no endpoint".into())))
     }
 
-    async fn fetch_small(&self, client: &mut Client, url: &str, accept: &[&str], expected: Option<&str>, what: &str) -> Result<Vec<u8>, ImageError> {
+    async fn fetch_small(
+        &self,
+        client: &mut Client,
+        url: &str,
+        accept: &[&str],
+        expected: Option<&str>,
+        what: &str,
+    ) -> Result<Vec<u8>, ImageError> {
         let url = Url::parse(url)?;
         let (_, body) = client.get_small(&url, accept).await?;
         let got = sha256(&body);
@@ -335,12 +352,23 @@ impl Store {
         Ok(body.to_vec())
     }
 
-    async fn pull_from(&self, client: &mut Client, r: &Reference, base: &str) -> Result<(Image, Option<PullStats>), ImageError> {
+    async fn pull_from(
+        &self,
+        client: &mut Client,
+        r: &Reference,
+        base: &str,
+    ) -> Result<(Image, Option<PullStats>), ImageError> {
         let started = Instant::now();
         let repo_url = format!("{base}/v2/{}", r.repository);
         let top_ref = r.manifest_reference();
         let body = self
-            .fetch_small(client, &format!("{repo_url}/manifests/{top_ref}"), ACCEPT, r.digest.as_deref(), &format!("manifest of {r}"))
+            .fetch_small(
+                client,
+                &format!("{repo_url}/manifests/{top_ref}"),
+                ACCEPT,
+                r.digest.as_deref(),
+                &format!("manifest of {r}"),
+            )
             .await?;
         let top_digest = sha256(&body);
         let mut stats = PullStats {
@@ -354,12 +382,23 @@ impl Store {
             Manifest::Index(idx) => {
                 let d = select_platform(&idx).ok_or_else(|| ImageError::NoPlatform(r.to_string()))?;
                 let body = self
-                    .fetch_small(client, &format!("{repo_url}/manifests/{}", d.digest), ACCEPT, Some(&d.digest), &format!("linux/amd64 manifest of {r}"))
+                    .fetch_small(
+                        client,
+                        &format!("{repo_url}/manifests/{}", d.digest),
+                        ACCEPT,
+                        Some(&d.digest),
+                        &format!("linux/amd64 manifest of {r}"),
+                    )
                     .await?;
                 stats.bytes += body.len() as u64;
                 match parse_manifest(&body).map_err(|e| ImageError::Manifest(r.to_string(), e))? {
                     Manifest::Image { config, layers } => (config, layers),
-                    Manifest::Index(_) => return Err(ImageError::Manifest(r.to_string(), "an index inside an index".into())),
+                    Manifest::Index(_) => {
+                        return Err(ImageError::Manifest(
+                            r.to_string(),
+                            "an index inside an index".into(),
+                        ))
+                    }
                 }
             }
         };
@@ -367,13 +406,20 @@ impl Store {
             Ok(b) if sha256(&b) == config.digest => b,
             _ => {
                 let b = self
-                    .fetch_small(client, &format!("{repo_url}/blobs/{}", config.digest), &[], Some(&config.digest), &format!("config of {r}"))
+                    .fetch_small(
+                        client,
+                        &format!("{repo_url}/blobs/{}", config.digest),
+                        &[],
+                        Some(&config.digest),
+                        &format!("config of {r}"),
+                    )
                     .await?;
                 stats.bytes += b.len() as u64;
                 b
             }
         };
-        let doc: ConfigDoc = serde_json::from_slice(&cfg_body).map_err(|e| ImageError::Manifest(r.to_string(), format!("config is not JSON: {e}")))?;
+        let doc: ConfigDoc = serde_json::from_slice(&cfg_body)
+            .map_err(|e| ImageError::Manifest(r.to_string(), format!("config is not JSON: {e}")))?;
         let mut dirs = Vec::new();
         for layer in &layers {
             let dir = self.layer_path(&layer.digest);
@@ -400,7 +446,12 @@ impl Store {
     }
 
     /// Downloads one layer while hashing it, then unpacks it into place. Returns its size.
-    async fn fetch_layer(&self, client: &mut Client, repo_url: &str, layer: &Descriptor) -> Result<u64, ImageError> {
+    async fn fetch_layer(
+        &self,
+        client: &mut Client,
+        repo_url: &str,
+        layer: &Descriptor,
+    ) -> Result<u64, ImageError> {
         let url = Url::parse(&format!("{repo_url}/blobs/{}", layer.digest))?;
         let tmp_dir = self.root.join("tmp");
         fs::create_dir_all(&tmp_dir).map_err(io_err(format!("creating {}", tmp_dir.display())))?;
@@ -423,7 +474,8 @@ impl Store {
                     return Err(RegistryError::TooLarge(url.to_string()).into());
                 }
                 hasher.update(data);
-                file.write_all(data).map_err(io_err(format!("writing {}", blob.display())))?;
+                file.write_all(data)
+                    .map_err(io_err(format!("writing {}", blob.display())))?;
             }
         }
         drop(file);
@@ -454,7 +506,8 @@ impl Store {
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
         }
-        fs::rename(&unpack_dir, &dest).map_err(io_err(format!("moving the layer into {}", dest.display())))?;
+        fs::rename(&unpack_dir, &dest)
+            .map_err(io_err(format!("moving the layer into {}", dest.display())))?;
         Ok(size)
     }
 }
@@ -533,7 +586,9 @@ mod tests {
         );
         let man_d = sha256(manifest.as_bytes());
         store.write_atomic(&store.blob_path(&cfg_d), config).unwrap();
-        store.write_atomic(&store.blob_path(&man_d), manifest.as_bytes()).unwrap();
+        store
+            .write_atomic(&store.blob_path(&man_d), manifest.as_bytes())
+            .unwrap();
         store.write_atomic(&store.ref_path(&r), man_d.as_bytes()).unwrap();
         assert!(store.local(&r).is_none(), "layer not unpacked yet");
         fs::create_dir_all(store.layer_path(&layer_d)).unwrap();

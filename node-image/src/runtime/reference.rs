@@ -48,8 +48,11 @@ fn valid_tag(t: &str) -> bool {
 }
 
 pub fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    d.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 impl Reference {
@@ -84,7 +87,9 @@ impl Reference {
             None => (rest, None),
         };
         let (registry, repo) = match name.split_once('/') {
-            Some((first, remainder)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, remainder))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), remainder.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
@@ -100,7 +105,9 @@ impl Reference {
             repo
         };
         if registry.is_empty() || !repository.split('/').all(valid_repo_component) {
-            return Err(err("invalid repository name (lower-case letters, digits, . _ - and /)"));
+            return Err(err(
+                "invalid repository name (lower-case letters, digits, . _ - and /)",
+            ));
         }
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".to_string())
@@ -117,10 +124,7 @@ impl Reference {
 
     /// What the manifest is fetched by: the digest if there is one, else the tag.
     pub fn manifest_reference(&self) -> &str {
-        self.digest
-            .as_deref()
-            .or(self.tag.as_deref())
-            .unwrap_or("latest")
+        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
     }
 
     /// `docker.io/library/busybox@sha256:…`, the form of a pod's `imageID`.
@@ -195,18 +199,30 @@ mod tests {
     #[test]
     fn docker_hub_names_are_normalised() {
         let r = p("busybox");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.tag.as_deref(), Some("latest"));
         assert_eq!(p("busybox:1.35").to_string(), "docker.io/library/busybox:1.35");
-        assert_eq!(p("docker.io/busybox:1.35").to_string(), "docker.io/library/busybox:1.35");
-        assert_eq!(p("index.docker.io/library/busybox").to_string(), "docker.io/library/busybox:latest");
+        assert_eq!(
+            p("docker.io/busybox:1.35").to_string(),
+            "docker.io/library/busybox:1.35"
+        );
+        assert_eq!(
+            p("index.docker.io/library/busybox").to_string(),
+            "docker.io/library/busybox:latest"
+        );
         assert_eq!(p("bitnami/redis:7").repository, "bitnami/redis");
     }
 
     #[test]
     fn registries_ports_and_digests() {
         let r = p("10.0.2.100:5000/keel/echo:latest");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("10.0.2.100:5000", "keel/echo"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("10.0.2.100:5000", "keel/echo")
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = p(&format!("localhost/x@{d}"));
         assert_eq!(r.registry, "localhost");
@@ -220,7 +236,15 @@ mod tests {
 
     #[test]
     fn bad_references_are_errors() {
-        for bad in ["", "Busybox", "busybox:", "busybox@sha256:xyz", "a//b", "busybox:tag!", "x:  y"] {
+        for bad in [
+            "",
+            "Busybox",
+            "busybox:",
+            "busybox@sha256:xyz",
+            "a//b",
+            "busybox:tag!",
+            "x:  y",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} parsed");
         }
     }
@@ -236,14 +260,26 @@ mod tests {
         assert_eq!(
             e,
             vec![
-                Endpoint { base: "http://10.0.2.100:5000".into(), mirror: true },
-                Endpoint { base: "https://registry-1.docker.io".into(), mirror: false },
+                Endpoint {
+                    base: "http://10.0.2.100:5000".into(),
+                    mirror: true
+                },
+                Endpoint {
+                    base: "https://registry-1.docker.io".into(),
+                    mirror: false
+                },
             ]
         );
         let e = endpoints(&p("quay.io/a/b"), &mirrors, &insecure);
         assert_eq!(e[0].base, "http://mirror.local:5000");
         assert_eq!(e[1].base, "https://quay.io");
         let e = endpoints(&p("10.0.2.100:5001/a"), &mirrors, &insecure);
-        assert_eq!(e, vec![Endpoint { base: "http://10.0.2.100:5001".into(), mirror: false }]);
+        assert_eq!(
+            e,
+            vec![Endpoint {
+                base: "http://10.0.2.100:5001".into(),
+                mirror: false
+            }]
+        );
     }
 }

@@ -260,7 +260,11 @@ impl Client {
     }
 
     /// A small body (manifest, config, token) read whole.
-    pub async fn get_small(&mut self, url: &Url, accept: &[&str]) -> Result<(Option<String>, Bytes), RegistryError> {
+    pub async fn get_small(
+        &mut self,
+        url: &Url,
+        accept: &[&str],
+    ) -> Result<(Option<String>, Bytes), RegistryError> {
         let resp = self.get(url, accept).await?;
         let content_type = resp
             .headers()
@@ -315,7 +319,12 @@ impl Client {
         Ok(token)
     }
 
-    async fn send(&self, url: &Url, accept: &[&str], auth: Option<&str>) -> Result<Response<Incoming>, RegistryError> {
+    async fn send(
+        &self,
+        url: &Url,
+        accept: &[&str],
+        auth: Option<&str>,
+    ) -> Result<Response<Incoming>, RegistryError> {
         let addr = url.authority();
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
             .await
@@ -330,7 +339,10 @@ impl Client {
         let _ = tcp.set_nodelay(true);
         let mut req = Request::get(url.path.as_str())
             .header(header::HOST, addr.as_str())
-            .header(header::USER_AGENT, concat!("keel-node/", env!("CARGO_PKG_VERSION")));
+            .header(
+                header::USER_AGENT,
+                concat!("keel-node/", env!("CARGO_PKG_VERSION")),
+            );
         if !accept.is_empty() {
             req = req.header(header::ACCEPT, accept.join(", "));
         }
@@ -368,7 +380,11 @@ impl Client {
     }
 }
 
-async fn exchange<I>(io: I, req: Request<Empty<Bytes>>, url: &Url) -> Result<Response<Incoming>, RegistryError>
+async fn exchange<I>(
+    io: I,
+    req: Request<Empty<Bytes>>,
+    url: &Url,
+) -> Result<Response<Incoming>, RegistryError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -376,7 +392,9 @@ where
         url: url.to_string(),
         detail: e.to_string(),
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(http_err)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http_err)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

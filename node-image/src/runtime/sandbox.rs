@@ -82,17 +82,25 @@ impl Sandbox {
             .env_clear()
             .spawn()
             .map_err(SandboxError::Spawn)?;
-        let pid = child.id().map(|p| p as i32).ok_or_else(|| SandboxError::NotReady("exited at once".into()))?;
+        let pid = child
+            .id()
+            .map(|p| p as i32)
+            .ok_or_else(|| SandboxError::NotReady("exited at once".into()))?;
         let Some(stdout) = child.stdout.take() else {
             return Err(SandboxError::NotReady("no stdout".into()));
         };
         let mut line = String::new();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::io::BufReader::new(stdout).read_line(&mut line)).await;
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
         if !matches!(read, Ok(Ok(_))) || line.trim() != "ready" {
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {
                 use tokio::io::AsyncReadExt;
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), e.read_to_string(&mut err)).await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), e.read_to_string(&mut err)).await;
             }
             let _ = child.start_kill();
             return Err(SandboxError::NotReady(err.trim().to_string()));

@@ -10,7 +10,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path or argument"))
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in a path or argument"))
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -27,7 +28,13 @@ fn check(r: libc::c_int, what: &str) -> io::Result<()> {
 }
 
 /// mount(2). `data` is the filesystem's option string.
-pub fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+pub fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
     let src = source.map(|s| cstr(OsStr::new(s))).transpose()?;
     let tgt = cpath(target)?;
     let fst = fstype.map(|s| cstr(OsStr::new(s))).transpose()?;
@@ -42,7 +49,14 @@ pub fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: l
             dat.as_ref().map_or(std::ptr::null(), |c| c.as_ptr().cast()),
         )
     };
-    check(r, &format!("mount {} on {}", source.or(fstype).unwrap_or("-"), target.display()))
+    check(
+        r,
+        &format!(
+            "mount {} on {}",
+            source.or(fstype).unwrap_or("-"),
+            target.display()
+        ),
+    )
 }
 
 pub fn umount_detach(target: &Path) -> io::Result<()> {
@@ -69,12 +83,18 @@ pub fn setns(path: &Path, nstype: libc::c_int) -> io::Result<()> {
     let f = std::fs::File::open(path)?;
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call.
-    check(unsafe { libc::setns(f.as_raw_fd(), nstype) }, &format!("setns {}", path.display()))
+    check(
+        unsafe { libc::setns(f.as_raw_fd(), nstype) },
+        &format!("setns {}", path.display()),
+    )
 }
 
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: pointer and length describe `name`'s bytes.
-    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }, "sethostname")
+    check(
+        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
+        "sethostname",
+    )
 }
 
 /// A character device node (`0, 0` is overlayfs' whiteout).
@@ -82,7 +102,10 @@ pub fn mknod_char(path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<
     let p = cpath(path)?;
     let dev = libc::makedev(major, minor);
     // SAFETY: valid C string; mode and dev are plain integers.
-    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | mode, dev) }, &format!("mknod {}", path.display()))
+    check(
+        unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | mode, dev) },
+        &format!("mknod {}", path.display()),
+    )
 }
 
 pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
@@ -96,7 +119,10 @@ pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
 /// This process gets `sig` when its parent (thread) dies.
 pub fn set_parent_death_signal(sig: libc::c_int) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }, "prctl")
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) },
+        "prctl",
+    )
 }
 
 pub enum Fork {
@@ -163,7 +189,14 @@ extern "C" fn forward(sig: libc::c_int) {
 /// Forwards the usual termination signals this process receives to `pid`.
 pub fn forward_signals_to(pid: libc::pid_t) {
     FORWARD_TO.store(pid, std::sync::atomic::Ordering::Relaxed);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2] {
+    for sig in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
         // SAFETY: `forward` only calls the async-signal-safe kill(2).
         unsafe {
             libc::signal(sig, forward as *const () as libc::sighandler_t);

@@ -46,7 +46,10 @@ pub struct Stats {
 
 /// Detects the compression from the first bytes and unpacks the layer file into `dest`.
 pub fn unpack_layer_file(blob: &Path, dest: &Path) -> Result<Stats, UnpackError> {
-    let name = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let io_err = |source| UnpackError::Io {
         layer: name.clone(),
         source,
@@ -111,7 +114,10 @@ pub fn unpack(reader: impl Read, dest: &Path, layer: &str) -> Result<Stats, Unpa
             });
         };
         stats.entries += 1;
-        let file_name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if let Some(deleted) = file_name.strip_prefix(WHITEOUT_PREFIX) {
             let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
             fs::create_dir_all(&parent).map_err(io_err)?;
@@ -239,7 +245,11 @@ mod tests {
             unpack_layer_file(&blob, &dir.path().join("z")),
             Err(UnpackError::Zstd(_))
         ));
-        fs::write(&blob, gz(b"not a tar at all, just some bytes that are not 512 long")).unwrap();
+        fs::write(
+            &blob,
+            gz(b"not a tar at all, just some bytes that are not 512 long"),
+        )
+        .unwrap();
         assert!(unpack_layer_file(&blob, &dir.path().join("g")).is_err());
     }
 }
