@@ -328,33 +328,70 @@ impl NodeSession {
         }
     }
 
-    /// A pod's status, accepted only for pods bound to this node.
+    /// A pod's status, accepted only for pods bound to this node. A pod reported `gone` that
+    /// is being deleted is removed for good (grace period 0): nothing of it runs any more.
     async fn on_pod_status(&self, p: PodStatusReport) -> ApiResult<()> {
         let g = &self.gate;
-        let pod = g
+        let pod = match g
             .client
             .get(g.kinds.pods, Some(p.namespace.clone()), p.name.clone())
-            .await?;
+            .await
+        {
+            Ok(pod) => pod,
+            Err(e) if e.code == 404 => return Ok(()), // already gone
+            Err(e) => return Err(e),
+        };
+        let uid = pod
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let bound_here = pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node.as_str());
-        let same_pod =
-            p.uid.is_empty() || pod.pointer("/metadata/uid").and_then(Value::as_str) == Some(p.uid.as_str());
+        let same_pod = p.uid.is_empty() || p.uid == uid;
         if !bound_here || !same_pod {
-            tracing::warn!(node = %self.node, pod = %format!("{}/{}", p.namespace, p.name), "node reported status of a pod not bound to it; ignored");
+            tracing::warn!(
+                node = %self.node,
+                pod = %format!("{}/{}", p.namespace, p.name),
+                "node reported status of a pod not bound to it; ignored"
+            );
             return Ok(());
         }
-        let status: Value = serde_json::from_slice(&p.status_json)
-            .map_err(|e| ApiError::bad_request(format!("pod status from node is not JSON: {e}")))?;
-        g.client
-            .patch(
-                g.kinds.pods,
-                Some(p.namespace),
-                p.name,
-                Patch::Merge(json!({"status": status})),
-                Some("status".into()),
-                WriteOptions::default(),
-            )
-            .await
-            .map(|_| ())
+        if !p.status_json.is_empty() {
+            let status: Value = serde_json::from_slice(&p.status_json)
+                .map_err(|e| ApiError::bad_request(format!("pod status from node is not JSON: {e}")))?;
+            g.client
+                .patch(
+                    g.kinds.pods,
+                    Some(p.namespace.clone()),
+                    p.name.clone(),
+                    Patch::Merge(json!({"status": status})),
+                    Some("status".into()),
+                    WriteOptions::default(),
+                )
+                .await?;
+        }
+        if p.gone {
+            if pod.pointer("/metadata/deletionTimestamp").is_none() {
+                tracing::warn!(node = %self.node, pod = %p.name, "node reported a pod gone that is not being deleted; ignored");
+                return Ok(());
+            }
+            let options = json!({
+                "kind": "DeleteOptions",
+                "apiVersion": "v1",
+                "gracePeriodSeconds": 0,
+                "preconditions": {"uid": uid},
+            });
+            match g
+                .client
+                .delete(g.kinds.pods, Some(p.namespace), p.name, options)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// An event about the node itself (empty name) or one of its pods.

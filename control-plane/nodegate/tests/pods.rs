@@ -1,0 +1,190 @@
+//! Pods down the session, seen by a plain gRPC client holding a node certificate: the snapshot
+//! carries each pod's ConfigMaps and Secrets, follows their changes, and a node may finish the
+//! deletion of its own pods only.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hyper_util::rt::TokioIo;
+use keel_proto::control_message::Msg as ControlMsg;
+use keel_proto::node_gate_client::NodeGateClient;
+use keel_proto::node_message::Msg as NodeMsg;
+use keel_proto::{ControlMessage, DesiredPods, NodeMessage, PodStatusReport};
+use rustls::pki_types::ServerName;
+use serde_json::{json, Value};
+use support::{pods, rt, wait_for, Gate, DEADLINE};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Endpoint, Uri};
+use tonic::Streaming;
+
+struct NodeSession {
+    up: mpsc::Sender<NodeMessage>,
+    down: Streaming<ControlMessage>,
+}
+
+async fn node_session(gate: &Gate, node: &str) -> NodeSession {
+    let creds = gate
+        .pki
+        .issue_client_certificate(
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let mut cfg = (*gate.pki.client_tls_config(Some(&creds)).unwrap()).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let cfg = Arc::new(cfg);
+    let addr = gate.addr;
+    let connector = tower::service_fn(move |_: Uri| {
+        let cfg = cfg.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    let (up, rx) = mpsc::channel(8);
+    let down = NodeGateClient::new(channel)
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    NodeSession { up, down }
+}
+
+impl NodeSession {
+    /// The next DesiredPods, skipping the Welcome.
+    async fn next_pods(&mut self) -> DesiredPods {
+        loop {
+            let m = tokio::time::timeout(DEADLINE, self.down.message())
+                .await
+                .expect("no message from the gate")
+                .unwrap()
+                .expect("session ended");
+            if let Some(ControlMsg::Pods(p)) = m.msg {
+                return p;
+            }
+        }
+    }
+}
+
+fn pod_json(p: &DesiredPods, i: usize) -> Value {
+    serde_json::from_slice(&p.pods_json[i]).unwrap()
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn snapshots_carry_resolved_references_and_follow_their_changes() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    let configmaps = rt("", "v1", "configmaps");
+    let secrets = rt("", "v1", "secrets");
+    gate.api.seed(
+        configmaps,
+        Some("default"),
+        json!({"kind": "ConfigMap", "metadata": {"name": "app", "namespace": "default"}, "data": {"mode": "fast"}}),
+    );
+    gate.api.seed(
+        secrets,
+        Some("default"),
+        json!({"kind": "Secret", "metadata": {"name": "db", "namespace": "default"}, "data": {"password": b64("s3cret")}}),
+    );
+    let pod = |name: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {"nodeName": node,
+                "volumes": [{"name": "cfg", "configMap": {"name": "app"}}, {"name": "gone", "configMap": {"name": "missing"}}],
+                "containers": [{"name": "c", "image": "busybox",
+                    "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]}]}})
+    };
+    gate.api.seed(pods(), Some("default"), pod("web", "node-x"));
+    gate.api.seed(pods(), Some("default"), pod("other", "node-y"));
+
+    let mut s = node_session(&gate, "node-x").await;
+    let snap = s.next_pods().await;
+    assert_eq!(snap.pods_json.len(), 1, "only the pods bound to node-x");
+    let web = pod_json(&snap, 0);
+    assert_eq!(web["metadata"]["name"], "web");
+    let resolved = &web["keelResolved"];
+    assert_eq!(resolved["configMaps"]["app"], json!({"mode": "fast"}));
+    assert_eq!(resolved["secrets"]["db"], json!({"password": "s3cret"}));
+    assert!(resolved["configMaps"].get("missing").is_none());
+
+    // A referenced ConfigMap changes: a new snapshot, with a newer version.
+    gate.api.seed(
+        configmaps,
+        Some("default"),
+        json!({"kind": "ConfigMap", "metadata": {"name": "app", "namespace": "default"}, "data": {"mode": "safe"}}),
+    );
+    let next = s.next_pods().await;
+    assert!(next.version > snap.version);
+    assert_eq!(
+        pod_json(&next, 0)["keelResolved"]["configMaps"]["app"]["mode"],
+        "safe"
+    );
+
+    // A pod is bound to the node: it joins the set.
+    gate.api.seed(pods(), Some("default"), pod("api", "node-x"));
+    let next = s.next_pods().await;
+    let mut names: Vec<String> = (0..next.pods_json.len())
+        .map(|i| {
+            pod_json(&next, i)["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["api", "web"]);
+    drop(s.up);
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_finishes_deleting_only_its_own_pods() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    let deleting = |name: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}})
+    };
+    gate.api.seed(pods(), Some("default"), deleting("mine", "node-x"));
+    gate.api
+        .seed(pods(), Some("default"), deleting("theirs", "node-y"));
+    let s = node_session(&gate, "node-x").await;
+    let gone = |name: &str| NodeMessage {
+        msg: Some(NodeMsg::PodStatus(PodStatusReport {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            status_json: Vec::new(),
+            gone: true,
+        })),
+    };
+    s.up.send(gone("theirs")).await.unwrap();
+    s.up.send(gone("mine")).await.unwrap();
+    wait_for("node-x's pod to be removed", || {
+        gate.api
+            .object(pods(), Some("default"), "mine")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Messages are handled in order: by now the other node's pod was considered, and kept.
+    assert!(gate.api.object(pods(), Some("default"), "theirs").is_some());
+    gate.stop().await;
+}
