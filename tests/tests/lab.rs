@@ -69,6 +69,37 @@ fn fetch(lab: &Lab, ip: &str) -> Result<String, String> {
     }
 }
 
+/// The switch side of a cut, without pods: the fault follows the node's MAC, the node keeps
+/// its control-plane connection (NIC 0), and heal removes the fault.
+#[test]
+fn cutting_a_node_off_the_segment_and_healing_it() {
+    let lab = lab_with_ready_nodes(3);
+    lab.cut_node("keel-2").unwrap();
+    let status = lab.switch_status().unwrap();
+    let port = |status: &serde_json::Value, node: &str| {
+        status["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["names"][0] == node)
+            .unwrap_or_else(|| panic!("{node} has no port: {status}"))
+            .clone()
+    };
+    assert_eq!(port(&status, "keel-2")["cut"], true, "{status}");
+    assert_eq!(port(&status, "keel-1")["cut"], false, "{status}");
+    assert_eq!(
+        status["faults"][0]["target"]["mac"], "52:54:00:aa:00:02",
+        "{status}"
+    );
+    let ready = lab.node_readiness().unwrap();
+    assert!(ready.iter().all(|(_, r)| *r), "{ready:?}");
+
+    lab.heal_node("keel-2").unwrap();
+    let status = lab.switch_status().unwrap();
+    assert_eq!(port(&status, "keel-2")["cut"], false, "{status}");
+    assert!(status["faults"].as_array().unwrap().is_empty(), "{status}");
+}
+
 #[test]
 fn a_node_cut_off_the_segment_loses_pod_traffic_until_healed() {
     let lab = lab_with_ready_nodes(3);
