@@ -55,6 +55,10 @@ struct ServeArgs {
     /// The Service IP range.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// Serve the API and the node gate only: no scheduler, no controllers (for API tests and
+    /// for running them out of process).
+    #[arg(long)]
+    no_controllers: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -263,11 +267,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let gate_task = tokio::spawn(keel_nodegate::serve(node_listener, gate, stopped()));
     tracing::info!(listen = %args.node_listen, "serving the node gate");
 
+    let mut background = tokio::task::JoinSet::new();
+    if !args.no_controllers {
+        let client: Arc<dyn keel_api::client::ApiClient> =
+            Arc::new(keel_apiserver::client::InProcessClient::new(objects.clone()));
+        let c = client.clone();
+        let stop = stopped();
+        background.spawn(async move {
+            if let Err(e) = keel_scheduler::run(c, stop).await {
+                tracing::error!(error = %e, "the scheduler stopped");
+            }
+        });
+        let stop = stopped();
+        background.spawn(async move {
+            if let Err(e) = keel_controllers::run_all(client, stop).await {
+                tracing::error!(error = %e, "the controllers stopped");
+            }
+        });
+        tracing::info!("running the scheduler and the controllers");
+    }
+
     let api_task = tokio::spawn(keel_apiserver::http::serve(server, listener, tls, stopped()));
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = api_task.await;
+    while background.join_next().await.is_some() {}
     match gate_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "node gate ended with an error"),
         Err(e) => tracing::warn!(error = %e, "node gate task failed"),

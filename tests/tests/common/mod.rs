@@ -18,6 +18,8 @@ pub struct Server {
     pub port: u16,
     /// The node gate's port.
     pub node_port: u16,
+    /// The extra command-line arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -44,8 +46,15 @@ pub fn server_binary() -> PathBuf {
 }
 
 impl Server {
+    /// The API server and node gate alone (`--no-controllers`): API tests drive every object
+    /// themselves, as the "objects whose status is set by the test" asks.
     pub fn start() -> Server {
-        Self::start_with(&[])
+        Self::start_with(&["--no-controllers"])
+    }
+
+    /// The whole control plane: API, node gate, scheduler and controllers.
+    pub fn start_full(extra: &[&str]) -> Server {
+        Self::start_with(extra)
     }
 
     pub fn start_with(extra: &[&str]) -> Server {
@@ -73,6 +82,7 @@ impl Server {
             dir,
             port: ports[0],
             node_port: ports[1],
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.wait_ready();
         s
@@ -188,6 +198,7 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--node-listen")
             .arg(format!("127.0.0.1:{}", self.node_port))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
