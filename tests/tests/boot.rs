@@ -281,6 +281,25 @@ fn unconfigured_node_boots_shows_how_to_join_and_powers_off() {
 }
 
 #[test]
+fn acpi_power_button_powers_off_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let monitor = dir.path().join("monitor.sock");
+    let mut args = direct_boot(&image("initramfs", "image"), "");
+    // No self-test: the node stays up until the button is pressed.
+    if let Some(append) = args.last_mut() {
+        *append = append.replace("keel.selftest=poweroff", "");
+    }
+    args.extend(["-monitor", &format!("unix:{},server,nowait", monitor.display())].map(String::from));
+    let mut vm = Vm::start(&args);
+    vm.wait_for("keel: rootfs read-only: ok", BOOT_DEADLINE);
+    let mut mon = std::os::unix::net::UnixStream::connect(&monitor).expect("QEMU monitor socket");
+    std::io::Write::write_all(&mut mon, b"system_powerdown\n").unwrap();
+    vm.wait_for("keel: power button pressed: powering off", BOOT_DEADLINE);
+    vm.wait_for("reboot: Power down", BOOT_DEADLINE);
+    assert!(vm.wait_exit(BOOT_DEADLINE).success());
+}
+
+#[test]
 fn cmdline_wins_over_appended_archive_and_static_addresses_apply() {
     let dir = tempfile::tempdir().unwrap();
     let conf = format!(

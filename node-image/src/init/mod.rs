@@ -44,8 +44,8 @@ pub use modules::modprobe_main;
 /// starts before that and waits for it before it builds the pod network).
 pub const MODULES_READY: &str = "/run/keel/modules.ready";
 
-/// How long boot waits for a DHCP lease before going on without an address (it keeps trying
-/// in the background loop).
+/// How long boot waits for a DHCP lease before going on without an address (the supervision
+/// loop keeps asking).
 const DHCP_BOOT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn main() -> ExitCode {
@@ -160,7 +160,7 @@ fn boot_and_supervise() -> PowerAction {
         .chain(
             lease_timer
                 .as_ref()
-                .map(|l: &LeaseTimer| l.lease.ntp.clone())
+                .and_then(|l: &LeaseTimer| l.lease.as_ref().map(|l| l.ntp.clone()))
                 .unwrap_or_default(),
         )
         .collect();
@@ -206,6 +206,7 @@ fn boot_and_supervise() -> PowerAction {
         phase("modules", &format!("modules loaded ({loaded})"));
     }
     set_sysctls();
+    sup.watch_power_buttons();
     if let Err(e) = std::fs::write(MODULES_READY, b"") {
         say!("{MODULES_READY}: {e}");
     }
@@ -274,50 +275,82 @@ fn set_sysctls() {
     }
 }
 
-/// Renews the DHCP lease of NIC 0 from the supervision loop.
+/// Keeps NIC 0's DHCP lease from the supervision loop: renews it at half its lifetime, or, when
+/// boot went on without one, keeps asking for one every 30 s.
 struct LeaseTimer {
     client: dhcp::Client,
     nic: Nic,
-    lease: dhcp::Lease,
-    renew_at: Instant,
+    lease: Option<dhcp::Lease>,
+    next: Instant,
+}
+
+const DHCP_RETRY: Duration = Duration::from_secs(30);
+
+fn half_life(lease: &dhcp::Lease) -> Instant {
+    Instant::now() + Duration::from_secs(u64::from(lease.lease_secs.max(60) / 2))
+}
+
+/// Puts a lease on the interface: address, default route, resolv.conf.
+fn apply_lease(rtnl: &mut Rtnl, nic: &Nic, lease: &dhcp::Lease) -> std::io::Result<()> {
+    rtnl.add_addr(nic.ifindex, lease.address, lease.prefix_len)?;
+    if let Some(gw) = lease.router {
+        let onlink = !net::in_subnet(lease.address, lease.prefix_len, gw);
+        rtnl.default_route(nic.ifindex, gw, lease.address, onlink, true)?;
+    }
+    Ok(())
 }
 
 impl LeaseTimer {
-    fn new(client: dhcp::Client, nic: Nic, lease: dhcp::Lease) -> LeaseTimer {
-        let renew_at = Instant::now() + Duration::from_secs(u64::from(lease.lease_secs.max(60) / 2));
+    fn new(client: dhcp::Client, nic: Nic, lease: Option<dhcp::Lease>) -> LeaseTimer {
+        let next = lease.as_ref().map_or(Instant::now() + DHCP_RETRY, half_life);
         LeaseTimer {
             client,
             nic,
             lease,
-            renew_at,
+            next,
         }
     }
 }
 
 impl supervise::Timer for LeaseTimer {
     fn due(&self) -> Option<Instant> {
-        Some(self.renew_at)
+        Some(self.next)
     }
 
     fn fire(&mut self) {
-        match self.client.renew(&self.lease, Duration::from_secs(5)) {
+        let result = match &self.lease {
+            Some(old) => self.client.renew(old, Duration::from_secs(5)),
+            None => self.client.obtain(Duration::from_secs(5)),
+        };
+        match result {
             Ok(lease) => {
-                if lease.address != self.lease.address {
-                    say!(
-                        "DHCP renewal on {} gave a new address {}",
-                        self.nic.name,
-                        lease.address
-                    );
-                    if let Ok(mut rtnl) = Rtnl::open() {
-                        let _ = rtnl.add_addr(self.nic.ifindex, lease.address, lease.prefix_len);
+                let changed = self.lease.as_ref().map(|l| l.address) != Some(lease.address);
+                if changed {
+                    let applied = Rtnl::open().and_then(|mut rtnl| apply_lease(&mut rtnl, &self.nic, &lease));
+                    match applied {
+                        Ok(()) => say!(
+                            "network up: {} {}/{} via DHCP",
+                            self.nic.name,
+                            lease.address,
+                            lease.prefix_len
+                        ),
+                        Err(e) => say!("network: applying the DHCP lease on {}: {e}", self.nic.name),
+                    }
+                    if let Err(e) = net::write_resolv_conf(&lease.dns, lease.domain.as_deref()) {
+                        say!("/run/resolv.conf: {e}");
                     }
                 }
-                self.renew_at = Instant::now() + Duration::from_secs(u64::from(lease.lease_secs.max(60) / 2));
-                self.lease = lease;
+                self.next = half_life(&lease);
+                self.lease = Some(lease);
             }
             Err(e) => {
-                say!("DHCP renewal on {}: {e}; retrying in 60 s", self.nic.name);
-                self.renew_at = Instant::now() + Duration::from_secs(60);
+                if self.lease.is_some() {
+                    say!(
+                        "DHCP renewal on {}: {e}; retrying in {DHCP_RETRY:?}",
+                        self.nic.name
+                    );
+                }
+                self.next = Instant::now() + DHCP_RETRY;
             }
         }
     }
@@ -392,59 +425,56 @@ fn bring_up_network(cfg: &mut NodeConfig) -> NetResult {
             }
         }
     } else {
-        let exchange = dhcp::Client::new(nic0.ifindex, nic0.mac, cfg.name.clone())
-            .and_then(|c| c.obtain(DHCP_BOOT_TIMEOUT).map(|l| (c, l)));
-        match exchange {
-            Ok((client, lease)) => {
-                let applied = rtnl
-                    .add_addr(nic0.ifindex, lease.address, lease.prefix_len)
-                    .and_then(|_| match lease.router {
-                        Some(gw) => {
-                            let onlink = !net::in_subnet(lease.address, lease.prefix_len, gw);
-                            rtnl.default_route(nic0.ifindex, gw, lease.address, onlink, true)
-                        }
-                        None => Ok(()),
-                    });
-                if let Err(e) = applied {
-                    say!("network: applying the DHCP lease on {}: {e}", nic0.name);
-                }
-                phase(
-                    "network",
-                    &format!(
-                        "network up: {} {}/{} via DHCP (gateway {})",
-                        nic0.name,
-                        lease.address,
-                        lease.prefix_len,
-                        lease.router.map_or("none".into(), |g| g.to_string())
-                    ),
-                );
-                cfg.interfaces.push(iface(
-                    &nic0,
-                    Some(format!("{}/{}", lease.address, lease.prefix_len)),
-                    lease.router,
-                    "dhcp",
-                ));
-                dns = lease.dns.clone();
-                domain = lease.domain.clone();
-                result.fallback_name = lease
-                    .hostname
-                    .as_deref()
-                    .map(|h| h.split('.').next().unwrap_or(h).to_ascii_lowercase())
-                    .filter(|h| NodeConfig::default().set("name", h).is_ok());
-                timer = Some(LeaseTimer::new(client, nic0.clone(), lease));
-            }
+        match dhcp::Client::new(nic0.ifindex, nic0.mac, cfg.name.clone()) {
             Err(e) => {
                 say!("network: DHCP on {}: {e}", nic0.name);
                 cfg.interfaces.push(iface(&nic0, None, None, "dhcp"));
             }
+            Ok(client) => match client.obtain(DHCP_BOOT_TIMEOUT) {
+                Ok(lease) => {
+                    if let Err(e) = apply_lease(&mut rtnl, &nic0, &lease) {
+                        say!("network: applying the DHCP lease on {}: {e}", nic0.name);
+                    }
+                    phase(
+                        "network",
+                        &format!(
+                            "network up: {} {}/{} via DHCP (gateway {})",
+                            nic0.name,
+                            lease.address,
+                            lease.prefix_len,
+                            lease.router.map_or("none".into(), |g| g.to_string())
+                        ),
+                    );
+                    cfg.interfaces.push(iface(
+                        &nic0,
+                        Some(format!("{}/{}", lease.address, lease.prefix_len)),
+                        lease.router,
+                        "dhcp",
+                    ));
+                    dns = lease.dns.clone();
+                    domain = lease.domain.clone();
+                    result.fallback_name = lease
+                        .hostname
+                        .as_deref()
+                        .map(|h| h.split('.').next().unwrap_or(h).to_ascii_lowercase())
+                        .filter(|h| NodeConfig::default().set("name", h).is_ok());
+                    timer = Some(LeaseTimer::new(client, nic0.clone(), Some(lease)));
+                }
+                Err(e) => {
+                    say!(
+                        "network: DHCP on {}: {e}; going on without an address, retrying every {DHCP_RETRY:?}",
+                        nic0.name
+                    );
+                    cfg.interfaces.push(iface(&nic0, None, None, "dhcp"));
+                    timer = Some(LeaseTimer::new(client, nic0.clone(), None));
+                }
+            },
         }
     }
-    if timer.is_none() && cfg.static_ip.is_some() {
-        let i = cfg
-            .interfaces
-            .first()
-            .and_then(|i| i.ipv4.clone())
-            .unwrap_or_default();
+    if let (Some(_), Some(i)) = (
+        &cfg.static_ip,
+        cfg.interfaces.first().and_then(|i| i.ipv4.clone()),
+    ) {
         phase("network", &format!("network up: {} {i} (static)", nic0.name));
     }
     for (n, nic) in nics.iter().enumerate().skip(1) {

@@ -11,9 +11,11 @@
 //! | SIGCHLD | reap; restart the agent if it was the agent |
 //! | SIGTERM, SIGINT (Ctrl-Alt-Del), SIGRTMIN+5 | reboot |
 //! | SIGUSR2, SIGPWR, SIGRTMIN+4 | power off |
+//! | ACPI power button (QEMU `system_powerdown`, a hypervisor's "shut down") | power off |
 
 use crate::say;
 use crate::sys::{self, ExitStatus, PowerAction, SignalFd};
+use std::fs::File;
 use std::io::{PipeReader, PipeWriter, Read};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
@@ -40,6 +42,7 @@ pub struct Supervisor {
     next_start: Option<Instant>,
     backoff: Duration,
     config_path: String,
+    buttons: Vec<File>,
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -75,7 +78,14 @@ impl Supervisor {
             next_start: Some(Instant::now()),
             backoff: MIN_BACKOFF,
             config_path: config_path.to_string(),
+            buttons: Vec::new(),
         })
+    }
+
+    /// Opens the ACPI power buttons (once the `button` and `evdev` modules are loaded); a press
+    /// from then on powers the node off.
+    pub fn watch_power_buttons(&mut self) {
+        self.buttons = power_buttons();
     }
 
     /// Starts the agent now (the loop restarts it when it exits).
@@ -151,9 +161,27 @@ impl Supervisor {
         }
     }
 
+    /// Whether a power-button input device reported a key press.
+    fn power_button_pressed(button: &mut File) -> bool {
+        const EV_KEY: u16 = 1;
+        const KEY_POWER: u16 = 116;
+        // struct input_event on x86_64: struct timeval (16 bytes), u16 type, u16 code, i32 value.
+        let mut buf = [0u8; 24 * 16];
+        let Ok(n) = button.read(&mut buf) else {
+            return false;
+        };
+        buf[..n].chunks_exact(24).any(|ev| {
+            let ty = u16::from_ne_bytes([ev[16], ev[17]]);
+            let code = u16::from_ne_bytes([ev[18], ev[19]]);
+            let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+            ty == EV_KEY && code == KEY_POWER && value == 1
+        })
+    }
+
     /// Runs forever; returns the action once a poweroff/reboot was requested (or `stop_after`
     /// elapsed after the agent's first start, for the boot self-test).
     pub fn run(&mut self, timers: &mut [&mut dyn Timer], poweroff_after_start: bool) -> PowerAction {
+        let mut buttons = std::mem::take(&mut self.buttons);
         loop {
             if self.next_start.is_some_and(|t| t <= Instant::now()) {
                 self.start_agent();
@@ -175,7 +203,9 @@ impl Supervisor {
                 };
             }
             let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
-            let ready = match sys::poll_readable(&[self.signals.raw(), self.out_r.as_raw_fd()], timeout) {
+            let mut fds = vec![self.signals.raw(), self.out_r.as_raw_fd()];
+            fds.extend(buttons.iter().map(|b| b.as_raw_fd()));
+            let ready = match sys::poll_readable(&fds, timeout) {
                 Ok(r) => r,
                 Err(e) => {
                     say!("poll: {e}");
@@ -185,6 +215,12 @@ impl Supervisor {
             };
             if ready.get(1).copied().unwrap_or(false) {
                 self.forward_output();
+            }
+            for (i, button) in buttons.iter_mut().enumerate() {
+                if ready.get(2 + i).copied().unwrap_or(false) && Self::power_button_pressed(button) {
+                    say!("power button pressed: powering off");
+                    return PowerAction::PowerOff;
+                }
             }
             if ready.first().copied().unwrap_or(false) {
                 while let Some(sig) = self.signals.read() {
@@ -269,4 +305,26 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The input devices of ACPI power buttons (needs the `button` and `evdev` modules).
+fn power_buttons() -> Vec<File> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/input") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("event"))
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("device/name")).is_ok_and(|n| n.trim() == "Power Button")
+        })
+        .filter_map(|e| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(std::path::Path::new("/dev/input").join(e.file_name()))
+                .ok()
+        })
+        .collect()
 }
