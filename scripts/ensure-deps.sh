@@ -18,6 +18,7 @@ declare -A WANT=(
   [depmod]=kmod
   [/bin/busybox]=busybox-static
   [protoc]=protobuf-compiler
+  [/usr/include/google/protobuf/descriptor.proto]=libprotobuf-dev
   [musl-gcc]=musl-tools
   [docker-registry]=docker-registry
   [skopeo]=skopeo
@@ -45,4 +46,20 @@ fi
 if ! rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl; then
   echo "==> adding the Rust target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl
+fi
+
+# The independent Python client the API tests use (tests/python, run by tests/tests/python_client.rs):
+# the official Kubernetes client from PyPI and pytest, installed for the user's python3 when missing.
+PY_WANT=()
+python3 -c "import kubernetes" >/dev/null 2>&1 || PY_WANT+=("kubernetes==37.0.2")
+python3 -c "import pytest" >/dev/null 2>&1 || PY_WANT+=("pytest")
+if [ ${#PY_WANT[@]} -gt 0 ]; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "==> installing pip (Debian package python3-pip)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  echo "==> installing Python packages for the client tests: ${PY_WANT[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${PY_WANT[@]}" \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "${PY_WANT[@]}"
 fi

@@ -441,7 +441,7 @@ async fn watch_fan_out(
             let api: Api<ConfigMap> = Api::namespaced(clients[i % clients.len()].clone(), "watch");
             let from = from.clone();
             async move {
-                let wp = WatchParams::default().fields("metadata.name=target").timeout(300);
+                let wp = WatchParams::default().fields("metadata.name=target").timeout(280);
                 api.watch(&wp, &from)
                     .await
                     .with_context(|| format!("opening watch {i}"))

@@ -70,8 +70,8 @@ impl Table {
         let rule = "-".repeat(w0 + w1 + w2 + 14);
         let _ = writeln!(
             out,
-            "{:<w0$}  {:>w1$}  {:<w2$}  {}",
-            "figure", "measured", "goal", "result"
+            "{:<w0$}  {:>w1$}  {:<w2$}  result",
+            "figure", "measured", "goal"
         );
         for (title, rows) in &self.sections {
             let _ = writeln!(out, "{rule}");

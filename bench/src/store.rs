@@ -55,7 +55,7 @@ pub struct Figures {
 #[derive(Clone)]
 pub enum Kv {
     Embedded(Arc<dyn Store>),
-    Etcd(etcd_client::KvClient),
+    Etcd(Box<etcd_client::KvClient>),
 }
 
 impl Kv {

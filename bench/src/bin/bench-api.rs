@@ -143,7 +143,7 @@ async fn store_level(w: store::Workload, table: &mut Table, detail: &mut Vec<Str
     eprintln!("  etcd {} ...", etcd::binary().display());
     let server = etcd::Etcd::start().await?;
     let client = server.client().await?;
-    let reference = store::measure(store::Kv::Etcd(client.kv_client()), w)
+    let reference = store::measure(store::Kv::Etcd(Box::new(client.kv_client())), w)
         .await
         .with_context(|| format!("measuring etcd; its log:\n{}", server.log()))?;
     drop(server);
