@@ -323,6 +323,7 @@ mod tests {
                 },
             ],
             boot_phases: vec![],
+            overlay: None,
         }
     }
 

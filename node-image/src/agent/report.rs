@@ -100,6 +100,7 @@ impl Reporter {
                 cond("Ready", "True"),
             ],
             boot_phases: self.boot_phases.clone(),
+            overlay: None,
         }
     }
 }
