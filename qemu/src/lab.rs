@@ -346,6 +346,13 @@ fn lock_file(file: &File) -> std::io::Result<()> {
     }
 }
 
+/// Takes an exclusive lock without waiting; false when someone else holds it.
+fn try_lock_file(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on an fd we own for the duration of the call.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// Whether any process recorded in `dir/pids` still runs.
 pub fn running_processes(dir: &Path) -> Vec<(String, Recorded)> {
     let Ok(entries) = std::fs::read_dir(dir.join("pids")) else {
@@ -374,16 +381,25 @@ impl Lab {
             None
         };
         preflight(&options)?;
+        let mut start_guard: Option<File> = None;
         let (dir, temp) = match &options.dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
                 let d = d
                     .canonicalize()
                     .map_err(io(format!("cannot resolve {}", d.display())))?;
-                if !running_processes(&d).is_empty() {
+                // Two `up`s at the same moment: the second finds the start lock taken.
+                let start_lock = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(d.join("start.lock"))
+                    .map_err(io(format!("cannot open {}/start.lock", d.display())))?;
+                if !try_lock_file(&start_lock) || !running_processes(&d).is_empty() {
                     return Err(LabError::AlreadyRunning(d));
                 }
                 clean_dir(&d, true);
+                start_guard = Some(start_lock);
                 (d, None)
             }
             None => {
@@ -434,7 +450,9 @@ impl Lab {
             _qemu_lock: qemu_lock,
             options,
         };
-        if let Err(e) = lab.bring_up() {
+        let started = lab.bring_up();
+        drop(start_guard);
+        if let Err(e) = started {
             let logs = lab.logs(30);
             lab.stop_all();
             if let Some(t) = lab.temp.take() {
@@ -1114,6 +1132,8 @@ pub fn down(dir: &Path) -> Result<DownReport, LabError> {
         report.relays_killed = stop_relays(&ports);
     }
     clean_dir(dir, false);
+    // Not in clean_dir: `up` cleans while holding this lock, and must keep holding the same file.
+    let _ = std::fs::remove_file(dir.join("start.lock"));
     Ok(report)
 }
 
