@@ -107,6 +107,7 @@ fn up_detaches_refuses_a_second_up_and_down_leaves_nothing() {
         "server",
         "registry-data",
         "switch.sock",
+        "start.lock",
     ] {
         assert!(!dir.join(gone).exists(), "{gone} left behind");
     }
