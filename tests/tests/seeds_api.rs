@@ -745,7 +745,10 @@ fn create_and_delete_by_file() {
     for (file, object) in [
         ("yaml-05-pod-mytomcat.yaml", "pod/mytomcat"),
         ("yaml-16-secret.yaml", "secret/mysecret"),
-        ("yaml-24-rc-mywebapp.yaml", "replicationcontroller/mywebapp"),
+        (
+            "yaml-36-role-pod-reader.yaml",
+            "role.rbac.authorization.k8s.io/pod-reader",
+        ),
         (
             "yaml-37-clusterrole-secret-reader.yaml",
             "clusterrole.rbac.authorization.k8s.io/secret-reader",
@@ -755,7 +758,7 @@ fn create_and_delete_by_file() {
         let out = s.ok(&k, &["create", "-f", &manifest(file)]);
         assert_eq!(out.trim_end(), format!("{object} created"));
     }
-    // KCTL-53: a second create of the same file is refused.
+    // A second create of the same file is refused.
     let path = manifest("yaml-05-pod-mytomcat.yaml");
     assert_stderr(
         &fails(&s, &k, &["create", "-f", &path]),
@@ -804,6 +807,37 @@ fn create_and_delete_by_file() {
         "/data"
     );
 
+    // KCTL-53: `kubectl create -f <directory>` takes every manifest in it, in name order.
+    let dir = tempfile::tempdir().expect("temp dir");
+    for f in [
+        "yaml-20-configmaps.yaml",
+        "yaml-25-service-mywebapp.yaml",
+        "yaml-26-service-multiport.yaml",
+    ] {
+        std::fs::copy(seeds_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    assert_eq!(
+        s.ok(&k, &["create", "-f", &dir.path().display().to_string()])
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "configmap/special-config created",
+            "configmap/env-config created",
+            "service/mywebapp-service created",
+            "service/mywebapp-multiport created",
+        ]
+    );
+
+    // KCTL-23: every Pod (no controller owns these two).
+    assert_eq!(
+        s.ok(&k, &["delete", "pod", "--all"]).lines().collect::<Vec<_>>(),
+        [r#"pod "mytomcat" deleted"#, r#"pod "test-pd" deleted"#]
+    );
+    let none = k.run(&["get", "pods"]).unwrap();
+    assert!(
+        none.success() && none.stderr.contains("No resources found in default namespace."),
+        "{none:?}"
+    );
     // KCTL-22/23: delete by file and by name, for several kinds.
     let out = s.ok(
         &k,
@@ -845,15 +879,6 @@ fn create_and_delete_by_file() {
         )
         .trim_end(),
         r#"clusterrole.rbac.authorization.k8s.io "secret-reader" deleted"#
-    );
-    assert_eq!(
-        s.ok(&k, &["delete", "pod", "--all"]).lines().collect::<Vec<_>>(),
-        [r#"pod "mytomcat" deleted"#, r#"pod "test-pd" deleted"#]
-    );
-    let none = k.run(&["get", "pods"]).unwrap();
-    assert!(
-        none.success() && none.stderr.contains("No resources found in default namespace."),
-        "{none:?}"
     );
 }
 
