@@ -144,23 +144,27 @@ VERSION=$(awk -F'"' '/^\[workspace.package\]/ {s=1} s && /^version/ {print $2; e
 CA=/etc/ssl/certs/ca-certificates.crt
 [ -f "$CA" ] || die "$CA missing (apt-get install ca-certificates)"
 mkdir -p "$STAGE"/{etc/ssl/certs,etc/keel,sbin,proc,sys,dev,run,tmp,var,root}
-cp -f "$CA" "$STAGE/etc/ssl/certs/ca-certificates.crt"
-cat > "$STAGE/etc/os-release" <<OSR
+# put DEST: stdin becomes DEST only if it differs (unchanged files keep their mtime, so an
+# unchanged image is not repacked).
+put() { local tmp; tmp=$(mktemp); cat > "$tmp"; if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; chmod 0644 "$1"; fi; }
+# link TARGET NAME: a symlink, replaced only if it points elsewhere.
+link() { [ "$(readlink "$2" 2>/dev/null)" = "$1" ] || ln -sfn "$1" "$2"; }
+put "$STAGE/etc/ssl/certs/ca-certificates.crt" < "$CA"
+put "$STAGE/etc/os-release" <<OSR
 NAME="Keel"
 ID=keel
 VERSION_ID=$VERSION
 PRETTY_NAME="Keel $VERSION"
-HOME_URL="https://github.com/keel"
 OSR
-sed 's/#.*//; /^[[:space:]]*$/d' "$MODULES_FILE" > "$STAGE/etc/keel/modules"
-ln -sfn /run/resolv.conf "$STAGE/etc/resolv.conf"
-ln -sfn /run/hosts "$STAGE/etc/hosts"
-ln -sfn /run/hostname "$STAGE/etc/hostname"
-ln -sfn /proc/self/mounts "$STAGE/etc/mtab"
-printf 'root:x:0:0:root:/root:/init\n' > "$STAGE/etc/passwd"
-printf 'root:x:0:\n' > "$STAGE/etc/group"
+sed 's/#.*//; /^[[:space:]]*$/d' "$MODULES_FILE" | put "$STAGE/etc/keel/modules"
+link /run/resolv.conf "$STAGE/etc/resolv.conf"
+link /run/hosts "$STAGE/etc/hosts"
+link /run/hostname "$STAGE/etc/hostname"
+link /proc/self/mounts "$STAGE/etc/mtab"
+printf 'root:x:0:0:root:/root:/init\n' | put "$STAGE/etc/passwd"
+printf 'root:x:0:\n' | put "$STAGE/etc/group"
 cmp -s "$NODE_BIN" "$STAGE/init" 2>/dev/null || install -m 0755 "$NODE_BIN" "$STAGE/init"
-ln -sfn ../init "$STAGE/sbin/modprobe"
+link ../init "$STAGE/sbin/modprobe"
 
 if [ -z "$(find "$STAGE" -newer "$OUT/initramfs" -print -quit 2>/dev/null)" ] && [ -e "$OUT/initramfs" ] \
    && [ "$OUT/initramfs" -nt "$NODE_BIN" ]; then

@@ -609,13 +609,14 @@ fn print_summary(cfg: &NodeConfig) {
         .find_map(|i| i.ipv4.clone())
         .unwrap_or_else(|| "(no address yet)".into());
     say!(
-        "this node is not configured to join a cluster.\n\
-         To join it, on the control plane run:\n\
-         \x20   keel-server token create\n\
-         then boot this node with these kernel arguments (or put them, without `keel.`, in\n\
-         /keel/node.conf on a disk labelled KEELCFG, or in VMware guestinfo.keel.*):\n\
-         \x20   keel.server=https://<control-plane>:<port> keel.token=<token> keel.ca-hash=sha256:<hash>\n\
-         or boot an ISO made by `keel-server node-iso`, which carries them.\n\
+        "this node is not configured to join a cluster. To join it:\n\
+         1. on the control plane: keel-server token create\n\
+         2. boot this node with the kernel arguments\n\
+         \x20    keel.server=https://<control-plane>:<port>\n\
+         \x20    keel.token=<token> keel.ca-hash=sha256:<hash>\n\
+         \x20  or put them (without `keel.`) in keel/node.conf on a\n\
+         \x20  disk labelled KEELCFG, or in VMware guestinfo.keel.*,\n\
+         \x20  or boot an ISO made by `keel-server node-iso`.\n\
          Node address: {addr}. Waiting."
     );
 }
