@@ -10,10 +10,12 @@
 //! * [`replicaset`]: ReplicaSets and ReplicationControllers (pods from a template).
 //! * [`deployment`]: Deployments (ReplicaSets per template, rolling update and recreate,
 //!   revisions, history cleanup, rollout status conditions).
+//! * [`endpoints`]: the Endpoints of Services with selectors.
 //!
 //! Entry point: [`run_all`].
 
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod kinds;
 pub mod pods;
@@ -108,6 +110,18 @@ pub async fn run_all(
         Controller::new("deployment", client.clone(), k.deployments)
             .owns(k.replica_sets)
             .run(deployment::reconcile, ctx.clone(), stopped()),
+    );
+    let selectors = Arc::new(endpoints::Selectors::default());
+    tasks.spawn(
+        Controller::new("endpoints", client.clone(), k.services)
+            .watches(k.services, selectors.service_mapper())
+            .watches(k.pods, selectors.pod_mapper())
+            .run_with_cleanup(
+                endpoints::reconcile,
+                Some(endpoints::cleanup()),
+                ctx.clone(),
+                stopped(),
+            ),
     );
     tracing::info!("controllers running");
     shutdown.await;

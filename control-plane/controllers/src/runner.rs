@@ -84,6 +84,12 @@ pub enum Error {
 /// Maps an event's object to the primary keys it concerns.
 pub type Mapper = Arc<dyn Fn(&Value) -> Vec<ObjectRef> + Send + Sync>;
 
+/// What runs for a key whose primary object no longer exists (most controllers need nothing:
+/// the garbage collector removes what they owned).
+pub type Cleanup<C> = Arc<
+    dyn Fn(ObjectRef, Arc<C>) -> keel_api::client::BoxFuture<'static, Result<Action, Error>> + Send + Sync,
+>;
+
 /// A controller: a primary kind, the kinds it watches, and how many workers reconcile.
 pub struct Controller {
     name: &'static str,
@@ -146,6 +152,21 @@ impl Controller {
         F: Fn(Arc<Value>, Arc<C>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, Error>> + Send + 'static,
     {
+        self.run_with_cleanup(reconcile, None, ctx, shutdown).await
+    }
+
+    /// [`Controller::run`], calling `cleanup` for keys whose primary object is gone.
+    pub async fn run_with_cleanup<C, F, Fut>(
+        self,
+        reconcile: F,
+        cleanup: Option<Cleanup<C>>,
+        ctx: Arc<C>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) where
+        C: Send + Sync + 'static,
+        F: Fn(Arc<Value>, Arc<C>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+    {
         let queue = Arc::new(WorkQueue::default());
         let known: Arc<Mutex<HashSet<ObjectRef>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
@@ -196,6 +217,7 @@ impl Controller {
                 self.primary,
                 queue.clone(),
                 reconcile.clone(),
+                cleanup.clone(),
                 ctx.clone(),
             ));
         }
@@ -228,6 +250,7 @@ async fn worker<C, F, Fut>(
     primary: &'static ResourceType,
     queue: Arc<WorkQueue>,
     reconcile: Arc<F>,
+    cleanup: Option<Cleanup<C>>,
     ctx: Arc<C>,
 ) where
     C: Send + Sync + 'static,
@@ -238,8 +261,11 @@ async fn worker<C, F, Fut>(
         let key = queue.pop().await;
         let result = match client.get(primary, key.namespace.clone(), key.name.clone()).await {
             Ok(obj) => reconcile(Arc::new(obj), ctx.clone()).await,
-            // Gone: owned objects are the garbage collector's, nothing to do here.
-            Err(e) if e.code == 404 => Ok(Action::Done),
+            // Gone: owned objects are the garbage collector's; some controllers clean up more.
+            Err(e) if e.code == 404 => match &cleanup {
+                Some(f) => f(key.clone(), ctx.clone()).await,
+                None => Ok(Action::Done),
+            },
             Err(e) => Err(Error::Api(e)),
         };
         match result {

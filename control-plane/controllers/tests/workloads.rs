@@ -253,3 +253,82 @@ async fn replication_controller_adopts_orphans_and_fills_up() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_ready_pods_of_a_service() {
+    let c = Cluster::start().await;
+    c.run_controllers();
+    c.run_fake_kubelet();
+    c.create(
+        "",
+        "services",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "api", "namespace": "default", "labels": {"team": "x"}},
+               "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    )
+    .await;
+    let mut d = deployment("api", 2, "nginx:1.0");
+    d["metadata"]["annotations"] = json!({});
+    c.create("apps", "deployments", d).await;
+    let ep = wait_for(20, "2 ready addresses", || async {
+        let ep = c
+            .client
+            .get(support::rt("", "endpoints"), Some("default".into()), "api".into())
+            .await
+            .ok()?;
+        (ep.pointer("/subsets/0/addresses")
+            .and_then(Value::as_array)?
+            .len()
+            == 2)
+            .then_some(ep)
+    })
+    .await;
+    assert_eq!(
+        ep["subsets"][0]["ports"],
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"}])
+    );
+    assert_eq!(ep["metadata"]["labels"]["team"], "x");
+    assert_eq!(ep["subsets"][0]["addresses"][0]["targetRef"]["kind"], "Pod");
+
+    // Scaled to 3: the new pod's address appears.
+    c.patch(
+        "apps",
+        "deployments",
+        "default",
+        "api",
+        json!({"spec": {"replicas": 3}}),
+    )
+    .await;
+    wait_for(20, "3 addresses", || async {
+        let ep = c
+            .client
+            .get(support::rt("", "endpoints"), Some("default".into()), "api".into())
+            .await
+            .ok()?;
+        (ep.pointer("/subsets/0/addresses")
+            .and_then(Value::as_array)?
+            .len()
+            == 3)
+            .then_some(())
+    })
+    .await;
+
+    // The Service goes, and its Endpoints with it.
+    c.client
+        .delete(
+            support::rt("", "services"),
+            Some("default".into()),
+            "api".into(),
+            Value::Null,
+        )
+        .await
+        .expect("delete service");
+    wait_for(20, "the endpoints deleted", || async {
+        let r = c
+            .client
+            .get(support::rt("", "endpoints"), Some("default".into()), "api".into())
+            .await;
+        matches!(r, Err(e) if e.code == 404).then_some(())
+    })
+    .await;
+}

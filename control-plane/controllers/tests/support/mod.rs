@@ -138,8 +138,12 @@ impl Drop for Cluster {
     }
 }
 
+static NEXT_IP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(2);
+
 pub fn mark_ready(pod: &mut Value) {
     let now = keel_api::time::now_rfc3339();
+    let n = NEXT_IP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pod["status"]["podIP"] = json!(format!("10.244.{}.{}", n / 250, n % 250 + 1));
     pod["status"]["phase"] = json!("Running");
     pod["status"]["conditions"] = json!([
         {"type": "Ready", "status": "True", "lastTransitionTime": now},
