@@ -1029,6 +1029,69 @@ fn namespaces_get_a_default_service_account() {
     row(&sa, "default");
 }
 
+/// Every namespace also gets the `kube-root-ca.crt` ConfigMap (the cluster CA for in-cluster
+/// clients such as YAML-45's heapster).
+#[test]
+fn namespaces_get_the_root_ca_config_map() {
+    let s = Server::start();
+    let k = s.kubectl();
+    s.ok(&k, &["apply", "-f", &manifest("yaml-22-namespace-pod.yaml")]);
+    let ca = wait_for(30, "ConfigMap development/kube-root-ca.crt", || {
+        k.run(&[
+            "get",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            "development",
+            "-o",
+            r"jsonpath={.data.ca\.crt}",
+        ])
+        .ok()
+        .filter(|o| o.success())
+        .map(|o| o.stdout)
+    });
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+}
+
+/// YAML-08/10/24..27: every Service with a selector gets its Endpoints and EndpointSlice from
+/// the controllers even while no Pod is ready (upstream prints `<none>` / `<unset>`); the
+/// selector-less `my-service` keeps the Endpoints written by hand.
+#[test]
+fn services_with_selectors_get_endpoints() {
+    let s = Server::start();
+    let k = s.kubectl();
+    for f in [
+        "yaml-08-rc-service-nginx.yaml",
+        "yaml-25-service-mywebapp.yaml",
+        "yaml-26-service-multiport.yaml",
+        "yaml-27-service-endpoints.yaml",
+    ] {
+        s.ok(&k, &["apply", "-f", &manifest(f)]);
+    }
+    let ep = wait_for(
+        30,
+        "Endpoints for nginx, mywebapp-service, mywebapp-multiport",
+        || {
+            let out = s.ok(&k, &["get", "endpoints"]);
+            ["nginx", "mywebapp-service", "mywebapp-multiport"]
+                .iter()
+                .all(|n| block_row(&out, n).is_some())
+                .then_some(out)
+        },
+    );
+    assert_eq!(row(&ep, "nginx")["ENDPOINTS"], "<none>", "{ep}");
+    assert_eq!(row(&ep, "my-service")["ENDPOINTS"], "10.254.74.3:8080", "{ep}");
+    let slices = wait_for(30, "an EndpointSlice for nginx", || {
+        let out = s.ok(
+            &k,
+            &["get", "endpointslices", "-l", "kubernetes.io/service-name=nginx"],
+        );
+        (!out.trim().is_empty()).then_some(out)
+    });
+    let line = slices.lines().nth(1).unwrap_or_default();
+    assert!(line.starts_with("nginx-") && line.contains("IPv4"), "{slices}");
+}
+
 /// KCTL-42, KCTL-45..52: label and taint nodes as the seed does, including the `NoShedule`
 /// typo (§25 #3), rejected by kubectl and by the API server.
 #[test]
