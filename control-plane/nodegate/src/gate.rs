@@ -9,7 +9,7 @@ use keel_api::registry::{self, ResourceType};
 use keel_auth::Pki;
 use tokio::sync::watch;
 
-use crate::Error;
+use crate::{Error, PodCidrs};
 
 /// The resource types the gate writes, looked up once in the registry.
 pub(crate) struct Kinds {
@@ -46,6 +46,9 @@ pub(crate) struct Gate {
     pub heartbeat_seconds: u32,
     pub grace_period: Duration,
     pub cluster_name: String,
+    /// Node pod CIDR allocation, if the gate does it; the lock serialises allocations.
+    pub pod_cidrs: Option<PodCidrs>,
+    pub ipam_lock: tokio::sync::Mutex<()>,
     /// Becomes `true` when the gate shuts down; sessions and loops end on it.
     pub shutdown: watch::Receiver<bool>,
     /// Nodes whose status the lifecycle loop overwrote; their sessions post it again.
@@ -59,6 +62,7 @@ impl Gate {
         heartbeat_seconds: u32,
         grace_period: Duration,
         cluster_name: String,
+        pod_cidrs: Option<PodCidrs>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Gate, Error> {
         Ok(Gate {
@@ -68,6 +72,8 @@ impl Gate {
             heartbeat_seconds,
             grace_period,
             cluster_name,
+            pod_cidrs,
+            ipam_lock: tokio::sync::Mutex::new(()),
             shutdown,
             repost: Mutex::new(HashSet::new()),
         })

@@ -16,6 +16,7 @@
 //! Entry point: [`serve`].
 
 mod gate;
+mod ipam;
 mod join;
 mod lifecycle;
 mod node_status;
@@ -35,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
+pub use ipam::{CidrError, PodCidrs};
 pub use tls::PeerInfo;
 
 /// Errors that stop the gate.
@@ -61,10 +63,13 @@ pub struct NodeGateConfig {
     pub heartbeat_seconds: u32,
     /// Shown to joining nodes.
     pub cluster_name: String,
+    /// Where node pod CIDRs come from; `None` if something else assigns `spec.podCIDR`.
+    pub pod_cidrs: Option<PodCidrs>,
 }
 
 impl NodeGateConfig {
-    /// The defaults: grace period 40 s, heartbeat every 10 s, cluster name `keel`.
+    /// The defaults: grace period 40 s, heartbeat every 10 s, cluster name `keel`, node pod
+    /// CIDRs from `10.244.0.0/16` in `/24`s.
     pub fn new(tls: Arc<rustls::ServerConfig>, pki: Arc<Pki>, client: Arc<dyn ApiClient>) -> Self {
         NodeGateConfig {
             tls,
@@ -73,6 +78,7 @@ impl NodeGateConfig {
             grace_period: Duration::from_secs(40),
             heartbeat_seconds: 10,
             cluster_name: "keel".to_string(),
+            pod_cidrs: Some(PodCidrs::flannel_default()),
         }
     }
 }
@@ -91,6 +97,7 @@ pub async fn serve(
         config.heartbeat_seconds.max(1),
         config.grace_period,
         config.cluster_name,
+        config.pod_cidrs,
         stop_rx.clone(),
     )?);
     let mut tls = (*config.tls).clone();

@@ -59,11 +59,17 @@ impl NodeGate for Service {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let node = node_identity(&req)?;
         let (tx, rx) = mpsc::channel(16);
-        let welcome = session::welcome(&self.gate, &node).await;
+        let (welcome, told_cidr) = session::welcome(&self.gate, &node).await;
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::internal("session closed before it started"))?;
-        tokio::spawn(session::run(self.gate.clone(), node, req.into_inner(), tx));
+        tokio::spawn(session::run(
+            self.gate.clone(),
+            node,
+            told_cidr,
+            req.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -32,7 +32,7 @@ const STATUS_REFRESH: Duration = Duration::from_secs(60);
 pub(crate) type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
 
 /// The Welcome for a node: its name, the heartbeat interval and its pod CIDR if assigned.
-pub(crate) async fn welcome(gate: &Gate, node: &str) -> ControlMessage {
+pub(crate) async fn welcome(gate: &Gate, node: &str) -> (ControlMessage, String) {
     let pod_cidr = match gate.client.get(gate.kinds.nodes, None, node.to_string()).await {
         Ok(n) => n
             .pointer("/spec/podCIDR")
@@ -41,11 +41,15 @@ pub(crate) async fn welcome(gate: &Gate, node: &str) -> ControlMessage {
             .to_string(),
         Err(_) => String::new(),
     };
+    (welcome_message(gate, node, &pod_cidr), pod_cidr)
+}
+
+fn welcome_message(gate: &Gate, node: &str, pod_cidr: &str) -> ControlMessage {
     ControlMessage {
         msg: Some(ControlMsg::Welcome(Welcome {
             node_name: node.to_string(),
             heartbeat_seconds: gate.heartbeat_seconds,
-            pod_cidr,
+            pod_cidr: pod_cidr.to_string(),
         })),
     }
 }
@@ -58,10 +62,20 @@ struct NodeSession {
     last_report: Option<NodeReport>,
     transitions: Transitions,
     last_status_post: Option<Instant>,
+    out: Outbound,
+    /// The pod CIDR the node was last told (Welcome), and the one its Node holds.
+    told_cidr: String,
+    pod_cidr: String,
 }
 
 /// Serves one session until the node goes away or the gate shuts down.
-pub(crate) async fn run(gate: Arc<Gate>, node: String, mut inbound: Streaming<NodeMessage>, out: Outbound) {
+pub(crate) async fn run(
+    gate: Arc<Gate>,
+    node: String,
+    told_cidr: String,
+    mut inbound: Streaming<NodeMessage>,
+    out: Outbound,
+) {
     let mut shutdown = gate.shutdown.clone();
     let mut s = NodeSession {
         gate,
@@ -70,6 +84,9 @@ pub(crate) async fn run(gate: Arc<Gate>, node: String, mut inbound: Streaming<No
         last_report: None,
         transitions: Transitions::new(),
         last_status_post: None,
+        out: out.clone(),
+        pod_cidr: told_cidr.clone(),
+        told_cidr,
     };
     tracing::info!(node = %s.node, "node session opened");
     let feeder = tokio::spawn(crate::pods::feed(s.gate.clone(), s.node.clone(), out.clone()));
@@ -125,7 +142,59 @@ impl NodeSession {
         if self.uid.is_empty() {
             self.register(&report).await?;
         }
+        if self.pod_cidr.is_empty() && self.gate.pod_cidrs.is_some() {
+            let g = &self.gate;
+            let node = g.client.get(g.kinds.nodes, None, self.node.clone()).await?;
+            self.pod_cidr = self.ensure_pod_cidr(&node).await?;
+        }
+        if self.pod_cidr != self.told_cidr {
+            // A second Welcome: the node learns its pod CIDR without reconnecting.
+            let msg = welcome_message(&self.gate, &self.node, &self.pod_cidr);
+            if self.out.send(Ok(msg)).await.is_ok() {
+                self.told_cidr = self.pod_cidr.clone();
+            }
+        }
         self.post_status().await
+    }
+
+    /// The Node's pod CIDR, allocating one if the gate does IPAM and it has none.
+    async fn ensure_pod_cidr(&self, node: &Value) -> ApiResult<String> {
+        let current = node
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let g = &self.gate;
+        let Some(cidrs) = g.pod_cidrs.filter(|_| current.is_empty()) else {
+            return Ok(current.to_string());
+        };
+        let _serialised = g.ipam_lock.lock().await;
+        let nodes = g.client.list(g.kinds.nodes, None, Default::default()).await?;
+        let used: std::collections::HashSet<String> = nodes["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| {
+                n.pointer("/spec/podCIDR")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .collect();
+        let Some(cidr) = cidrs.first_free(&used) else {
+            tracing::warn!(node = %self.node, "no free pod CIDR left in the cluster range");
+            return Ok(String::new());
+        };
+        g.client
+            .patch(
+                g.kinds.nodes,
+                None,
+                self.node.clone(),
+                Patch::Merge(json!({"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})),
+                None,
+                WriteOptions::default(),
+            )
+            .await?;
+        tracing::info!(node = %self.node, pod_cidr = %cidr, "allocated pod CIDR");
+        Ok(cidr)
     }
 
     /// Creates the Node if it does not exist, else learns its uid and condition history.

@@ -72,6 +72,12 @@ async fn a_node_joins_registers_heartbeats_survives_restarts_and_goes_unreachabl
         .iter()
         .any(|a| a["type"] == "Hostname" && a["address"] == "node-a"));
 
+    // The node got the first pod range, and was told.
+    agent.wait_line("keel: pod network 10.244.0.0/24", 1).await;
+    let node = gate.node("node-a").unwrap();
+    assert_eq!(node["spec"]["podCIDR"], "10.244.0.0/24");
+    assert_eq!(node["spec"]["podCIDRs"], serde_json::json!(["10.244.0.0/24"]));
+
     // The boot is announced as the kubelet does, with the phases PID 1 timed.
     let node = wait_for("the boot-phases annotation", || {
         gate.node("node-a")

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use keel_proto::control_message::Msg as ControlMsg;
 use keel_proto::node_gate_client::NodeGateClient;
 use keel_proto::node_message::Msg as NodeMsg;
-use keel_proto::{ControlMessage, DesiredPods, NodeMessage, PodStatusReport};
+use keel_proto::{ControlMessage, DesiredPods, NodeMessage, NodeReport, PodStatusReport};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use support::{pods, rt, wait_for, Gate, DEADLINE};
@@ -74,6 +74,24 @@ impl NodeSession {
                 .expect("session ended");
             if let Some(ControlMsg::Pods(p)) = m.msg {
                 return p;
+            }
+        }
+    }
+}
+
+impl NodeSession {
+    /// The pod CIDR of the next Welcome that carries one.
+    async fn next_pod_cidr(&mut self) -> String {
+        loop {
+            let m = tokio::time::timeout(DEADLINE, self.down.message())
+                .await
+                .expect("no message from the gate")
+                .unwrap()
+                .expect("session ended");
+            if let Some(ControlMsg::Welcome(w)) = m.msg {
+                if !w.pod_cidr.is_empty() {
+                    return w.pod_cidr;
+                }
             }
         }
     }
@@ -186,5 +204,25 @@ async fn a_node_finishes_deleting_only_its_own_pods() {
     .await;
     // Messages are handled in order: by now the other node's pod was considered, and kept.
     assert!(gate.api.object(pods(), Some("default"), "theirs").is_some());
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn each_node_gets_its_own_pod_cidr_and_keeps_it() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    let report = || NodeMessage {
+        msg: Some(NodeMsg::Report(NodeReport::default())),
+    };
+    let mut a = node_session(&gate, "node-a").await;
+    a.up.send(report()).await.unwrap();
+    assert_eq!(a.next_pod_cidr().await, "10.244.0.0/24");
+    let mut b = node_session(&gate, "node-b").await;
+    b.up.send(report()).await.unwrap();
+    assert_eq!(b.next_pod_cidr().await, "10.244.1.0/24");
+
+    // A reconnect keeps the range, and the first Welcome already says so.
+    drop(a);
+    let mut again = node_session(&gate, "node-a").await;
+    assert_eq!(again.next_pod_cidr().await, "10.244.0.0/24");
     gate.stop().await;
 }

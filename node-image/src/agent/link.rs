@@ -9,6 +9,8 @@
 //!   connected and drops them while not (a bounded queue never grows across an outage).
 //! * [`PodLink::sessions`] counts established sessions: when it changes, the control plane may
 //!   have missed reports, so a pod manager sends every pod's status again (level-triggered).
+//! * [`PodLink::pod_cidr`] is this node's pod range (`10.244.3.0/24`), empty until the control
+//!   plane assigned one; it can arrive after the first pods.
 
 use std::sync::Arc;
 
@@ -74,6 +76,8 @@ pub struct PodLink {
     pub up: mpsc::Sender<NodeMsg>,
     #[allow(dead_code)] // likewise
     pub sessions: watch::Receiver<u64>,
+    #[allow(dead_code)] // for the pod network
+    pub pod_cidr: watch::Receiver<String>,
 }
 
 /// The session's end.
@@ -81,6 +85,17 @@ pub struct SessionLink {
     pub desired: watch::Sender<Option<Arc<DesiredSet>>>,
     pub up: mpsc::Receiver<NodeMsg>,
     pub sessions: watch::Sender<u64>,
+    pub pod_cidr: watch::Sender<String>,
+}
+
+impl SessionLink {
+    /// Records the pod CIDR a Welcome carried, saying so on the console when it is new.
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        if !cidr.is_empty() && *self.pod_cidr.borrow() != cidr {
+            eprintln!("keel: pod network {cidr}");
+            self.pod_cidr.send_replace(cidr.to_string());
+        }
+    }
 }
 
 /// A connected pair.
@@ -88,16 +103,19 @@ pub fn pair() -> (SessionLink, PodLink) {
     let (desired_tx, desired_rx) = watch::channel(None);
     let (up_tx, up_rx) = mpsc::channel(UP_QUEUE);
     let (sessions_tx, sessions_rx) = watch::channel(0);
+    let (cidr_tx, cidr_rx) = watch::channel(String::new());
     (
         SessionLink {
             desired: desired_tx,
             up: up_rx,
             sessions: sessions_tx,
+            pod_cidr: cidr_tx,
         },
         PodLink {
             desired: desired_rx,
             up: up_tx,
             sessions: sessions_rx,
+            pod_cidr: cidr_rx,
         },
     )
 }
@@ -141,7 +159,6 @@ mod tests {
                 br#"{"metadata":{"namespace":"default","name":"a"}}"#.to_vec(),
                 b"[1]".to_vec(),
             ],
-            ..Default::default()
         };
         let (set, bad) = DesiredSet::decode(&msg);
         assert_eq!(bad, 2);

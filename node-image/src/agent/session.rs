@@ -84,7 +84,10 @@ pub async fn run(
     // The first message is the Welcome.
     let heartbeat = match inbound.message().await {
         Ok(Some(m)) => match m.msg {
-            Some(ControlMsg::Welcome(w)) => Duration::from_secs(u64::from(w.heartbeat_seconds.max(1))),
+            Some(ControlMsg::Welcome(w)) => {
+                link.set_pod_cidr(&w.pod_cidr);
+                Duration::from_secs(u64::from(w.heartbeat_seconds.max(1)))
+            }
             _ => {
                 return Ended::Broken {
                     reason: "the control plane did not start with a Welcome".into(),
@@ -132,6 +135,7 @@ pub async fn run(
                     }
                     link.desired.send_replace(Some(std::sync::Arc::new(set)));
                 }
+                Ok(Some(ControlMessage { msg: Some(ControlMsg::Welcome(w)) })) => link.set_pod_cidr(&w.pod_cidr),
                 Ok(Some(_)) => {}
                 Ok(None) => return Ended::Broken { reason: "the control plane closed the session".into(), established: true },
                 Err(s) => return classify(s, true),
