@@ -133,6 +133,13 @@ fn resolve_port(pod: &Value, svc_port: &Value) -> Option<i64> {
     }
 }
 
+#[derive(Default)]
+struct Subset {
+    ports: Vec<Value>,
+    ready: Vec<Value>,
+    not_ready: Vec<Value>,
+}
+
 /// The `subsets` of a Service's Endpoints, from the pods of its namespace.
 pub fn subsets(svc: &Value, all_pods: &[Value]) -> Vec<Value> {
     let Some(sel) = svc.pointer("/spec/selector").and_then(Value::as_object) else {
@@ -148,8 +155,8 @@ pub fn subsets(svc: &Value, all_pods: &[Value]) -> Vec<Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    // Ports (as JSON) → (ready addresses, not-ready addresses).
-    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    // Ports (as JSON) → the subset of the pods that resolve to them.
+    let mut groups: BTreeMap<String, Subset> = BTreeMap::new();
     for pod in all_pods {
         if !selector.matches_object(pod) || pods::is_terminal(pod) {
             continue;
@@ -197,33 +204,40 @@ pub fn subsets(svc: &Value, all_pods: &[Value]) -> Vec<Value> {
             address["nodeName"] = json!(node);
         }
         let key = Value::Array(ports.clone()).to_string();
-        let entry = groups
-            .entry(key)
-            .or_insert_with(|| (ports, Vec::new(), Vec::new()));
+        let entry = groups.entry(key).or_insert_with(|| Subset {
+            ports,
+            ..Default::default()
+        });
         if publish_not_ready || pods::is_ready(pod) {
-            entry.1.push(address);
+            entry.ready.push(address);
         } else {
-            entry.2.push(address);
+            entry.not_ready.push(address);
         }
     }
     let by_ip = |a: &Value| a["ip"].as_str().unwrap_or("").to_string();
     groups
         .into_values()
-        .map(|(ports, mut ready, mut not_ready)| {
-            ready.sort_by_key(by_ip);
-            not_ready.sort_by_key(by_ip);
-            let mut s = json!({});
-            if !ready.is_empty() {
-                s["addresses"] = json!(ready);
-            }
-            if !not_ready.is_empty() {
-                s["notReadyAddresses"] = json!(not_ready);
-            }
-            if !ports.is_empty() {
-                s["ports"] = json!(ports);
-            }
-            s
-        })
+        .map(
+            |Subset {
+                 ports,
+                 mut ready,
+                 mut not_ready,
+             }| {
+                ready.sort_by_key(by_ip);
+                not_ready.sort_by_key(by_ip);
+                let mut s = json!({});
+                if !ready.is_empty() {
+                    s["addresses"] = json!(ready);
+                }
+                if !not_ready.is_empty() {
+                    s["notReadyAddresses"] = json!(not_ready);
+                }
+                if !ports.is_empty() {
+                    s["ports"] = json!(ports);
+                }
+                s
+            },
+        )
         .collect()
 }
 
