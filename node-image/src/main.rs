@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Some("container") => runtime::container::helper_main(&rest[1..]),
         Some("sandbox") => runtime::sandbox::helper_main(&rest[1..]),
         Some("modprobe") => init::modprobe_main(&rest[1..]),
+        Some("selfcheck") => init::selfcheck_main(&rest[1..]),
         Some("init") => init::main(),
         _ => {
             eprintln!("usage: keel-node agent [--config FILE] | modprobe NAME… (as /init it is PID 1)");

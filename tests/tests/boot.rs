@@ -254,6 +254,7 @@ fn unconfigured_node_boots_shows_how_to_join_and_powers_off() {
     let modules = vm.wait_for("keel: modules loaded (", BOOT_DEADLINE);
     vm.wait_for("keel: hostname keel-123456", BOOT_DEADLINE);
     vm.wait_for("keel: rootfs read-only: ok", BOOT_DEADLINE);
+    vm.wait_for("keel: pivot_root: ok", BOOT_DEADLINE);
     vm.wait_for("not configured to join a cluster", BOOT_DEADLINE);
     vm.wait_for("keel-server token create", BOOT_DEADLINE);
     vm.wait_for("keel.server=https://", BOOT_DEADLINE);

@@ -40,6 +40,24 @@ use std::time::{Duration, Instant};
 
 pub use modules::modprobe_main;
 
+/// `/init selfcheck pivot`: the pivot_root check, run by PID 1 in a child process so its own
+/// mount namespace stays untouched. Exit code 0 when pivot_root works.
+pub fn selfcheck_main(args: &[String]) -> ExitCode {
+    match args.first().map(String::as_str) {
+        Some("pivot") => match mounts::pivot_root_check() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pivot_root check: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("usage: keel-node selfcheck pivot");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Created once every module of `/etc/keel/modules` is loaded and the sysctls are set (the agent
 /// starts before that and waits for it before it builds the pod network).
 pub const MODULES_READY: &str = "/run/keel/modules.ready";
@@ -216,6 +234,15 @@ fn boot_and_supervise() -> PowerAction {
     match mounts::root_is_read_only() {
         Ok(()) => say!("rootfs read-only: ok"),
         Err(e) => say!("rootfs read-only: FAILED: {e}"),
+    }
+    // Waits for this one child only; the agent's exit, if any, is reaped by the loop.
+    let pivot = std::process::Command::new("/init")
+        .args(["selfcheck", "pivot"])
+        .status();
+    match pivot {
+        Ok(st) if st.success() => say!("pivot_root: ok"),
+        Ok(st) => say!("pivot_root: FAILED ({st}); containers will not start"),
+        Err(e) => say!("pivot_root: FAILED to run the check: {e}"),
     }
     let action = match lease_timer.as_mut() {
         Some(t) => sup.run(&mut [t], selftest),

@@ -178,3 +178,18 @@ pub fn root_is_read_only() -> Result<(), String> {
         }
     }
 }
+
+/// The boot self-check that containers will be able to pivot_root: in a private mount namespace
+/// (this runs in a child, `/init selfcheck pivot`), pivot into a fresh tmpfs and detach the old
+/// root. Fails on rootfs (EINVAL), which is why stage 1 exists.
+pub fn pivot_root_check() -> io::Result<()> {
+    sys::unshare(libc::CLONE_NEWNS)?;
+    sys::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    let dir = "/tmp/.keel-pivot-check";
+    mkdir(dir, 0o700);
+    sys::mount(Some("pivot-check"), dir, Some("tmpfs"), 0, Some("mode=0700"))?;
+    mkdir(&format!("{dir}/old"), 0o700);
+    sys::pivot_root(dir, &format!("{dir}/old"))?;
+    std::env::set_current_dir("/")?;
+    sys::umount("/old", libc::MNT_DETACH)
+}

@@ -393,3 +393,22 @@ pub fn exec(path: &str, args: &[&str]) -> io::Error {
     unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
     io::Error::last_os_error()
 }
+
+/// unshare(2).
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare(2) takes no pointers.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+/// pivot_root(2).
+pub fn pivot_root(new_root: &str, put_old: &str) -> io::Result<()> {
+    let new_root = cstr(new_root)?;
+    let put_old = cstr(put_old)?;
+    // SAFETY: both arguments are valid NUL-terminated strings for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
