@@ -12,6 +12,19 @@
 pub mod dhcp;
 pub mod netlink;
 
+// The pod network (the agent's; see `pod_network` and `network_agent`).
+pub mod cidr;
+pub mod masquerade;
+pub mod network_agent;
+pub mod nlmsg;
+pub mod nlsock;
+pub mod overlay;
+pub mod pod_ipam;
+pub mod pod_network;
+#[cfg(test)]
+mod pod_network_netns_test;
+pub mod rtnl;
+
 use crate::config::StaticIp;
 use std::fs;
 use std::net::Ipv4Addr;

@@ -1,0 +1,257 @@
+//! The pod network as the agent runs it: one reconcile loop ([`serve`]) and the few accessors the
+//! rest of the agent uses — the session hands over peer sets ([`offer_peers`]) and reads what
+//! to report ([`overlay_endpoint`], [`network_condition`], [`changes`]); the pod manager attaches
+//! and detaches pod sandboxes ([`attach`], [`detach`]).
+//!
+//! The state is process-wide (one agent, one node network) so that each of those call sites is
+//! a single line. The loop is level-triggered: whenever the pod CIDR or the peer set changes,
+//! and every [`RESYNC`] regardless, it applies the whole desired state again
+//! ([`NodeNet::apply`] is idempotent), so a device someone deleted comes back.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use keel_proto::{Condition, OverlayEndpoint, OverlayPeers};
+use tokio::sync::watch;
+
+use super::cidr::Cidr;
+use super::overlay::{self, Peer};
+use super::pod_network::{find_underlay, NetError, NodeNet, PodIp};
+use super::rtnl::mac_string;
+
+/// The cluster's pod range (flannel's and kubeadm's default).
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// How often the whole state is applied again when nothing changed.
+const RESYNC: Duration = Duration::from_secs(30);
+/// How soon after a failure it is tried again.
+const RETRY: Duration = Duration::from_secs(2);
+/// PID 1 creates this once the datapath modules are loaded.
+const MODULES_READY: &str = "/run/keel/modules.ready";
+
+/// What the loop needs from the agent's configuration.
+pub struct Settings {
+    /// `keel.ip2`'s address: the overlay runs over NIC 1 when there is one.
+    pub preferred_ip: Option<Ipv4Addr>,
+    /// `/var/lib/keel`: allocations go to `ipam/` below it.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct Status {
+    /// The network as last applied successfully; `None` until then or after a failure.
+    net: Option<Arc<NodeNet>>,
+    endpoint: Option<Ipv4Addr>,
+    /// Why it is not up, for the condition's message.
+    problem: String,
+}
+
+struct Shared {
+    status: Mutex<Status>,
+    peers: watch::Sender<Option<Arc<OverlayPeers>>>,
+    /// Bumped whenever something the node reports changes.
+    changes: watch::Sender<u64>,
+}
+
+static SHARED: LazyLock<Shared> = LazyLock::new(|| Shared {
+    status: Mutex::new(Status::default()),
+    peers: watch::Sender::new(None),
+    changes: watch::Sender::new(0),
+});
+
+fn status() -> std::sync::MutexGuard<'static, Status> {
+    SHARED.status.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The session received a peer set.
+pub fn offer_peers(p: OverlayPeers) {
+    SHARED.peers.send_replace(Some(Arc::new(p)));
+}
+
+/// This node's end of the overlay, once known.
+pub fn overlay_endpoint() -> Option<OverlayEndpoint> {
+    status().endpoint.map(|a| OverlayEndpoint {
+        address: a.to_string(),
+        vtep_mac: mac_string(&overlay::vtep_mac(a)),
+    })
+}
+
+/// `NetworkUnavailable`: False only while the pod network is up.
+pub fn network_condition() -> Condition {
+    let s = status();
+    let (status, reason, message) = match &s.net {
+        Some(n) => (
+            "False",
+            "KeelNetworkReady",
+            format!("pod network {} is up (bridge cni0, VXLAN keel.1)", n.pod_cidr),
+        ),
+        None => ("True", "KeelNetworkNotReady", s.problem.clone()),
+    };
+    Condition {
+        r#type: "NetworkUnavailable".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+    }
+}
+
+/// A receiver that changes whenever the report should be sent again.
+pub fn changes() -> watch::Receiver<u64> {
+    SHARED.changes.subscribe()
+}
+
+fn changed() {
+    SHARED.changes.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Attaches a pod sandbox (its network namespace, e.g. `/proc/PID/ns/net`) to the pod network.
+pub async fn attach(netns: PathBuf, pod_uid: String) -> Result<PodIp, NetError> {
+    let net = status().net.clone().ok_or(NetError::NotReady)?;
+    blocking(move || net.attach(&netns, &pod_uid)).await
+}
+
+/// Detaches a pod and frees its address.
+pub async fn detach(pod_uid: String) -> Result<Option<Ipv4Addr>, NetError> {
+    let net = status().net.clone().ok_or(NetError::NotReady)?;
+    blocking(move || net.detach(&pod_uid)).await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, NetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(NetError::NotReady))
+}
+
+/// Keeps the pod network applied. `pod_cidr` is the node's range as the control plane assigned
+/// it (empty until then).
+pub async fn serve(settings: Settings, mut pod_cidr: watch::Receiver<String>) {
+    let cluster: Cidr = match CLUSTER_CIDR.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keel: pod network: {e}");
+            return;
+        }
+    };
+    wait_for_modules().await;
+    let mut peers_rx = SHARED.peers.subscribe();
+    let mut last_problem = String::new();
+    let mut last_peers: Option<Vec<Peer>> = None;
+    loop {
+        let cidr_text = pod_cidr.borrow_and_update().clone();
+        let offered = peers_rx.borrow_and_update().clone();
+        let result = reconcile(&settings, cluster, &cidr_text, offered.as_deref()).await;
+        let wait = match result {
+            Ok((net, peers)) => {
+                if last_peers.as_ref() != Some(&peers) {
+                    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+                    eprintln!(
+                        "keel: pod network {} up; overlay peers: {}",
+                        net.pod_cidr,
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    );
+                    last_peers = Some(peers);
+                }
+                last_problem.clear();
+                let was_up = status().net.is_some();
+                {
+                    let mut s = status();
+                    s.net = Some(Arc::new(net));
+                    s.problem.clear();
+                }
+                if !was_up {
+                    changed();
+                }
+                RESYNC
+            }
+            Err(problem) => {
+                if problem != last_problem {
+                    eprintln!("keel: pod network: {problem}");
+                    last_problem = problem.clone();
+                }
+                let was_up = {
+                    let mut s = status();
+                    s.problem = problem;
+                    s.net.take().is_some()
+                };
+                if was_up {
+                    changed();
+                }
+                last_peers = None;
+                RETRY
+            }
+        };
+        tokio::select! {
+            r = pod_cidr.changed() => if r.is_err() { return },
+            _ = peers_rx.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One pass: find the underlay, report it, and apply the network if the pod CIDR is known.
+async fn reconcile(
+    settings: &Settings,
+    cluster: Cidr,
+    cidr_text: &str,
+    offered: Option<&OverlayPeers>,
+) -> Result<(NodeNet, Vec<Peer>), String> {
+    let preferred = settings.preferred_ip;
+    let underlay = tokio::task::spawn_blocking(move || find_underlay(preferred, cluster))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let new_endpoint = {
+        let mut s = status();
+        let new = s.endpoint != Some(underlay.address);
+        s.endpoint = Some(underlay.address);
+        new
+    };
+    if new_endpoint {
+        changed();
+    }
+    if cidr_text.is_empty() {
+        return Err("waiting for the control plane to assign this node a pod CIDR".into());
+    }
+    let pod_cidr: Cidr = cidr_text
+        .parse()
+        .map_err(|e| format!("pod CIDR from the control plane: {e}"))?;
+    let (peers, bad) = match offered {
+        Some(p) => overlay::peers_from(p, Some(underlay.address)),
+        None => (Vec::new(), Vec::new()),
+    };
+    if !bad.is_empty() {
+        eprintln!("keel: pod network: ignoring malformed peers {}", bad.join(", "));
+    }
+    let net = NodeNet {
+        cluster,
+        pod_cidr,
+        underlay,
+        ipam_root: settings.state_dir.join("ipam"),
+    };
+    let (net, peers) = tokio::task::spawn_blocking(move || net.apply(&peers).map(|()| (net, peers)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((net, peers))
+}
+
+/// On a Keel node, waits (a while) for PID 1 to have loaded the datapath modules; elsewhere the
+/// kernel's own module autoloading serves.
+async fn wait_for_modules() {
+    if !Path::new("/run/keel").is_dir() {
+        return;
+    }
+    for _ in 0..100 {
+        if Path::new(MODULES_READY).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
