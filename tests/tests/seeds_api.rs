@@ -359,9 +359,7 @@ fn seed_manifests_apply_and_read_back() {
 
     // A second apply is a no-op, except where upstream also reports a change: Endpoints'
     // `subsets` is an atomic list and the server defaults `protocol: TCP` into it, so the
-    // three-way patch always carries it. (YAML-34's Pod is not re-applied: its toleration list is
-    // atomic too, and the DefaultTolerationSeconds tolerations the server added may not be
-    // removed from a Pod, upstream as here.)
+    // three-way patch always carries it. (YAML-34 comes last, below.)
     for (file, objects) in POSITIVE {
         if *file == "yaml-34-pod-tolerations.yaml" {
             continue;
@@ -667,6 +665,76 @@ fn seed_manifests_apply_and_read_back() {
         ("<none>", "example.ctnrs.com", "80"),
         "{ing}"
     );
+
+    // YAML-34 again: the toleration list is atomic, so the patch replaces the live list (which
+    // has the DefaultTolerationSeconds additions) with the file's two; the admission plugin runs
+    // on updates too and adds the same two back, so the update keeps every existing toleration.
+    let out = s.ok(&k, &["apply", "-f", &manifest("yaml-34-pod-tolerations.yaml")]);
+    assert_eq!(out.trim_end(), "pod/toleration-demo configured");
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "get",
+                "pod",
+                "toleration-demo",
+                "-o",
+                "jsonpath={.spec.tolerations[*].key}"
+            ]
+        ),
+        "key1 key1 node.kubernetes.io/not-ready node.kubernetes.io/unreachable"
+    );
+}
+
+/// The same manifests through server-side apply: every object is applied, a second apply is
+/// accepted again, and kubectl's field manager owns the fields it sent.
+#[test]
+fn seed_manifests_server_side_apply() {
+    let s = Server::start();
+    let k = s.kubectl();
+    // Every file is tried; the mismatches are reported together.
+    let mut wrong = Vec::new();
+    for round in 0..2 {
+        for (file, objects) in POSITIVE {
+            let out = k.run(&["apply", "--server-side", "-f", &manifest(file)]).unwrap();
+            let expected: Vec<String> = objects
+                .iter()
+                .map(|o| format!("{o} serverside-applied"))
+                .collect();
+            if !out.success() || out.stdout.lines().collect::<Vec<_>>() != expected {
+                wrong.push(format!(
+                    "round {round}: kubectl apply --server-side -f {file}:\n{}{}",
+                    out.stdout, out.stderr
+                ));
+            }
+        }
+    }
+    let managers = s.ok(
+        &k,
+        &[
+            "get",
+            "deployment",
+            "frontend",
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}/{.metadata.managedFields[*].operation}",
+        ],
+    );
+    assert!(managers.starts_with("kubectl/Apply"), "{managers}");
+    assert_eq!(
+        s.ok(
+            &k,
+            &[
+                "get",
+                "service",
+                "nginx",
+                "-o",
+                "jsonpath={.spec.ports[0].nodePort}"
+            ]
+        ),
+        "30333"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// KCTL-21 and friends: `kubectl describe` of a few seed objects reads as upstream's.
