@@ -177,8 +177,16 @@ async fn run(opts: Options) -> ExitCode {
             .collect(),
     };
 
-    // Until a pod manager takes its end, the console shows what this node is assigned.
+    // The pod manager (crate::pods) takes the pod end and outlives sessions; the console also
+    // shows what this node is assigned.
     let (mut session_link, pod_link) = link::pair();
+    let pod_settings = crate::pods::Settings::from_config(&cfg, &name, &opts.state_dir);
+    tokio::spawn(crate::pods::manager::serve(
+        pod_settings,
+        pod_link.desired.clone(),
+        pod_link.up.clone(),
+        pod_link.sessions.clone(),
+    ));
     tokio::spawn(link::announce_assignments(pod_link));
 
     loop {
@@ -314,4 +322,13 @@ async fn keep_session(
 async fn discard<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) {
     while rx.recv().await.is_some() {}
     std::future::pending::<()>().await
+}
+
+impl crate::pods::manager::Snapshot for link::DesiredSet {
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn pods(&self) -> &[serde_json::Value] {
+        &self.pods
+    }
 }

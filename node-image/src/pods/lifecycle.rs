@@ -9,7 +9,7 @@
 //! Stopping: SIGTERM to the container (through its helper, which forwards it to the
 //! container's PID 1), then, after the grace period, SIGKILL to everything in its cgroup.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,7 +51,7 @@ async fn sleep_or_stop(d: Duration, stop: &mut StopSignal) -> bool {
 fn human(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 60 {
-        if s % 60 == 0 {
+        if s.is_multiple_of(60) {
             format!("{}m", s / 60)
         } else {
             format!("{}m{}s", s / 60, s % 60)
@@ -390,7 +390,7 @@ fn exit_code(s: std::process::ExitStatus) -> i32 {
 }
 
 /// SIGTERM, then SIGKILL to the whole cgroup after `grace`. Returns the exit code.
-async fn stop_process(child: &mut tokio::process::Child, cgroup: &PathBuf, grace: Duration) -> i32 {
+async fn stop_process(child: &mut tokio::process::Child, cgroup: &Path, grace: Duration) -> i32 {
     let code = exit_code;
     if let Some(pid) = child.id() {
         let _ = sys::kill(pid as i32, libc::SIGTERM);

@@ -177,10 +177,11 @@ impl Manager {
         if version != self.last_version {
             self.last_version = version;
             eprintln!(
-                "keel: desired pods v{}: {} pods ({} running workers)",
+                "keel: desired pods v{}: {} pods ({} workers; agent RSS {} KiB)",
                 version,
                 seen.len(),
-                self.pods.len()
+                self.pods.len(),
+                rss_kib()
             );
         }
     }
@@ -219,6 +220,18 @@ impl Manager {
             gone: deleting,
         });
     }
+}
+
+/// The agent's resident memory, for the console (a figure worth watching as pods come and go).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The pod manager's loop: snapshots in from `desired`, statuses and events out through `up`;

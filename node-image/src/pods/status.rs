@@ -332,10 +332,10 @@ mod tests {
         let running = view(State::Running { started_at: t(1) }, None);
         let creating = view(State::waiting("ContainerCreating", None), None);
         let backoff = view(State::waiting("CrashLoopBackOff", None), Some(done(1)));
-        assert_eq!(phase(Always, &[creating.clone()]), "Pending");
-        assert_eq!(phase(Always, &[running.clone()]), "Running");
+        assert_eq!(phase(Always, std::slice::from_ref(&creating)), "Pending");
+        assert_eq!(phase(Always, std::slice::from_ref(&running)), "Running");
         assert_eq!(phase(Always, &[running.clone(), creating]), "Pending");
-        assert_eq!(phase(Always, &[backoff.clone()]), "Running");
+        assert_eq!(phase(Always, std::slice::from_ref(&backoff)), "Running");
         assert_eq!(phase(Never, &[view(done(0), None)]), "Succeeded");
         assert_eq!(phase(Never, &[view(done(2), None)]), "Failed");
         assert_eq!(phase(OnFailure, &[view(done(0), None)]), "Succeeded");

@@ -155,7 +155,6 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
     let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
     let mut tasks = Vec::new();
     let mut sandbox: Option<Sandbox> = None;
-    let mut gone = false;
 
     if ctx.desired().pod.metadata.deletion_timestamp.is_none() {
         if let Err(e) = ctx.write_etc() {
@@ -188,7 +187,7 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
     reporter.send(&ctx, false);
 
     // Running: follow the desired state and report changes.
-    let leaving = loop {
+    let deleting = loop {
         let deleting = ctx.desired().pod.metadata.deletion_timestamp.is_some();
         if deleting {
             break true;
@@ -216,21 +215,13 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
     }
     shared.cgroups.remove(&uid, None);
     let _ = std::fs::remove_dir_all(&ctx.dir);
-    if leaving {
-        gone = true;
-    }
-    reporter.send(&ctx, gone);
+    reporter.send(&ctx, deleting);
 
     // Keep answering until the control plane drops the pod from the set.
-    if leaving {
-        loop {
-            match rx.changed().await {
-                Ok(()) => {
-                    if rx.borrow_and_update().is_none() {
-                        break;
-                    }
-                }
-                Err(_) => break,
+    if deleting {
+        while rx.changed().await.is_ok() {
+            if rx.borrow_and_update().is_none() {
+                break;
             }
         }
     }
