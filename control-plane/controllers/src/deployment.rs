@@ -15,8 +15,12 @@
 //!   roll, then clean up history beyond `revisionHistoryLimit` once complete, then write the
 //!   status with upstream's `Available`/`Progressing` conditions and reasons.
 //!
-//! Scaling of a deployment in the middle of a rollout is simpler than upstream's proportional
-//! split: additions go to the newest ReplicaSet, removals come from the oldest first.
+//! Two deliberate differences from upstream: scaling a deployment in the middle of a rollout
+//! is simpler than upstream's proportional split (additions go to the newest ReplicaSet,
+//! removals come from the oldest first), and `maxSurge` is checked against the pods that may
+//! still exist (per ReplicaSet the larger of `spec.replicas` and `status.replicas`), so a
+//! scaled-down ReplicaSet's surplus pods count until they are gone and the surge bound holds
+//! for real pods, not only for the ReplicaSets' specs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,6 +235,15 @@ impl State {
 
     fn total_spec(&self) -> i64 {
         self.rss.iter().map(spec_replicas).sum()
+    }
+
+    /// Pods that may exist: per ReplicaSet the larger of what it wants and what it has (a
+    /// ReplicaSet scaled down still has its surplus pods until its controller deletes them).
+    fn total_possible(&self) -> i64 {
+        self.rss
+            .iter()
+            .map(|rs| spec_replicas(rs).max(status_i64(rs, "replicas")))
+            .sum()
     }
 }
 
@@ -484,7 +497,7 @@ async fn create_new(ctx: &Context, st: &mut State, new_revision: i64) -> Result<
         selector["matchLabels"] = json!({});
     }
     selector["matchLabels"][HASH_LABEL] = json!(hash);
-    let replicas = new_rs_replicas(d, st.total_spec(), 0);
+    let replicas = new_rs_replicas(d, st.total_possible(), 0);
     let (surge, _) = fenceposts(d);
     let mut annotations = copied_annotations(d);
     annotations.insert(REVISION.into(), json!(new_revision.to_string()));
@@ -681,7 +694,7 @@ async fn rollout_rolling(ctx: &Context, st: &mut State) -> Result<Action, Error>
     let target = if current > replicas {
         replicas
     } else {
-        new_rs_replicas(&st.d, st.total_spec(), current)
+        new_rs_replicas(&st.d, st.total_possible(), current)
     };
     if scale_rs(ctx, st, n, target).await? {
         return write_status(ctx, st).await;

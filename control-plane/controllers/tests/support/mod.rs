@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,7 +153,8 @@ pub fn mark_ready(pod: &mut Value) {
     ]);
 }
 
-async fn fake_kubelet(client: Arc<dyn ApiClient>) {
+/// Marks every pod that appears Running and Ready, with an IP (until the task is dropped).
+pub async fn fake_kubelet(client: Arc<dyn ApiClient>) {
     let pods = rt("", "pods");
     loop {
         let Ok(mut stream) = client.watch(pods, None, ListParams::default()).await else {
