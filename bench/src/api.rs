@@ -205,12 +205,15 @@ pub struct Figures {
     /// The same list as raw bytes (the server's share, without client-side decoding).
     pub list_raw: Latencies,
     pub list_bytes: usize,
+    /// Resident memory right after the lists (still 10,000 pods stored, no watches yet).
+    pub rss_after_lists: u64,
     /// Per delivery: from the write being sent to one watcher receiving its event.
     pub watch_deliveries: Latencies,
     /// Per round: until the last of the watchers received the event.
     pub watch_all: Latencies,
     pub watch_setup: Duration,
     pub rss_peak: u64,
+    /// Resident memory at the end, with the watches open.
     pub rss_end: u64,
 }
 
@@ -386,6 +389,8 @@ pub async fn measure(server: &mut Server, w: Workload) -> anyhow::Result<Figures
         list_bytes = body.len();
     }
 
+    let (rss_after_lists, _) = memory(server.pid())?;
+
     eprintln!("  opening {} watches ...", w.watchers);
     let (watch_deliveries, watch_all, watch_setup) = watch_fan_out(&clients, &admin, w).await?;
     let (rss_end, rss_peak) = memory(server.pid())?;
@@ -404,6 +409,7 @@ pub async fn measure(server: &mut Server, w: Workload) -> anyhow::Result<Figures
         list_typed,
         list_raw,
         list_bytes,
+        rss_after_lists,
         watch_deliveries,
         watch_all,
         watch_setup,

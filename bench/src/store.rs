@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use keel_store::Store;
 
-use crate::load::{paced, Limit};
+use crate::load::{paced, Limit, Run};
 use crate::stats::Latencies;
 
 /// How hard and how long to push each backend.
@@ -44,6 +44,7 @@ impl Default for Workload {
 }
 
 /// One backend's figures.
+#[derive(Default)]
 pub struct Figures {
     pub writes: Latencies,
     pub write_rate: f64,
@@ -123,17 +124,35 @@ pub fn object(i: usize) -> Bytes {
     Bytes::from(s)
 }
 
-/// Runs the workload against one backend.
-pub async fn measure(kv: Kv, w: Workload) -> anyhow::Result<Figures> {
-    // Writers: each updates its own key with compare-and-swap, like controllers updating objects.
+/// One backend made ready for the workload: its write keys exist (with their revisions) and
+/// the keys the readers pick from are filled.
+pub struct Prepared {
+    kv: Kv,
+    revs: Arc<Vec<AtomicI64>>,
+}
+
+/// Creates the keys the workload uses in `kv`.
+pub async fn prepare(kv: Kv, w: Workload) -> anyhow::Result<Prepared> {
     let revs: Arc<Vec<AtomicI64>> = Arc::new((0..w.writers).map(|_| AtomicI64::new(0)).collect());
     for (i, rev) in revs.iter().enumerate() {
         rev.store(kv.put(&write_key(i), object(i)).await?, Ordering::SeqCst);
     }
-    let write = {
+    let fill = futures::future::join_all((0..w.read_keys).map(|i| {
         let kv = kv.clone();
-        let revs = revs.clone();
-        move |worker: usize, _i: u64| {
+        async move { kv.put(&read_key(i), object(i)).await }
+    }));
+    for r in fill.await {
+        r?;
+    }
+    Ok(Prepared { kv, revs })
+}
+
+impl Prepared {
+    /// Writers: each updates its own key with compare-and-swap, like controllers updating objects.
+    pub async fn writes(&self, w: Workload, limit: Limit) -> anyhow::Result<Run> {
+        let kv = self.kv.clone();
+        let revs = self.revs.clone();
+        let write = move |worker: usize, _i: u64| {
             let kv = kv.clone();
             let revs = revs.clone();
             async move {
@@ -142,38 +161,58 @@ pub async fn measure(kv: Kv, w: Workload) -> anyhow::Result<Figures> {
                 revs[worker].store(new, Ordering::SeqCst);
                 Ok(())
             }
-        }
-    };
-    // A short warm-up (connections, caches, the first log segment) that is not measured.
-    paced(w.writers, w.write_rate, Limit::Count(5), write.clone()).await?;
-    let writes = paced(w.writers, w.write_rate, Limit::For(w.write_time), write).await?;
-
-    // Readers: point gets spread over `read_keys` existing keys.
-    let fill = futures::future::join_all((0..w.read_keys).map(|i| {
-        let kv = kv.clone();
-        async move { kv.put(&read_key(i), object(i)).await }
-    }));
-    for r in fill.await {
-        r?;
+        };
+        paced(w.writers, w.write_rate, limit, write).await
     }
-    let keys = w.read_keys;
-    let readers = w.readers;
-    let read = move |worker: usize, i: u64| {
-        let kv = kv.clone();
-        async move {
-            let k = (worker + readers * i as usize) % keys;
-            kv.get(&read_key(k)).await?;
-            Ok(())
+
+    /// Readers: point gets spread over `read_keys` existing keys.
+    pub async fn gets(&self, w: Workload, limit: Limit) -> anyhow::Result<Run> {
+        let kv = self.kv.clone();
+        let (keys, readers) = (w.read_keys, w.readers);
+        let read = move |worker: usize, i: u64| {
+            let kv = kv.clone();
+            async move {
+                let k = (worker + readers * i as usize) % keys;
+                kv.get(&read_key(k)).await?;
+                Ok(())
+            }
+        };
+        paced(w.readers, w.read_rate, limit, read).await
+    }
+}
+
+/// Runs the workload against both backends, alternating between them in `rounds` slices of the
+/// configured durations so that a machine whose load changes during the run (other processes,
+/// the page cache, the disk) weighs on both alike. Returns `(a, b)`.
+pub async fn compare(
+    a: &Prepared,
+    b: &Prepared,
+    w: Workload,
+    rounds: u32,
+) -> anyhow::Result<(Figures, Figures)> {
+    let rounds = rounds.max(1);
+    // A short warm-up (connections, caches, the first log segment) that is not measured.
+    for p in [a, b] {
+        p.writes(w, Limit::Count(5)).await?;
+        p.gets(w, Limit::Count(5)).await?;
+    }
+    let mut figures = [Figures::default(), Figures::default()];
+    for _ in 0..rounds {
+        for (p, f) in [a, b].into_iter().zip(figures.iter_mut()) {
+            let run = p.writes(w, Limit::For(w.write_time / rounds)).await?;
+            f.write_rate += run.rate / rounds as f64;
+            f.writes.extend(run.latencies);
         }
-    };
-    paced(w.readers, w.read_rate, Limit::Count(5), read.clone()).await?;
-    let gets = paced(w.readers, w.read_rate, Limit::For(w.read_time), read).await?;
-    Ok(Figures {
-        writes: writes.latencies,
-        write_rate: writes.rate,
-        gets: gets.latencies,
-        get_rate: gets.rate,
-    })
+    }
+    for _ in 0..rounds {
+        for (p, f) in [a, b].into_iter().zip(figures.iter_mut()) {
+            let run = p.gets(w, Limit::For(w.read_time / rounds)).await?;
+            f.get_rate += run.rate / rounds as f64;
+            f.gets.extend(run.latencies);
+        }
+    }
+    let [fa, fb] = figures;
+    Ok((fa, fb))
 }
 
 fn write_key(i: usize) -> String {

@@ -17,6 +17,9 @@ use keel_bench::report::Table;
 use keel_bench::stats::{ms, Latencies};
 use keel_bench::{api, etcd, store};
 
+/// Slices the store comparison alternates in (see `store::compare`).
+const STORE_ROUNDS: u32 = 4;
+
 struct Args {
     quick: bool,
     store: bool,
@@ -83,6 +86,8 @@ async fn main() -> anyhow::Result<()> {
     raise_fd_limit();
     let mut table = Table::default();
     let mut detail = Vec::new();
+    // Other processes on this machine skew every figure; the load average tells how much.
+    let load_start = load_average();
 
     if args.store {
         let mut w = store::Workload::default();
@@ -105,6 +110,10 @@ async fn main() -> anyhow::Result<()> {
         api_level(w, &mut table, &mut detail).await?;
     }
 
+    detail.push(format!(
+        "load average at the start: {load_start}; at the end: {}",
+        load_average()
+    ));
     println!();
     println!("Keel control plane figures ({} cores, loopback)", cores());
     println!("{}", table.render());
@@ -121,6 +130,13 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -130,22 +146,23 @@ async fn store_level(w: store::Workload, table: &mut Table, detail: &mut Vec<Str
         "store level: {} writers at {}/s for {:?}, {} readers at {}/s for {:?}",
         w.writers, w.write_rate, w.write_time, w.readers, w.read_rate, w.read_time
     );
-    eprintln!("  embedded store ...");
     let dir = tempfile::Builder::new()
         .prefix("keel-bench-store-")
         .tempdir()
         .context("temp dir for the embedded store")?;
-    let embedded = {
-        let s = keel_store::embedded::EmbeddedStore::open(dir.path(), Default::default())
-            .with_context(|| format!("opening the embedded store in {}", dir.path().display()))?;
-        store::measure(store::Kv::Embedded(std::sync::Arc::new(s)), w).await?
-    };
+    let embedded = keel_store::embedded::EmbeddedStore::open(dir.path(), Default::default())
+        .with_context(|| format!("opening the embedded store in {}", dir.path().display()))?;
+    let embedded = store::prepare(store::Kv::Embedded(std::sync::Arc::new(embedded)), w).await?;
     eprintln!("  etcd {} ...", etcd::binary().display());
     let server = etcd::Etcd::start().await?;
     let client = server.client().await?;
-    let reference = store::measure(store::Kv::Etcd(Box::new(client.kv_client())), w)
+    let reference = store::prepare(store::Kv::Etcd(Box::new(client.kv_client())), w)
         .await
-        .with_context(|| format!("measuring etcd; its log:\n{}", server.log()))?;
+        .with_context(|| format!("filling etcd; its log:\n{}", server.log()))?;
+    eprintln!("  alternating between them, {STORE_ROUNDS} rounds ...");
+    let (embedded, reference) = store::compare(&embedded, &reference, w, STORE_ROUNDS)
+        .await
+        .with_context(|| format!("etcd's log:\n{}", server.log()))?;
     drop(server);
 
     let mut e = embedded;
@@ -265,6 +282,16 @@ async fn api_level(w: api::Workload, table: &mut Table, detail: &mut Vec<String>
         "<= 300 MB",
         mb(f.rss_pods) <= 300.0,
     );
+    table.check(
+        &format!("keel-server RSS, {} pods stored, after the lists", f.pods_created),
+        format!("{:.1} MB", mb(f.rss_after_lists)),
+        "<= 300 MB",
+        mb(f.rss_after_lists) <= 300.0,
+    );
+    table.info(
+        &format!("keel-server RSS, {} watches open (end)", w.watchers),
+        format!("{:.1} MB", mb(f.rss_end)),
+    );
     table.info(
         "keel-server RSS peak (VmHWM, whole run)",
         format!("{:.1} MB", mb(f.rss_peak)),
@@ -305,6 +332,5 @@ async fn api_level(w: api::Workload, table: &mut Table, detail: &mut Vec<String>
         f.watch_deliveries.summary(),
         f.watch_all.summary()
     ));
-    detail.push(format!("keel-server RSS at the end: {:.1} MB", mb(f.rss_end)));
     Ok(())
 }
