@@ -31,7 +31,11 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn report(&self) -> NodeReport {
-        let mut ips: Vec<Ipv4Addr> = host::ipv4_addresses().into_iter().map(|a| a.address).collect();
+        let mut ips: Vec<Ipv4Addr> = host::ipv4_addresses()
+            .into_iter()
+            .filter(|a| !crate::net::pod_network::is_pod_interface(&a.interface))
+            .map(|a| a.address)
+            .collect();
         ips.dedup();
         if let Some(p) = self.preferred_ip {
             if let Some(i) = ips.iter().position(|a| *a == p) {
@@ -93,7 +97,7 @@ impl Reporter {
             allocatable: Some(allocatable),
             system_info: Some(system_info),
             conditions: vec![
-                cond("NetworkUnavailable", "False"),
+                crate::net::network_agent::network_condition(),
                 cond("MemoryPressure", "False"),
                 cond("DiskPressure", "False"),
                 cond("PIDPressure", "False"),

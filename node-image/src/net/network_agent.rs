@@ -1,10 +1,10 @@
-//! The pod network as the agent runs it: one reconcile loop ([`serve`]) and the few accessors the
-//! rest of the agent uses — the session hands over peer sets ([`offer_peers`]) and reads what
-//! to report ([`overlay_endpoint`], [`network_condition`], [`changes`]); the pod manager attaches
-//! and detaches pod sandboxes ([`attach`], [`detach`]).
+//! The pod network as the agent runs it: one reconcile loop ([`serve`]) fed through the agent's
+//! pod link (the pod CIDR from the Welcome, the peer sets from the session; it answers with this
+//! node's overlay endpoint, which the session reports at once), and the few process-wide
+//! accessors the rest of the agent uses: the report's `NetworkUnavailable` condition
+//! ([`network_condition`]) and, for the pod manager, [`attach`] and [`detach`] of pod sandboxes.
 //!
-//! The state is process-wide (one agent, one node network) so that each of those call sites is
-//! a single line. The loop is level-triggered: whenever the pod CIDR or the peer set changes,
+//! The loop is level-triggered: whenever the pod CIDR or the peer set changes,
 //! and every [`RESYNC`] regardless, it applies the whole desired state again
 //! ([`NodeNet::apply`] is idempotent), so a device someone deleted comes back.
 
@@ -47,30 +47,14 @@ struct Status {
     problem: String,
 }
 
-struct Shared {
-    status: Mutex<Status>,
-    peers: watch::Sender<Option<Arc<OverlayPeers>>>,
-    /// Bumped whenever something the node reports changes.
-    changes: watch::Sender<u64>,
-}
-
-static SHARED: LazyLock<Shared> = LazyLock::new(|| Shared {
-    status: Mutex::new(Status::default()),
-    peers: watch::Sender::new(None),
-    changes: watch::Sender::new(0),
-});
+static STATUS: LazyLock<Mutex<Status>> = LazyLock::new(|| Mutex::new(Status::default()));
 
 fn status() -> std::sync::MutexGuard<'static, Status> {
-    SHARED.status.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The session received a peer set.
-pub fn offer_peers(p: OverlayPeers) {
-    SHARED.peers.send_replace(Some(Arc::new(p)));
+    STATUS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// This node's end of the overlay, once known.
-pub fn overlay_endpoint() -> Option<OverlayEndpoint> {
+fn overlay_endpoint() -> Option<OverlayEndpoint> {
     status().endpoint.map(|a| OverlayEndpoint {
         address: a.to_string(),
         vtep_mac: mac_string(&overlay::vtep_mac(a)),
@@ -96,22 +80,15 @@ pub fn network_condition() -> Condition {
     }
 }
 
-/// A receiver that changes whenever the report should be sent again.
-pub fn changes() -> watch::Receiver<u64> {
-    SHARED.changes.subscribe()
-}
-
-fn changed() {
-    SHARED.changes.send_modify(|n| *n = n.wrapping_add(1));
-}
-
 /// Attaches a pod sandbox (its network namespace, e.g. `/proc/PID/ns/net`) to the pod network.
+#[allow(dead_code)] // for the pod manager, which gives sandboxes their own network namespace next
 pub async fn attach(netns: PathBuf, pod_uid: String) -> Result<PodIp, NetError> {
     let net = status().net.clone().ok_or(NetError::NotReady)?;
     blocking(move || net.attach(&netns, &pod_uid)).await
 }
 
 /// Detaches a pod and frees its address.
+#[allow(dead_code)] // likewise
 pub async fn detach(pod_uid: String) -> Result<Option<Ipv4Addr>, NetError> {
     let net = status().net.clone().ok_or(NetError::NotReady)?;
     blocking(move || net.detach(&pod_uid)).await
@@ -126,8 +103,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Keeps the pod network applied. `pod_cidr` is the node's range as the control plane assigned
-/// it (empty until then).
-pub async fn serve(settings: Settings, mut pod_cidr: watch::Receiver<String>) {
+/// it (empty until then), `peers` the newest peer set; `overlay` gets this node's endpoint, and
+/// is touched again whenever the network goes up or down so that the session reports the
+/// changed `NetworkUnavailable` condition at once.
+pub async fn serve(
+    settings: Settings,
+    mut pod_cidr: watch::Receiver<String>,
+    mut peers_rx: watch::Receiver<Option<Arc<OverlayPeers>>>,
+    overlay: watch::Sender<Option<OverlayEndpoint>>,
+) {
+    let changed = || {
+        overlay.send_replace(overlay_endpoint());
+    };
     let cluster: Cidr = match CLUSTER_CIDR.parse() {
         Ok(c) => c,
         Err(e) => {
@@ -136,13 +123,12 @@ pub async fn serve(settings: Settings, mut pod_cidr: watch::Receiver<String>) {
         }
     };
     wait_for_modules().await;
-    let mut peers_rx = SHARED.peers.subscribe();
     let mut last_problem = String::new();
     let mut last_peers: Option<Vec<Peer>> = None;
     loop {
         let cidr_text = pod_cidr.borrow_and_update().clone();
         let offered = peers_rx.borrow_and_update().clone();
-        let result = reconcile(&settings, cluster, &cidr_text, offered.as_deref()).await;
+        let result = reconcile(&settings, cluster, &cidr_text, offered.as_deref(), &changed).await;
         let wait = match result {
             Ok((net, peers)) => {
                 if last_peers.as_ref() != Some(&peers) {
@@ -201,6 +187,7 @@ async fn reconcile(
     cluster: Cidr,
     cidr_text: &str,
     offered: Option<&OverlayPeers>,
+    changed: &impl Fn(),
 ) -> Result<(NodeNet, Vec<Peer>), String> {
     let preferred = settings.preferred_ip;
     let underlay = tokio::task::spawn_blocking(move || find_underlay(preferred, cluster))

@@ -68,9 +68,6 @@ impl Msg {
     pub fn u8(self, ty: u16, v: u8) -> Msg {
         self.attr(ty, &[v])
     }
-    pub fn u16(self, ty: u16, v: u16) -> Msg {
-        self.attr(ty, &v.to_ne_bytes())
-    }
     pub fn u32(self, ty: u16, v: u32) -> Msg {
         self.attr(ty, &v.to_ne_bytes())
     }

@@ -43,11 +43,6 @@ impl PodIpam {
         Ok(PodIpam { dir, cidr })
     }
 
-    /// The bridge's address, every pod's gateway: the range's first host address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.cidr.nth(1).unwrap_or(self.cidr.network)
-    }
-
     fn io(&self, source: io::Error) -> IpamError {
         IpamError::Io {
             path: self.dir.clone(),
@@ -127,7 +122,6 @@ mod tests {
     fn allocates_lowest_free_and_keeps_it_per_pod() {
         let dir = tempfile::tempdir().unwrap();
         let ipam = PodIpam::open(dir.path(), "10.244.3.0/24".parse().unwrap()).unwrap();
-        assert_eq!(ipam.gateway(), ip("10.244.3.1"));
         assert_eq!(ipam.allocate("pod-a").unwrap(), ip("10.244.3.2"));
         assert_eq!(ipam.allocate("pod-b").unwrap(), ip("10.244.3.3"));
         // The same pod asking again (a sandbox re-attached) keeps its address.

@@ -224,6 +224,7 @@ impl NodeNet {
 
     /// Frees the addresses of every pod not in `live` (pods that went away while the agent was
     /// down); returns how many.
+    #[allow(dead_code)] // for the pod manager when it re-adopts its pods after a restart
     pub fn release_all_but(&self, live: &[&str]) -> Result<usize, NetError> {
         let ipam = self.ipam()?;
         let mut n = 0;
