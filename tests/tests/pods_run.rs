@@ -148,13 +148,14 @@ fn wait_pod(
 }
 
 fn pod_manifest(name: &str, image: &str, script: &str, restart: &str) -> String {
+    let script = serde_json::to_string(script).expect("JSON string");
     format!(
         r#"{{"apiVersion": "v1", "kind": "Pod",
             "metadata": {{"name": "{name}", "labels": {{"test": "pods-run"}}}},
             "spec": {{"nodeName": "{NODE}", "restartPolicy": "{restart}",
                       "terminationGracePeriodSeconds": 5,
                       "containers": [{{"name": "main", "image": "{image}",
-                                       "command": ["sh", "-c", "{script}"],
+                                       "command": ["sh", "-c", {script}],
                                        "env": [{{"name": "GREETING", "value": "hello"}}],
                                        "resources": {{"limits": {{"memory": "64Mi", "cpu": "500m"}}}}}}]}}}}"#
     )
@@ -253,13 +254,21 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     // Run to completion with restartPolicy Never: Completed (the image is now on the node).
     // It exits 0 only if the container is what it should be: its env, the pod's hostname,
     // PID 1 of its own PID namespace (`$$$$` is `$$` once Kubernetes expanded it), the pod's
-    // /etc/hosts, a /dev/null, / as working dir.
+    // /etc/hosts, a /dev/null, / as working dir, its cgroup limits (memory.max, cpu.max).
     let checks = "test $GREETING = hello && test $(hostname) = once && test $$$$ = 1 && \
-                  grep -q once /etc/hosts && echo ok > /dev/null && test $(pwd) = / && echo done";
+                  grep -q once /etc/hosts && echo ok > /dev/null && test $(pwd) = / && \
+                  test $(cat /sys/fs/cgroup/memory.max) = 67108864 && \
+                  test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"50000 100000\" && echo done";
     s.apply(&k, &pod_manifest("once", "busybox:1.35", checks, "Never"));
     wait_pod(&s, &k, &vm, "once", "Completed", Duration::from_secs(90), |r| {
         r.get(2).map(String::as_str) == Some("Completed") && r.get(1).map(String::as_str) == Some("0/1")
     });
+
+    // A container that keeps failing is restarted with back-off: CrashLoopBackOff, restarts.
+    s.apply(
+        &k,
+        &pod_manifest("crash", "busybox:1.35", "echo bye; exit 3", "Always"),
+    );
 
     // An image that does not exist.
     s.apply(
@@ -299,9 +308,23 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
         vm.console_text()
     );
 
+    let row = wait_pod(&s, &k, &vm, "crash", "restarted", Duration::from_secs(90), |r| {
+        r.get(3).is_some_and(|n| n != "0") && r.get(2).map(String::as_str) != Some("Running")
+    });
+    assert!(
+        matches!(row.get(2).map(String::as_str), Some("CrashLoopBackOff" | "Error")),
+        "{row:?}"
+    );
+    let crash = s.ok(&k, &["get", "pod", "crash", "-o", "json"]);
+    let crash: serde_json::Value = serde_json::from_str(&crash).expect("pod JSON");
+    assert_eq!(
+        crash["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 3,
+        "{crash}"
+    );
+
     // kubectl delete waits for the node to stop the pod; it must return.
     let started = Instant::now();
-    for name in ["hello", "missing", "once"] {
+    for name in ["hello", "missing", "once", "crash"] {
         let out = k
             .run(&["delete", "pod", name, "--timeout=90s"])
             .expect("kubectl delete");
@@ -326,7 +349,7 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     }
     eprintln!(
         "figures: pod created → Running 1/1 in {} ms (first pull included); busybox pull {} ms; \
-         three deletes in {} ms; agent RSS {} KiB",
+         four deletes in {} ms; agent RSS {} KiB",
         to_running.as_millis(),
         console_figure(&console, "from http://10.0.2.100:5000 in ", " ms")
             .map_or("?".to_string(), |v| v.to_string()),

@@ -10,7 +10,8 @@
 //! 4. unshares a mount and a PID namespace, makes `/` private, mounts the overlayfs root
 //!    (image layers read-only below, a per-container upper directory);
 //! 5. forks: the child is PID 1 of the new PID namespace; it mounts `/proc`, a minimal `/dev`
-//!    (null, zero, full, random, urandom, tty, pts, shm), `/sys` read-only, binds the pod's
+//!    (null, zero, full, random, urandom, tty, pts, shm), `/sys` and its own cgroup (a cgroup
+//!    namespace rooted at the container's cgroup) read-only, binds the pod's
 //!    `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, pivot_roots into the overlay,
 //!    changes to the working directory and execs the command with the environment;
 //! 6. the helper stays as the container's parent: it forwards SIGTERM and friends to it and
@@ -140,7 +141,14 @@ fn run(cfg: &ContainerConfig) -> io::Result<i32> {
             sys::setns(&ns.join("net"), libc::CLONE_NEWNET)?;
         }
     }
-    sys::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID)?;
+    // The cgroup namespace is rooted at the container's cgroup (joined above), so the
+    // container's /sys/fs/cgroup shows its own limits, as with runc.
+    let cgroupns = if cfg.cgroup.is_some() {
+        libc::CLONE_NEWCGROUP
+    } else {
+        0
+    };
+    sys::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWPID | cgroupns)?;
     sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     let lower = cfg
         .layers
@@ -293,6 +301,17 @@ fn prepare_root(cfg: &ContainerConfig) -> io::Result<()> {
             None,
         ) {
             eprintln!("keel: container /sys not mounted: {e}");
+        } else if cfg.cgroup.is_some() {
+            let cg = sysdir.join("fs/cgroup");
+            if let Err(e) = sys::mount(
+                Some("cgroup2"),
+                &cg,
+                Some("cgroup2"),
+                nosuid | libc::MS_RDONLY,
+                None,
+            ) {
+                eprintln!("keel: container /sys/fs/cgroup not mounted: {e}");
+            }
         }
     }
     let etc = dir("etc")?;
