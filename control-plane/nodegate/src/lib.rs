@@ -7,6 +7,8 @@
 //!   renew its Lease ([`session`](crate::session)).
 //! * Down the session go the node's pods, as full snapshots whenever they change
 //!   ([`pods`](crate::pods)).
+//! * And the pod overlay's peers: every other node's pod CIDR and VXLAN endpoint
+//!   ([`peers`](crate::peers)).
 //! * A lifecycle loop marks nodes with stale Leases unreachable and restores them when they
 //!   come back ([`lifecycle`](crate::lifecycle)).
 //!
@@ -20,6 +22,7 @@ mod ipam;
 mod join;
 mod lifecycle;
 mod node_status;
+mod peers;
 mod pods;
 mod service;
 mod session;

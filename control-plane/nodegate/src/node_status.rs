@@ -47,6 +47,19 @@ fn default_reason(kind: &str, status: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// Node annotations with the node's pod-overlay endpoint (from its report), which the other
+/// nodes route their VXLAN traffic to.
+pub(crate) const OVERLAY_ADDRESS_ANNOTATION: &str = "keel.dev/overlay-address";
+pub(crate) const VTEP_MAC_ANNOTATION: &str = "keel.dev/vtep-mac";
+
+/// The overlay endpoint (address, VTEP MAC) a Node's annotations hold, if both are set.
+pub(crate) fn overlay_of(node: &Value) -> Option<(String, String)> {
+    let a = node.pointer("/metadata/annotations")?;
+    let address = a.get(OVERLAY_ADDRESS_ANNOTATION)?.as_str()?;
+    let mac = a.get(VTEP_MAC_ANNOTATION)?.as_str()?;
+    (!address.is_empty() && !mac.is_empty()).then(|| (address.to_string(), mac.to_string()))
+}
+
 /// The Node annotation with the node's boot phases, e.g. `kernel=0.00s, modules=0.41s, agent=1.20s`.
 pub(crate) const BOOT_PHASES_ANNOTATION: &str = "keel.dev/boot-phases";
 

@@ -66,6 +66,8 @@ struct NodeSession {
     /// The pod CIDR the node was last told (Welcome), and the one its Node holds.
     told_cidr: String,
     pod_cidr: String,
+    /// The overlay endpoint this session wrote to the Node's annotations.
+    overlay_written: Option<(String, String)>,
 }
 
 /// Serves one session until the node goes away or the gate shuts down.
@@ -87,9 +89,11 @@ pub(crate) async fn run(
         out: out.clone(),
         pod_cidr: told_cidr.clone(),
         told_cidr,
+        overlay_written: None,
     };
     tracing::info!(node = %s.node, "node session opened");
     let feeder = tokio::spawn(crate::pods::feed(s.gate.clone(), s.node.clone(), out.clone()));
+    let peers = tokio::spawn(crate::peers::feed(s.gate.clone(), s.node.clone(), out.clone()));
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -112,6 +116,7 @@ pub(crate) async fn run(
         }
     }
     feeder.abort();
+    peers.abort();
 }
 
 impl NodeSession {
@@ -154,7 +159,38 @@ impl NodeSession {
                 self.told_cidr = self.pod_cidr.clone();
             }
         }
-        self.post_status().await
+        self.post_status().await?;
+        self.ensure_overlay(&report).await
+    }
+
+    /// Records the node's overlay endpoint on its Node (annotations), when it reported one that
+    /// differs from what this session last wrote.
+    async fn ensure_overlay(&mut self, report: &NodeReport) -> ApiResult<()> {
+        let Some(o) = report.overlay.as_ref().filter(|o| !o.address.is_empty()) else {
+            return Ok(());
+        };
+        let wanted = (o.address.clone(), o.vtep_mac.clone());
+        if self.overlay_written.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        let g = &self.gate;
+        let patch = json!({"metadata": {"annotations": {
+            node_status::OVERLAY_ADDRESS_ANNOTATION: wanted.0,
+            node_status::VTEP_MAC_ANNOTATION: wanted.1,
+        }}});
+        g.client
+            .patch(
+                g.kinds.nodes,
+                None,
+                self.node.clone(),
+                Patch::Merge(patch),
+                None,
+                WriteOptions::default(),
+            )
+            .await?;
+        tracing::info!(node = %self.node, address = %wanted.0, "recorded overlay endpoint");
+        self.overlay_written = Some(wanted);
+        Ok(())
     }
 
     /// The Node's pod CIDR, allocating one if the gate does IPAM and it has none.

@@ -12,7 +12,9 @@ use hyper_util::rt::TokioIo;
 use keel_proto::control_message::Msg as ControlMsg;
 use keel_proto::node_gate_client::NodeGateClient;
 use keel_proto::node_message::Msg as NodeMsg;
-use keel_proto::{ControlMessage, DesiredPods, NodeMessage, NodeReport, PodStatusReport};
+use keel_proto::{
+    ControlMessage, DesiredPods, NodeMessage, NodeReport, OverlayEndpoint, OverlayPeers, PodStatusReport,
+};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use support::{pods, rt, wait_for, Gate, DEADLINE};
@@ -91,6 +93,24 @@ impl NodeSession {
             if let Some(ControlMsg::Welcome(w)) = m.msg {
                 if !w.pod_cidr.is_empty() {
                     return w.pod_cidr;
+                }
+            }
+        }
+    }
+}
+
+impl NodeSession {
+    /// The next OverlayPeers that satisfies `f`.
+    async fn peers_until(&mut self, f: impl Fn(&OverlayPeers) -> bool) -> OverlayPeers {
+        loop {
+            let m = tokio::time::timeout(DEADLINE, self.down.message())
+                .await
+                .expect("no message from the gate")
+                .unwrap()
+                .expect("session ended");
+            if let Some(ControlMsg::Peers(p)) = m.msg {
+                if f(&p) {
+                    return p;
                 }
             }
         }
@@ -224,5 +244,55 @@ async fn each_node_gets_its_own_pod_cidr_and_keeps_it() {
     drop(a);
     let mut again = node_session(&gate, "node-a").await;
     assert_eq!(again.next_pod_cidr().await, "10.244.0.0/24");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn overlay_peers_are_the_other_nodes_with_their_ranges_and_endpoints() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    let report = |addr: &str, mac: &str| NodeMessage {
+        msg: Some(NodeMsg::Report(NodeReport {
+            overlay: Some(OverlayEndpoint {
+                address: addr.into(),
+                vtep_mac: mac.into(),
+            }),
+            ..Default::default()
+        })),
+    };
+    let mut a = node_session(&gate, "node-a").await;
+    a.up.send(report("192.168.50.1", "0e:00:00:00:00:01"))
+        .await
+        .unwrap();
+    // Alone in the cluster: an empty list (sent on connect).
+    a.peers_until(|p| p.peers.is_empty()).await;
+
+    let mut b = node_session(&gate, "node-b").await;
+    b.up.send(report("192.168.50.2", "0e:00:00:00:00:02"))
+        .await
+        .unwrap();
+    let seen_by_a = a.peers_until(|p| !p.peers.is_empty()).await;
+    assert_eq!(seen_by_a.peers.len(), 1);
+    let peer = &seen_by_a.peers[0];
+    assert_eq!(peer.node_name, "node-b");
+    assert_eq!(peer.address, "192.168.50.2");
+    assert_eq!(peer.vtep_mac, "0e:00:00:00:00:02");
+    assert_eq!(peer.pod_cidr, "10.244.1.0/24");
+    let seen_by_b = b.peers_until(|p| !p.peers.is_empty()).await;
+    assert_eq!(seen_by_b.peers[0].node_name, "node-a");
+    assert_eq!(seen_by_b.peers[0].pod_cidr, "10.244.0.0/24");
+
+    // The endpoint is on the Node for everyone to see.
+    let node_b = gate.node("node-b").unwrap();
+    assert_eq!(
+        node_b["metadata"]["annotations"]["keel.dev/overlay-address"],
+        "192.168.50.2"
+    );
+
+    // A node moves its endpoint: the others hear of it.
+    b.up.send(report("192.168.50.22", "0e:00:00:00:00:22"))
+        .await
+        .unwrap();
+    a.peers_until(|p| p.peers.first().is_some_and(|x| x.address == "192.168.50.22"))
+        .await;
     gate.stop().await;
 }

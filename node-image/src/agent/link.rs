@@ -11,11 +11,14 @@
 //!   have missed reports, so a pod manager sends every pod's status again (level-triggered).
 //! * [`PodLink::pod_cidr`] is this node's pod range (`10.244.3.0/24`), empty until the control
 //!   plane assigned one; it can arrive after the first pods.
+//! * [`PodLink::peers`] holds the newest overlay peer list (every other node's pod CIDR and
+//!   VXLAN endpoint); [`PodLink::overlay`] is where the pod network says where this node's own
+//!   VXLAN ends, which the session reports to the control plane right away.
 
 use std::sync::Arc;
 
 use keel_proto::node_message::Msg as NodeMsg;
-use keel_proto::DesiredPods;
+use keel_proto::{DesiredPods, OverlayEndpoint, OverlayPeers};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
@@ -78,6 +81,10 @@ pub struct PodLink {
     pub sessions: watch::Receiver<u64>,
     #[allow(dead_code)] // for the pod network
     pub pod_cidr: watch::Receiver<String>,
+    #[allow(dead_code)] // for the pod network
+    pub peers: watch::Receiver<Option<Arc<OverlayPeers>>>,
+    #[allow(dead_code)] // for the pod network
+    pub overlay: watch::Sender<Option<OverlayEndpoint>>,
 }
 
 /// The session's end.
@@ -86,6 +93,8 @@ pub struct SessionLink {
     pub up: mpsc::Receiver<NodeMsg>,
     pub sessions: watch::Sender<u64>,
     pub pod_cidr: watch::Sender<String>,
+    pub peers: watch::Sender<Option<Arc<OverlayPeers>>>,
+    pub overlay: watch::Receiver<Option<OverlayEndpoint>>,
 }
 
 impl SessionLink {
@@ -104,18 +113,24 @@ pub fn pair() -> (SessionLink, PodLink) {
     let (up_tx, up_rx) = mpsc::channel(UP_QUEUE);
     let (sessions_tx, sessions_rx) = watch::channel(0);
     let (cidr_tx, cidr_rx) = watch::channel(String::new());
+    let (peers_tx, peers_rx) = watch::channel(None);
+    let (overlay_tx, overlay_rx) = watch::channel(None);
     (
         SessionLink {
             desired: desired_tx,
             up: up_rx,
             sessions: sessions_tx,
             pod_cidr: cidr_tx,
+            peers: peers_tx,
+            overlay: overlay_rx,
         },
         PodLink {
             desired: desired_rx,
             up: up_tx,
             sessions: sessions_rx,
             pod_cidr: cidr_rx,
+            peers: peers_rx,
+            overlay: overlay_tx,
         },
     )
 }

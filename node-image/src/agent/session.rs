@@ -66,7 +66,7 @@ pub async fn run(
         }
     };
     let (tx, rx) = mpsc::channel::<NodeMessage>(8);
-    let mut last_report: NodeReport = reporter.report();
+    let mut last_report: NodeReport = report_now(reporter, link);
     if tx.send(msg(NodeMsg::Report(last_report.clone()))).await.is_err() {
         return Ended::Broken {
             reason: "session channel closed".into(),
@@ -115,7 +115,7 @@ pub async fn run(
             _ = ticker.tick() => {
                 beats = beats.wrapping_add(1);
                 if beats.is_multiple_of(REPORT_EVERY) {
-                    let report = reporter.report();
+                    let report = report_now(reporter, link);
                     if report != last_report {
                         last_report = report.clone();
                         if tx.send(msg(NodeMsg::Report(report))).await.is_err() {
@@ -136,10 +136,23 @@ pub async fn run(
                     link.desired.send_replace(Some(std::sync::Arc::new(set)));
                 }
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Welcome(w)) })) => link.set_pod_cidr(&w.pod_cidr),
+                Ok(Some(ControlMessage { msg: Some(ControlMsg::Peers(p)) })) => {
+                    link.peers.send_replace(Some(std::sync::Arc::new(p)));
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => return Ended::Broken { reason: "the control plane closed the session".into(), established: true },
                 Err(s) => return classify(s, true),
             },
+            // The pod network learned (or changed) its overlay endpoint: report at once.
+            Ok(()) = link.overlay.changed() => {
+                let report = report_now(reporter, link);
+                if report != last_report {
+                    last_report = report.clone();
+                    if tx.send(msg(NodeMsg::Report(report))).await.is_err() {
+                        break;
+                    }
+                }
+            }
             Some(up) = link.up.recv() => {
                 if tx.send(msg(up)).await.is_err() {
                     break;
@@ -151,6 +164,13 @@ pub async fn run(
         reason: "the session's send side closed".into(),
         established: true,
     }
+}
+
+/// The machine's facts plus what the pod network says about its overlay endpoint.
+fn report_now(reporter: &Reporter, link: &mut SessionLink) -> NodeReport {
+    let mut r = reporter.report();
+    r.overlay = link.overlay.borrow_and_update().clone();
+    r
 }
 
 fn classify(s: tonic::Status, established: bool) -> Ended {
