@@ -385,6 +385,41 @@ fn config_disk_labelled_keelcfg_is_read() {
 }
 
 #[test]
+fn config_cdrom_iso9660_is_read_after_the_storage_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree/keel");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(
+        tree.join("node.conf"),
+        format!("name=from-cdrom\nserver=https://10.0.2.100:9443\ntoken={TOKEN}\nca-hash={CA_HASH}\n"),
+    )
+    .unwrap();
+    let iso = dir.path().join("cfg.iso");
+    let st = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-V", "KEELCFG", "-o"])
+        .arg(&iso)
+        .arg(dir.path().join("tree"))
+        .status()
+        .expect("xorriso runs");
+    assert!(st.success(), "xorriso failed");
+    let mut args = direct_boot(&image("initramfs", "image"), "");
+    // An IDE CD-ROM: found only once ata_piix and sr_mod are loaded, after the network.
+    args.extend(
+        [
+            "-drive",
+            &format!("file={},if=ide,media=cdrom,readonly=on", iso.display()),
+        ]
+        .map(String::from),
+    );
+    let mut vm = Vm::start(&args);
+    vm.wait_for("keel: config disk /dev/sr0 (iso9660, KEELCFG)", BOOT_DEADLINE);
+    vm.wait_for("keel: hostname from-cdrom", BOOT_DEADLINE);
+    vm.wait_for("(configured from disk)", BOOT_DEADLINE);
+    vm.wait_for("keel: powering off", BOOT_DEADLINE);
+    assert!(vm.wait_exit(BOOT_DEADLINE).success());
+}
+
+#[test]
 fn iso_with_patched_config_boots_under_bios() {
     let base = image("keel-node.iso", "iso");
     let size = std::fs::metadata(&base).unwrap().len();
