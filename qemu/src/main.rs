@@ -293,7 +293,10 @@ fn up(
             if let Ok(text) = lab::status(&d, &Binaries::discover().kubectl) {
                 print!("{text}");
             }
-            println!("stop it with `make qemu-cluster-down`, or start another with KEEL_LAB=<name> make qemu-cluster");
+            println!(
+                "stop it with `{}make qemu-cluster-down`, or start another with KEEL_LAB=<name> make qemu-cluster",
+                make_prefix(&name)
+            );
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => return Err(e.into()),
@@ -324,8 +327,9 @@ fn up(
             eprintln!("{logs}");
             eprintln!("keel-lab: {e}");
             eprintln!(
-                "the lab is left running for inspection (logs in {}/logs); `make qemu-cluster-down` stops it",
-                state_dir.display()
+                "the lab is left running for inspection (logs in {}/logs); `{}make qemu-cluster-down` stops it",
+                state_dir.display(),
+                make_prefix(&state.name)
             );
             return Ok(ExitCode::FAILURE);
         }
@@ -338,6 +342,15 @@ fn up(
     );
     print_usage(&state_dir, &kubeconfig, &state);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `KEEL_LAB=<name> ` for labs other than the default one, so printed commands work as typed.
+fn make_prefix(name: &str) -> String {
+    if name == "lab" {
+        String::new()
+    } else {
+        format!("KEEL_LAB={name} ")
+    }
 }
 
 fn rel(p: &Path) -> String {
@@ -371,5 +384,5 @@ fn print_usage(dir: &Path, kubeconfig: &Path, state: &lab::LabState) {
         rel(&std::env::current_exe().unwrap_or_else(|_| PathBuf::from("keel-lab"))),
         rel(dir)
     );
-    println!("stop:        make qemu-cluster-down");
+    println!("stop:        {}make qemu-cluster-down", make_prefix(&state.name));
 }
