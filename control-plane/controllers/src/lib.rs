@@ -11,12 +11,14 @@
 //! * [`deployment`]: Deployments (ReplicaSets per template, rolling update and recreate,
 //!   revisions, history cleanup, rollout status conditions).
 //! * [`endpoints`]: the Endpoints of Services with selectors.
+//! * [`job`]: Jobs (completions, parallelism, backoff limit, deadline, suspend).
 //!
 //! Entry point: [`run_all`].
 
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
+pub mod job;
 pub mod kinds;
 pub mod pods;
 pub mod replicaset;
@@ -111,6 +113,11 @@ pub async fn run_all(
             .owns(k.replica_sets)
             .run(deployment::reconcile, ctx.clone(), stopped()),
     );
+    tasks.spawn(Controller::new("job", client.clone(), k.jobs).owns(k.pods).run(
+        job::reconcile,
+        ctx.clone(),
+        stopped(),
+    ));
     let selectors = Arc::new(endpoints::Selectors::default());
     tasks.spawn(
         Controller::new("endpoints", client.clone(), k.services)

@@ -343,3 +343,102 @@ async fn history_beyond_the_limit_is_deleted_and_paused_deployments_do_not_roll(
         .await;
     f.rolled_out("app", 2, "4").await;
 }
+
+async fn finish_pods(f: &Fake, job_uid: &str, phase: &str) -> usize {
+    let mut n = 0;
+    for mut pod in f.list("", "pods").await {
+        if pods::controller_uid(&pod) != Some(job_uid) || !pods::is_active(&pod) {
+            continue;
+        }
+        pod["status"]["phase"] = json!(phase);
+        f.client
+            .update(
+                rt("", "pods"),
+                Some("default".into()),
+                pod,
+                Some("status".into()),
+                WriteOptions::default(),
+            )
+            .await
+            .expect("status");
+        n += 1;
+    }
+    n
+}
+
+fn job(name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["template"] = json!({"metadata": {"labels": {"job": name}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}});
+    json!({"metadata": {"name": name}, "spec": spec})
+}
+
+fn has_condition(obj: &Value, kind: &str, reason: &str) -> bool {
+    obj["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == kind && c["status"] == "True" && c["reason"] == reason)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_runs_completions_within_parallelism() {
+    let f = Fake::start(false);
+    let j = f
+        .create(
+            "batch",
+            "jobs",
+            job("pi", json!({"completions": 3, "parallelism": 2})),
+        )
+        .await;
+    let uid = pods::uid(&j).to_string();
+    let mut done = 0;
+    while done < 3 {
+        let active = wait_for(20, "active pods", || async {
+            let n = f
+                .list("", "pods")
+                .await
+                .iter()
+                .filter(|p| pods::controller_uid(p) == Some(uid.as_str()) && pods::is_active(p))
+                .count();
+            (n > 0).then_some(n)
+        })
+        .await;
+        assert!(active <= 2, "parallelism 2, saw {active} active pods");
+        assert!(done + active <= 3, "never more pods than completions left");
+        done += finish_pods(&f, &uid, "Succeeded").await;
+        wait_for(20, "the job to count them", || async {
+            (f.get("batch", "jobs", "pi").await["status"]["succeeded"] == done as i64).then_some(())
+        })
+        .await;
+    }
+    let j = wait_for(20, "Complete", || async {
+        let j = f.get("batch", "jobs", "pi").await;
+        has_condition(&j, "Complete", "CompletionsReached").then_some(j)
+    })
+    .await;
+    assert_eq!(j["status"]["succeeded"], 3);
+    assert_eq!(j["status"]["active"], 0);
+    assert!(j["status"]["completionTime"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_fails_after_the_backoff_limit() {
+    let f = Fake::start(false);
+    let j = f
+        .create("batch", "jobs", job("flaky", json!({"backoffLimit": 1})))
+        .await;
+    let uid = pods::uid(&j).to_string();
+    for _ in 0..2 {
+        wait_for(20, "a pod to fail", || async {
+            (finish_pods(&f, &uid, "Failed").await > 0).then_some(())
+        })
+        .await;
+    }
+    let j = wait_for(20, "Failed", || async {
+        let j = f.get("batch", "jobs", "flaky").await;
+        has_condition(&j, "Failed", "BackoffLimitExceeded").then_some(j)
+    })
+    .await;
+    assert_eq!(j["status"]["failed"], 2);
+    assert_eq!(j["status"]["active"], 0);
+}

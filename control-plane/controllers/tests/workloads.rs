@@ -332,3 +332,43 @@ async fn endpoints_follow_ready_pods_of_a_service() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_completes_on_the_real_api() {
+    let c = Cluster::start().await;
+    c.run_controllers();
+    let job = c
+        .create(
+            "batch",
+            "jobs",
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once", "namespace": "default"},
+                   "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}),
+        )
+        .await;
+    let mut pod = wait_for(20, "the job's pod", || async {
+        active_pods_of(&c, &job).await.into_iter().next()
+    })
+    .await;
+    assert_eq!(pod["metadata"]["labels"]["job-name"], "once");
+    pod["status"]["phase"] = json!("Succeeded");
+    c.client
+        .update(
+            support::rt("", "pods"),
+            Some("default".into()),
+            pod,
+            Some("status".into()),
+            keel_api::client::WriteOptions::default(),
+        )
+        .await
+        .expect("pod status");
+    let job = wait_for(20, "the job to complete", || async {
+        let j = c.get("batch", "jobs", "default", "once").await;
+        let complete = j["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Complete" && c["status"] == "True");
+        complete.then_some(j)
+    })
+    .await;
+    assert_eq!(job["status"]["succeeded"], 1);
+}
