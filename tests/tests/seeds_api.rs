@@ -2,7 +2,8 @@
 //! §25): every manifest of `tests/manifests/seeds/` (re-indented, API versions updated) is
 //! accepted by the real kubectl against a private `keel-server` and reads back as upstream prints
 //! it, and every seed error kept in `tests/manifests/seeds/negative/` is rejected with upstream's
-//! message. No nodes: Pods stay Pending, nothing runs.
+//! message. No nodes: Pods stay Pending, nothing runs. Most tests run the API alone
+//! (`Server::start`); those about what controllers do with the objects (`start_full`) say so.
 
 mod common;
 
@@ -994,11 +995,11 @@ fn seed_scale_and_select_commands() {
     assert!(yaml.contains("name: mytomcat"), "{yaml}");
 }
 
-/// With the controllers running (no nodes needed), RC `mywebapp` makes its 2 Pods, `kubectl get
+/// With the scheduler and controllers running (no nodes needed), RC `mywebapp` makes its 2 Pods, `kubectl get
 /// pods -l app=mywebapp` lists them (Pending), and scaling RC `nginx` to 5 makes 5.
 #[test]
 fn replication_controllers_make_their_pods() {
-    let s = Server::start();
+    let s = Server::start_full(&[]);
     let k = s.kubectl();
     s.ok(&k, &["apply", "-f", &manifest("yaml-24-rc-mywebapp.yaml")]);
     s.ok(&k, &["apply", "-f", &manifest("yaml-08-rc-service-nginx.yaml")]);
@@ -1024,7 +1025,7 @@ fn replication_controllers_make_their_pods() {
 /// (6Gi RWX) binds to pv004, the smallest fit (not what the seed's comment claims, §25 #21).
 #[test]
 fn persistent_volume_claim_binds_the_smallest_fit() {
-    let s = Server::start();
+    let s = Server::start_full(&[]);
     let k = s.kubectl();
     s.ok(&k, &["apply", "-f", &manifest("yaml-14-pv.yaml")]);
     wait_for(30, "pv001..pv005 Available", || {
@@ -1057,7 +1058,7 @@ fn persistent_volume_claim_binds_the_smallest_fit() {
 /// /var/run/secrets/kubernetes.io/serviceaccount (the path the seed lists at 003:1940-1951).
 #[test]
 fn pods_get_the_service_account_token_volume() {
-    let s = Server::start();
+    let s = Server::start_full(&[]);
     let k = s.kubectl();
     s.ok(&k, &["apply", "-f", &manifest("yaml-05-pod-mytomcat.yaml")]);
     let mounts = s.ok(
@@ -1083,7 +1084,7 @@ fn pods_get_the_service_account_token_volume() {
 /// ServiceAccount admission of its Pods looks up.
 #[test]
 fn namespaces_get_a_default_service_account() {
-    let s = Server::start();
+    let s = Server::start_full(&[]);
     let k = s.kubectl();
     s.ok(&k, &["apply", "-f", &manifest("yaml-22-namespace-pod.yaml")]);
     let sa = wait_for(30, "ServiceAccount development/default", || {
@@ -1101,7 +1102,7 @@ fn namespaces_get_a_default_service_account() {
 /// clients such as YAML-45's heapster).
 #[test]
 fn namespaces_get_the_root_ca_config_map() {
-    let s = Server::start();
+    let s = Server::start_full(&[]);
     let k = s.kubectl();
     s.ok(&k, &["apply", "-f", &manifest("yaml-22-namespace-pod.yaml")]);
     let ca = wait_for(30, "ConfigMap development/kube-root-ca.crt", || {
@@ -1126,7 +1127,7 @@ fn namespaces_get_the_root_ca_config_map() {
 /// selector-less `my-service` keeps the Endpoints written by hand.
 #[test]
 fn services_with_selectors_get_endpoints() {
-    let s = Server::start();
+    let s = Server::start_full(&[]);
     let k = s.kubectl();
     for f in [
         "yaml-08-rc-service-nginx.yaml",
