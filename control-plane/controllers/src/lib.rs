@@ -10,11 +10,13 @@
 //! * [`replicaset`]: ReplicaSets and ReplicationControllers (pods from a template).
 //! * [`deployment`]: Deployments (ReplicaSets per template, rolling update and recreate,
 //!   revisions, history cleanup, rollout status conditions).
+//! * [`daemonset`]: DaemonSets (a pod per eligible node, ControllerRevisions, rolling update).
 //! * [`endpoints`]: the Endpoints of Services with selectors.
 //! * [`job`]: Jobs (completions, parallelism, backoff limit, deadline, suspend).
 //!
 //! Entry point: [`run_all`].
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -118,6 +120,14 @@ pub async fn run_all(
         ctx.clone(),
         stopped(),
     ));
+    let known = Arc::new(daemonset::Known::default());
+    tasks.spawn(
+        Controller::new("daemonset", client.clone(), k.daemon_sets)
+            .watches(k.daemon_sets, known.daemonset_mapper())
+            .watches(k.nodes, known.node_mapper())
+            .owns(k.pods)
+            .run(daemonset::reconcile, ctx.clone(), stopped()),
+    );
     let selectors = Arc::new(endpoints::Selectors::default());
     tasks.spawn(
         Controller::new("endpoints", client.clone(), k.services)

@@ -372,3 +372,89 @@ async fn job_completes_on_the_real_api() {
     .await;
     assert_eq!(job["status"]["succeeded"], 1);
 }
+
+async fn ready_node(c: &Cluster, name: &str, taints: Value) {
+    let node = json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}, "spec": {"taints": taints}});
+    let mut node = c.create("", "nodes", node).await;
+    node["status"] = json!({"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}]});
+    c.client
+        .update(
+            support::rt("", "nodes"),
+            None,
+            node,
+            Some("status".into()),
+            keel_api::client::WriteOptions::default(),
+        )
+        .await
+        .expect("node status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_runs_one_pod_per_eligible_node_and_rolls_updates() {
+    let c = Cluster::start().await;
+    ready_node(&c, "n1", json!([])).await;
+    ready_node(&c, "n2", json!([])).await;
+    ready_node(
+        &c,
+        "tainted",
+        json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+    )
+    .await;
+    c.run_controllers();
+    c.run_fake_kubelet();
+    let ds = c
+        .create(
+            "apps",
+            "daemonsets",
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "default"},
+                   "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                            "template": {"metadata": {"labels": {"app": "agent"}},
+                                         "spec": {"containers": [{"name": "a", "image": "agent:1"}]}}}}),
+        )
+        .await;
+    let pods_now = wait_for(20, "a pod for n1 and n2", || async {
+        let p = active_pods_of(&c, &ds).await;
+        let mut nodes: Vec<String> = p
+            .iter()
+            .filter_map(keel_controllers::daemonset::target_node)
+            .collect();
+        nodes.sort();
+        (nodes == ["n1", "n2"]).then_some(p)
+    })
+    .await;
+    assert!(pods_now
+        .iter()
+        .all(|p| p["metadata"]["labels"]["controller-revision-hash"].is_string()));
+    wait_for(20, "the status", || async {
+        let ds = c.get("apps", "daemonsets", "default", "agent").await;
+        let s = &ds["status"];
+        (s["desiredNumberScheduled"] == 2
+            && s["currentNumberScheduled"] == 2
+            && s["numberReady"] == 2
+            && s["updatedNumberScheduled"] == 2)
+            .then_some(())
+    })
+    .await;
+
+    // A new image replaces the pods; two revisions are recorded.
+    c.patch(
+        "apps",
+        "daemonsets",
+        "default",
+        "agent",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "agent:2"}]}}}}),
+    )
+    .await;
+    wait_for(30, "both pods on the new image", || async {
+        let p = active_pods_of(&c, &ds).await;
+        (p.len() == 2
+            && p.iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "agent:2" && pods::is_ready(p)))
+        .then_some(())
+    })
+    .await;
+    let revisions = c.list("apps", "controllerrevisions", "default").await;
+    assert_eq!(revisions.len(), 2);
+}
