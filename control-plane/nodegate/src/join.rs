@@ -68,7 +68,15 @@ pub(crate) async fn join(gate: &Gate, req: JoinRequest) -> Result<JoinResponse, 
         "node joined: issued client certificate system:node:{}",
         req.node_name
     );
-    record_csr(gate, &req, &user, &issued.pem).await;
+    record_csr(
+        gate,
+        &req.node_name,
+        &req.csr_der,
+        &user,
+        &issued.pem,
+        Approval::BootstrapToken,
+    )
+    .await;
     Ok(JoinResponse {
         certificate_pem: issued.pem,
         ca_pem: gate.pki.ca_pem().to_string(),
@@ -76,11 +84,42 @@ pub(crate) async fn join(gate: &Gate, req: JoinRequest) -> Result<JoinResponse, 
     })
 }
 
+/// Why a node certificate was issued without a human approving it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Approval {
+    /// A valid bootstrap token joined the node.
+    BootstrapToken,
+    /// The node renewed its own certificate over mutual TLS.
+    Renewal,
+}
+
+impl Approval {
+    fn reason(self) -> &'static str {
+        match self {
+            Approval::BootstrapToken => "AutoApproved",
+            Approval::Renewal => "AutoApprovedRenewal",
+        }
+    }
+
+    fn because(self) -> &'static str {
+        match self {
+            Approval::BootstrapToken => "after bootstrap token validation",
+            Approval::Renewal => "renewing the node's own certificate",
+        }
+    }
+}
+
 /// The CertificateSigningRequest a kubelet would have created, approved and issued.
-pub(crate) fn csr_object(req: &JoinRequest, user: &keel_auth::UserInfo, cert_pem: &str) -> Value {
+pub(crate) fn csr_object(
+    node_name: &str,
+    csr_der: &[u8],
+    user: &keel_auth::UserInfo,
+    cert_pem: &str,
+    approval: Approval,
+) -> Value {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let csr_pem = pem("CERTIFICATE REQUEST", &req.csr_der);
-    let digest = hex::encode(Sha256::digest(&req.csr_der));
+    let csr_pem = pem("CERTIFICATE REQUEST", csr_der);
+    let digest = hex::encode(Sha256::digest(csr_der));
     let now = keel_api::time::now_rfc3339();
     json!({
         "apiVersion": "certificates.k8s.io/v1",
@@ -97,8 +136,8 @@ pub(crate) fn csr_object(req: &JoinRequest, user: &keel_auth::UserInfo, cert_pem
             "conditions": [{
                 "type": "Approved",
                 "status": "True",
-                "reason": "AutoApproved",
-                "message": format!("Auto approving node client certificate for {} after bootstrap token validation.", req.node_name),
+                "reason": approval.reason(),
+                "message": format!("Auto approving node client certificate for {node_name} {}.", approval.because()),
                 "lastUpdateTime": now,
                 "lastTransitionTime": now,
             }],
@@ -107,8 +146,17 @@ pub(crate) fn csr_object(req: &JoinRequest, user: &keel_auth::UserInfo, cert_pem
     })
 }
 
-async fn record_csr(gate: &Gate, req: &JoinRequest, user: &keel_auth::UserInfo, cert_pem: &str) {
-    let obj = csr_object(req, user, cert_pem);
+/// Records an issued node certificate as an approved and issued CertificateSigningRequest.
+/// Best effort: a failure is logged, the certificate stands.
+pub(crate) async fn record_csr(
+    gate: &Gate,
+    node_name: &str,
+    csr_der: &[u8],
+    user: &keel_auth::UserInfo,
+    cert_pem: &str,
+    approval: Approval,
+) {
+    let obj = csr_object(node_name, csr_der, user, cert_pem, approval);
     let created = match gate
         .client
         .create(gate.kinds.csrs, None, obj.clone(), WriteOptions::default())
@@ -116,7 +164,7 @@ async fn record_csr(gate: &Gate, req: &JoinRequest, user: &keel_auth::UserInfo, 
     {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(node = %req.node_name, error = %e, "could not record the CertificateSigningRequest");
+            tracing::warn!(node = %node_name, error = %e, "could not record the CertificateSigningRequest");
             return;
         }
     };
@@ -134,7 +182,7 @@ async fn record_csr(gate: &Gate, req: &JoinRequest, user: &keel_auth::UserInfo, 
         )
         .await
     {
-        tracing::warn!(node = %req.node_name, error = %e, "could not record the CSR's approval");
+        tracing::warn!(node = %node_name, error = %e, "could not record the approval of the CSR");
     }
 }
 

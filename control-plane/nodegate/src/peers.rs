@@ -36,9 +36,14 @@ pub(crate) fn peer_set(nodes: &[Value], me: &str) -> Vec<OverlayPeer> {
         .iter()
         .filter_map(|n| {
             let name = n.pointer("/metadata/name").and_then(Value::as_str)?;
-            let cidr = n.pointer("/spec/podCIDR").and_then(Value::as_str).unwrap_or_default();
+            let cidr = n
+                .pointer("/spec/podCIDR")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let (address, vtep_mac) = node_status::overlay_of(n)?;
-            let deleting = n.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null());
+            let deleting = n
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|d| !d.is_null());
             if name == me || cidr.is_empty() || deleting {
                 return None;
             }
@@ -66,7 +71,11 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
             _ = stopped(&mut shutdown) => return,
         }
         next_list = Instant::now() + MIN_INTERVAL;
-        let list = match gate.client.list(gate.kinds.nodes, None, ListParams::default()).await {
+        let list = match gate
+            .client
+            .list(gate.kinds.nodes, None, ListParams::default())
+            .await
+        {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(node = %node, error = %e, "listing nodes for overlay peers failed");
@@ -79,7 +88,10 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
             .and_then(Value::as_str)
             .unwrap_or("0")
             .to_string();
-        let peers = peer_set(list["items"].as_array().map(Vec::as_slice).unwrap_or_default(), &node);
+        let peers = peer_set(
+            list["items"].as_array().map(Vec::as_slice).unwrap_or_default(),
+            &node,
+        );
         if last_sent.as_ref() != Some(&peers) {
             let msg = ControlMessage {
                 msg: Some(ControlMsg::Peers(OverlayPeers {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use futures::Stream;
 use keel_proto::node_gate_server::NodeGate;
-use keel_proto::{ClusterInfo, ClusterInfoRequest, ControlMessage, JoinRequest, JoinResponse, NodeMessage};
+use keel_proto::{
+    ClusterInfo, ClusterInfoRequest, ControlMessage, JoinRequest, JoinResponse, NodeMessage, RenewRequest,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -49,6 +51,35 @@ impl NodeGate for Service {
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         join::join(&self.gate, req.into_inner()).await.map(Response::new)
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<JoinResponse>, Status> {
+        let node = node_identity(&req)?;
+        let csr = req.into_inner().csr_der;
+        let issued = self.gate.pki.sign_node_csr(&csr, &node).map_err(|e| {
+            tracing::info!(node = %node, error = %e, "renewal refused");
+            Status::invalid_argument(format!("renewal refused: {e}"))
+        })?;
+        tracing::info!(node = %node, "renewed node client certificate");
+        let user = keel_auth::UserInfo::authenticated(
+            format!("{}{node}", keel_auth::NODE_USER_PREFIX),
+            String::new(),
+            vec![keel_auth::GROUP_NODES.to_string()],
+        );
+        join::record_csr(
+            &self.gate,
+            &node,
+            &csr,
+            &user,
+            &issued.pem,
+            join::Approval::Renewal,
+        )
+        .await;
+        Ok(Response::new(JoinResponse {
+            certificate_pem: issued.pem,
+            ca_pem: self.gate.pki.ca_pem().to_string(),
+            node_name: node,
+        }))
     }
 
     type SessionStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send + 'static>>;

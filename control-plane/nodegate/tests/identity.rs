@@ -9,7 +9,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use keel_auth::ClientCredentials;
 use keel_proto::node_gate_client::NodeGateClient;
-use keel_proto::{ClusterInfoRequest, JoinRequest, NodeMessage};
+use keel_proto::{ClusterInfoRequest, JoinRequest, NodeMessage, RenewRequest};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::ServerName;
 use support::{csrs, Gate};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -150,5 +151,50 @@ async fn a_join_signs_only_a_csr_for_the_requested_name() {
         "kubernetes.io/kube-apiserver-client-kubelet"
     );
     assert_eq!(recorded[0]["status"]["conditions"][0]["reason"], "AutoApproved");
+    gate.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_renews_only_its_own_certificate() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    let node = gate
+        .pki
+        .issue_client_certificate("system:node:node-x", &["system:nodes"], Duration::from_secs(600))
+        .unwrap();
+    let mut c = client(&gate, Some(&node)).await;
+
+    let renewed = c
+        .renew(RenewRequest {
+            csr_der: csr_for("system:node:node-x"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.node_name, "node-x");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(renewed.certificate_pem.as_bytes()).unwrap();
+    let user = keel_auth::authenticate_cert(&der).unwrap();
+    assert_eq!(user.node_name(), Some("node-x"));
+    let recorded = gate.api.all(csrs());
+    assert_eq!(
+        recorded[0]["status"]["conditions"][0]["reason"],
+        "AutoApprovedRenewal"
+    );
+
+    let err = c
+        .renew(RenewRequest {
+            csr_der: csr_for("system:node:node-y"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    let mut anonymous = client(&gate, None).await;
+    let err = anonymous
+        .renew(RenewRequest {
+            csr_der: csr_for("system:node:node-x"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     gate.stop().await;
 }
