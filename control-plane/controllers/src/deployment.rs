@@ -159,12 +159,33 @@ fn canonical_hash(v: &Value, h: &mut u32) {
     }
 }
 
+/// Drops nulls and empty objects and arrays, recursively: the same template read back from a
+/// Go client (`creationTimestamp: null`, `resources: {}`) compares equal, as upstream compares
+/// typed structs.
+fn normalized(v: &Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::Object(m) => {
+            let out: Map<String, Value> = m
+                .iter()
+                .filter_map(|(k, v)| normalized(v).map(|v| (k.clone(), v)))
+                .collect();
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        Value::Array(a) => {
+            let out: Vec<Value> = a.iter().map(|v| normalized(v).unwrap_or(json!({}))).collect();
+            (!out.is_empty()).then_some(Value::Array(out))
+        }
+        other => Some(other.clone()),
+    }
+}
+
 fn without_hash_label(template: &Value) -> Value {
     let mut t = template.clone();
     if let Some(labels) = t.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
         labels.remove(HASH_LABEL);
     }
-    t
+    normalized(&t).unwrap_or(json!({}))
 }
 
 /// The `pod-template-hash` of a template: FNV-1a over its canonical JSON (keys sorted, the hash
@@ -183,21 +204,7 @@ pub fn template_hash(template: &Value, collision_count: Option<i64>) -> String {
 }
 
 fn templates_equal(a: &Value, b: &Value) -> bool {
-    let (a, b) = (without_hash_label(a), without_hash_label(b));
-    let empty_labels = |v: &Value| {
-        v.pointer("/metadata/labels")
-            .and_then(Value::as_object)
-            .is_none_or(Map::is_empty)
-    };
-    let strip = |mut v: Value| {
-        if empty_labels(&v) {
-            if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("labels");
-            }
-        }
-        v
-    };
-    strip(a) == strip(b)
+    without_hash_label(a) == without_hash_label(b)
 }
 
 /// The annotations a ReplicaSet gets from its Deployment.
@@ -1122,6 +1129,10 @@ mod tests {
         assert_eq!(template_hash(&a, None), template_hash(&b, None));
         assert_ne!(template_hash(&a, None), template_hash(&a, Some(1)));
         assert!(templates_equal(&a, &b));
+        let from_go = json!({"metadata": {"creationTimestamp": null, "labels": {"app": "web", "tier": "x"}},
+            "spec": {"containers": [], "securityContext": {}}});
+        assert!(templates_equal(&a, &from_go));
+        assert_eq!(template_hash(&a, None), template_hash(&from_go, None));
         let c = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": []}});
         assert_ne!(template_hash(&a, None), template_hash(&c, None));
         assert!(template_hash(&a, None)
