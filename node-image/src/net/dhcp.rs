@@ -237,17 +237,20 @@ pub fn udp_payload(packet: &[u8], dport: u16) -> Option<&[u8]> {
     udp.get(8..len.max(8))
 }
 
-/// A DHCP exchange on one interface.
+/// A DHCP client for one interface. The packet socket is opened per exchange and closed after
+/// it: an open AF_PACKET socket would get a copy of every IPv4 packet on the NIC.
 pub struct Client {
-    sock: PacketSocket,
+    ifindex: i32,
     mac: [u8; 6],
     hostname: Option<String>,
 }
 
 impl Client {
     pub fn new(ifindex: i32, mac: [u8; 6], hostname: Option<String>) -> Result<Client, DhcpError> {
+        // Fail early (and once) if packet sockets are unavailable.
+        drop(PacketSocket::open(ifindex).map_err(DhcpError::Socket)?);
         Ok(Client {
-            sock: PacketSocket::open(ifindex).map_err(DhcpError::Socket)?,
+            ifindex,
             mac,
             hostname,
         })
@@ -258,21 +261,22 @@ impl Client {
         u32::from_be_bytes([self.mac[2], self.mac[3], self.mac[4], self.mac[5]]) ^ t
     }
 
-    fn send(&self, req: &Request) -> Result<(), DhcpError> {
+    fn send(sock: &PacketSocket, req: &Request) -> Result<(), DhcpError> {
         let payload = encode(req);
         let src = req.ciaddr;
         let packet = ipv4_udp(src, Ipv4Addr::BROADCAST, CLIENT_PORT, SERVER_PORT, &payload);
-        self.sock.send_broadcast(&packet).map_err(DhcpError::Send)
+        sock.send_broadcast(&packet).map_err(DhcpError::Send)
     }
 
     /// Sends `req` and waits for a reply of one of `want` types, retransmitting with back-off
     /// (0.5 s, 1 s, 2 s, 4 s…) until `deadline`.
     fn exchange(&self, req: &Request, want: &[MsgType], deadline: Instant) -> Result<Reply, DhcpError> {
+        let sock = PacketSocket::open(self.ifindex).map_err(DhcpError::Socket)?;
         let start = Instant::now();
         let mut wait = Duration::from_millis(500);
         let mut buf = vec![0u8; 1600];
         loop {
-            self.send(req)?;
+            Self::send(&sock, req)?;
             let resend_at = Instant::now() + wait;
             loop {
                 let now = Instant::now();
@@ -280,8 +284,14 @@ impl Client {
                 if now >= until {
                     break;
                 }
-                let Ok(Some(n)) = self.sock.recv(&mut buf, until - now) else {
-                    continue;
+                let n = match sock.recv(&mut buf, until - now) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => continue,
+                    // A socket error would repeat at once: wait for the next retransmission.
+                    Err(_) => {
+                        std::thread::sleep(resend_at.min(deadline).saturating_duration_since(Instant::now()));
+                        break;
+                    }
                 };
                 let Some(payload) = udp_payload(&buf[..n], CLIENT_PORT) else {
                     continue;
