@@ -776,3 +776,54 @@ async fn discovery_finds_core_and_apps_resources() {
 fn group_names(d: &Discovery) -> Vec<String> {
     d.groups().map(|g| g.name().to_string()).collect()
 }
+
+/// With the controllers running, a Deployment's status is written behind the client's back; a
+/// PATCH without a resourceVersion must still never fail with 409 (upstream re-reads and re-applies
+/// the patch on a storage conflict). Every patch type, including a forced apply, in quick
+/// succession while the deployment controller works on the object.
+#[tokio::test]
+async fn patches_without_resource_version_do_not_conflict_with_controllers() {
+    let s = Server::start_full(&[]);
+    let c = client(&s).await;
+    let api: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    api.create(&PostParams::default(), &deployment("busy", 1))
+        .await
+        .expect("create deployment");
+    for i in 0..10 {
+        let label = format!("v{i}");
+        let patches: Vec<(&str, Patch<serde_json::Value>)> = vec![
+            (
+                "strategic",
+                Patch::Strategic(json!({"metadata": {"labels": {"round": label}}})),
+            ),
+            ("merge", Patch::Merge(json!({"spec": {"replicas": i % 3 + 1}}))),
+            (
+                "json",
+                Patch::Json(
+                    serde_json::from_value(json!([
+                        {"op": "add", "path": "/metadata/annotations", "value": {"round": label}}
+                    ]))
+                    .expect("json patch"),
+                ),
+            ),
+        ];
+        for (kind, patch) in patches {
+            api.patch("busy", &PatchParams::default(), &patch)
+                .await
+                .unwrap_or_else(|e| panic!("{kind} patch in round {i}: {e}"));
+        }
+        let scale = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "busy"}, "spec": {"replicas": i % 2 + 1},
+        });
+        api.patch(
+            "busy",
+            &PatchParams::apply("scaler").force(),
+            &Patch::Apply(&scale),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("forced apply in round {i}: {e}"));
+    }
+    let last = api.get("busy").await.expect("get");
+    assert_eq!(last.spec.and_then(|s| s.replicas), Some(2), "the last apply wins");
+}

@@ -32,4 +32,6 @@ fn official_python_client_passes_its_suite() {
     // The suite must actually have run (pytest exits 5 when it collects nothing, but be explicit).
     assert!(stdout.contains(" passed"), "no tests ran:\n{stdout}\n{stderr}");
     assert!(!stdout.contains("skipped"), "skipped tests:\n{stdout}");
+    // pytest's closing line (e.g. "7 passed in 3.21s"), for the test log.
+    eprintln!("pytest: {}", stdout.lines().last().unwrap_or_default());
 }
