@@ -27,6 +27,9 @@ ROOT=$(cd "$HERE/.." && pwd)
 CACHE=${KEEL_CACHE:-$HOME/.cache/keel}
 mkdir -p "$OUT" "$CACHE"
 OUT=$(cd "$OUT" && pwd)
+# Several engineers (and test runs) may build at once: one build of OUT at a time.
+exec 9>"$OUT/.build.lock"
+flock 9
 
 # ---------------------------------------------------------------------------------------------
 # 1. The kernel package: resolve the metapackage's dependency, download once, extract once.

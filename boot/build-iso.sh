@@ -24,6 +24,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 for f in vmlinuz initramfs; do
   [ -f "$OUT/$f" ] || die "$OUT/$f missing: run make image first"
 done
+exec 9>"$OUT/.build.lock"
+flock 9
 ISO=$OUT/keel-node.iso
 if [ -f "$ISO" ] && [ "$ISO" -nt "$OUT/vmlinuz" ] && [ "$ISO" -nt "$OUT/initramfs" ] && [ "$ISO" -nt "$HERE/build-iso.sh" ]; then
   echo "==> $ISO up to date ($(stat -c %s "$ISO") bytes)"
