@@ -180,6 +180,16 @@ async fn run(opts: Options) -> ExitCode {
     // The pod manager (crate::pods) takes the pod end and outlives sessions; the console also
     // shows what this node is assigned.
     let (mut session_link, pod_link) = link::pair();
+    // The pod network (bridge, VXLAN overlay, masquerade) follows the pod CIDR and peers.
+    tokio::spawn(crate::net::network_agent::serve(
+        crate::net::network_agent::Settings {
+            preferred_ip: cfg.static_ip2.as_ref().map(|s| s.address),
+            state_dir: opts.state_dir.clone(),
+        },
+        pod_link.pod_cidr.clone(),
+        pod_link.peers.clone(),
+        pod_link.overlay.clone(),
+    ));
     let pod_settings = crate::pods::Settings::from_config(&cfg, &name, &opts.state_dir);
     tokio::spawn(crate::pods::manager::serve(
         pod_settings,

@@ -34,7 +34,7 @@ impl NlSocket {
         // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+            tv_sec: RECV_TIMEOUT.as_secs() as _,
             tv_usec: 0,
         };
         // SAFETY: `tv` is a valid timeval and the length matches it.
