@@ -156,7 +156,8 @@ fn pod_manifest(name: &str, image: &str, script: &str, restart: &str) -> String 
                       "terminationGracePeriodSeconds": 5,
                       "containers": [{{"name": "main", "image": "{image}",
                                        "command": ["sh", "-c", {script}],
-                                       "env": [{{"name": "GREETING", "value": "hello"}}],
+                                       "env": [{{"name": "GREETING", "value": "hello"}},
+                                               {{"name": "POD_IP", "valueFrom": {{"fieldRef": {{"fieldPath": "status.podIP"}}}}}}],
                                        "resources": {{"limits": {{"memory": "64Mi", "cpu": "500m"}}}}}}]}}}}"#
     )
 }
@@ -219,7 +220,10 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     );
     let to_running = created.elapsed();
     let ip = row.get(5).cloned().unwrap_or_default();
-    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "pod IP in {row:?}");
+    assert!(
+        ip.starts_with("10.244.") && ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "pod IP from the node's pod CIDR in {row:?}"
+    );
     assert_eq!(row.get(6).map(String::as_str), Some(NODE), "{row:?}");
     let status = s.ok(&k, &["get", "pod", "hello", "-o", "json"]);
     let pod: serde_json::Value = serde_json::from_str(&status).expect("pod JSON");
@@ -254,10 +258,12 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     // Run to completion with restartPolicy Never: Completed (the image is now on the node).
     // It exits 0 only if the container is what it should be: its env, the pod's hostname,
     // PID 1 of its own PID namespace (`$$$$` is `$$` once Kubernetes expanded it), the pod's
-    // /etc/hosts, a /dev/null, / as working dir, its cgroup limits (memory.max, cpu.max).
+    // /etc/hosts, a /dev/null, / as working dir, its cgroup limits (memory.max, cpu.max), its
+    // own eth0 on the pod network with the address the downward API gives it.
     let checks = "test $GREETING = hello && test $(hostname) = once && test $$$$ = 1 && \
                   grep -q once /etc/hosts && echo ok > /dev/null && test $(pwd) = / && \
                   test $(cat /sys/fs/cgroup/memory.max) = 67108864 && \
+                  ip -4 addr show eth0 | grep -q \"inet $POD_IP/24\" && \
                   test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"50000 100000\" && echo done";
     s.apply(&k, &pod_manifest("once", "busybox:1.35", checks, "Never"));
     wait_pod(&s, &k, &vm, "once", "Completed", Duration::from_secs(90), |r| {

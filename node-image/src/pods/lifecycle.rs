@@ -37,7 +37,7 @@ fn next_backoff(d: Duration) -> Duration {
 }
 
 /// Waits for `d` or until stopping is asked; true if asked to stop.
-async fn sleep_or_stop(d: Duration, stop: &mut StopSignal) -> bool {
+pub(super) async fn sleep_or_stop(d: Duration, stop: &mut StopSignal) -> bool {
     if stop.borrow().is_some() {
         return true;
     }

@@ -36,8 +36,8 @@ pub struct Settings {
     pub log_dir: PathBuf,
     pub cgroup_root: PathBuf,
     pub resolv_conf: PathBuf,
-    /// Give each pod its own network namespace (loopback only until the pod network exists).
-    pub private_netns: bool,
+    /// Give each pod (but `hostNetwork` ones) its own network namespace on the pod network.
+    pub pod_network: bool,
 }
 
 impl Settings {
@@ -66,7 +66,7 @@ impl Settings {
             log_dir: PathBuf::from("/var/log/pods"),
             cgroup_root: PathBuf::from(CGROUP_ROOT),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
-            private_netns: false,
+            pod_network: true,
         }
     }
 }

@@ -7,9 +7,10 @@
 //! removes the pod's cgroups and files, and — for a deletion — reports the pod `gone` so the
 //! control plane can remove the object.
 //!
-//! Network, for now: pods share the node's network (`hostNetwork` semantics; `podIP` is the
-//! node's address) until the pod network lands; the sandbox can already hold a network
-//! namespace with loopback up ([`Settings::private_netns`]) for that work to plug a veth into.
+//! Network: a pod gets its own network namespace (held by the sandbox, loopback up) attached to
+//! the node's pod network (`crate::net::network_agent::attach`: a veth from `cni0`, an address
+//! from the node's pod CIDR) before its containers start; `hostNetwork` pods share the node's
+//! network and report the node's address as `podIP`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,10 +18,12 @@ use std::time::{Duration, SystemTime};
 
 use keel_proto::{NodeEvent, PodStatusReport};
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
-use super::lifecycle::ContainerTask;
+use super::lifecycle::{sleep_or_stop, ContainerTask, StopSignal};
 use super::manager::{Desired, Shared};
 use super::status::{self, ContainerView, PodView, Transitions};
+use crate::net::network_agent;
 use crate::runtime::reference::Reference;
 use crate::runtime::sandbox::Sandbox;
 
@@ -32,6 +35,7 @@ pub struct PodCtx {
     views: Mutex<Vec<ContainerView>>,
     changed: Notify,
     sandbox: Mutex<Option<(i32, bool)>>,
+    pod_ip: Mutex<String>,
     dir: PathBuf,
 }
 
@@ -71,9 +75,19 @@ impl PodCtx {
         });
     }
 
+    /// The node's address for `hostNetwork` pods (and when the node runs pods without the pod
+    /// network); else the pod network's address, empty until attached.
     pub fn pod_ip(&self) -> String {
-        // hostNetwork semantics until the pod network exists.
-        self.shared.settings.host_ip.clone()
+        if self.wants_netns() {
+            lock(&self.pod_ip).clone()
+        } else {
+            self.shared.settings.host_ip.clone()
+        }
+    }
+
+    /// Whether the pod gets its own network namespace on the pod network.
+    pub fn wants_netns(&self) -> bool {
+        self.shared.settings.pod_network && !self.desired().pod.spec.host_network
     }
 
     pub fn sandbox_pid(&self) -> Option<i32> {
@@ -147,43 +161,14 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
         views: Mutex::new(views),
         changed: Notify::new(),
         sandbox: Mutex::new(None),
+        pod_ip: Mutex::new(String::new()),
     });
     let mut reporter = Reporter {
         transitions: Transitions::default(),
         start_time: SystemTime::now(),
     };
     let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
-    let mut tasks = Vec::new();
-    let mut sandbox: Option<Sandbox> = None;
-
-    if ctx.desired().pod.metadata.deletion_timestamp.is_none() {
-        if let Err(e) = ctx.write_etc() {
-            ctx.event(
-                "Warning",
-                "FailedCreatePodSandBox",
-                format!("writing the pod's /etc files: {e}"),
-            );
-        }
-        match Sandbox::start(&ctx.desired().pod.hostname(), shared.settings.private_netns).await {
-            Ok(s) => {
-                *lock(&ctx.sandbox) = Some((s.pid, s.netns));
-                sandbox = Some(s);
-            }
-            Err(e) => {
-                // Containers then run in the node's UTS/IPC namespaces; say so, keep going.
-                ctx.event("Warning", "FailedCreatePodSandBox", e.to_string());
-                eprintln!("keel: pod {}: {e}", ctx.desired().pod.key());
-            }
-        }
-        for index in 0..ctx.desired().pod.spec.containers.len() {
-            let t = ContainerTask {
-                ctx: ctx.clone(),
-                index,
-                stop: stop_rx.clone(),
-            };
-            tasks.push(tokio::spawn(t.run()));
-        }
-    }
+    let setup = tokio::spawn(setup(ctx.clone(), stop_rx));
     reporter.send(&ctx, false);
 
     // Running: follow the desired state and report changes.
@@ -207,11 +192,20 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
     // Stopping: containers first (graceful), then the sandbox and the pod's leftovers.
     let grace = Duration::from_secs(ctx.desired().pod.grace_seconds());
     let _ = stop_tx.send(Some(grace));
+    let (sandbox, tasks) = setup.await.unwrap_or_default();
     for t in tasks {
         let _ = t.await;
     }
     if let Some(s) = sandbox {
         s.stop().await;
+    }
+    if ctx.wants_netns() {
+        if let Err(e) = network_agent::detach(uid.clone()).await {
+            eprintln!(
+                "keel: pod {}: detaching from the pod network: {e}",
+                ctx.desired().pod.key()
+            );
+        }
     }
     shared.cgroups.remove(&uid, None);
     let _ = std::fs::remove_dir_all(&ctx.dir);
@@ -226,6 +220,75 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
         }
     }
     shared.outbox.forget(&uid);
+}
+
+/// Brings the pod up: sandbox, its place on the pod network (retried with back-off until the
+/// network can take it, as the kubelet waits for CNI), /etc files, then the containers.
+/// Gives up when the pod is being stopped. Returns what the teardown must stop.
+async fn setup(ctx: Arc<PodCtx>, mut stop: StopSignal) -> (Option<Sandbox>, Vec<JoinHandle<()>>) {
+    if ctx.desired().pod.metadata.deletion_timestamp.is_some() {
+        return (None, Vec::new());
+    }
+    let key = ctx.desired().pod.key();
+    let netns = ctx.wants_netns();
+    let sandbox = match Sandbox::start(&ctx.desired().pod.hostname(), netns).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Containers then run in the node's namespaces; say so, keep going.
+            ctx.event("Warning", "FailedCreatePodSandBox", e.to_string());
+            eprintln!("keel: pod {key}: {e}");
+            None
+        }
+    };
+    if let (Some(s), true) = (&sandbox, netns) {
+        let mut backoff = Duration::from_secs(1);
+        let mut said = String::new();
+        loop {
+            let ns = PathBuf::from(format!("/proc/{}/ns/net", s.pid));
+            match network_agent::attach(ns, ctx.uid.clone()).await {
+                Ok(ip) => {
+                    *lock(&ctx.pod_ip) = ip.ip.to_string();
+                    break;
+                }
+                Err(e) => {
+                    let msg = format!("attaching the pod to the pod network: {e}");
+                    if msg != said {
+                        ctx.event("Warning", "FailedCreatePodSandBox", msg.clone());
+                        eprintln!("keel: pod {key}: {msg}; retrying");
+                        said = msg;
+                    }
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return (sandbox, Vec::new());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+    if let Err(e) = ctx.write_etc() {
+        ctx.event(
+            "Warning",
+            "FailedCreatePodSandBox",
+            format!("writing the pod's /etc files: {e}"),
+        );
+    }
+    if let Some(s) = &sandbox {
+        *lock(&ctx.sandbox) = Some((s.pid, s.netns));
+        ctx.changed.notify_one();
+    }
+    let tasks = (0..ctx.desired().pod.spec.containers.len())
+        .map(|index| {
+            tokio::spawn(
+                ContainerTask {
+                    ctx: ctx.clone(),
+                    index,
+                    stop: stop.clone(),
+                }
+                .run(),
+            )
+        })
+        .collect();
+    (sandbox, tasks)
 }
 
 struct Reporter {
