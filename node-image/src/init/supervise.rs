@@ -28,6 +28,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// An agent that ran this long resets the back-off.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
+/// The agent's restart delay: 1 s, doubling to 60 s while it keeps failing, back to 1 s after
+/// a run of a minute or more.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: MIN_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next start, given how long the last run lasted.
+    fn after_exit(&mut self, ran: Duration) -> Duration {
+        if ran >= HEALTHY_RUN {
+            self.next = MIN_BACKOFF;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        delay
+    }
+}
+
 /// Something that wants to run periodically inside the loop (DHCP renewal).
 pub trait Timer {
     fn due(&self) -> Option<Instant>;
@@ -40,7 +65,7 @@ pub struct Supervisor {
     out_w: PipeWriter,
     agent: Option<(i32, Instant)>,
     next_start: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     config_path: String,
     buttons: Vec<File>,
 }
@@ -76,7 +101,7 @@ impl Supervisor {
             out_w,
             agent: None,
             next_start: Some(Instant::now()),
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::default(),
             config_path: config_path.to_string(),
             buttons: Vec::new(),
         })
@@ -114,15 +139,11 @@ impl Supervisor {
                 say!("agent started (pid {pid})");
             }
             Err(e) => {
-                say!("starting the agent failed: {e}; retrying in {:?}", self.backoff);
-                self.schedule_restart();
+                let delay = self.backoff.after_exit(Duration::ZERO);
+                say!("starting the agent failed: {e}; retrying in {delay:?}");
+                self.next_start = Some(Instant::now() + delay);
             }
         }
-    }
-
-    fn schedule_restart(&mut self) {
-        self.next_start = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
     fn reap(&mut self) {
@@ -132,19 +153,16 @@ impl Supervisor {
                     if self.agent.map(|(p, _)| p) == Some(pid) {
                         let ran = self.agent.map(|(_, t)| t.elapsed()).unwrap_or_default();
                         self.agent = None;
-                        if ran >= HEALTHY_RUN {
-                            self.backoff = MIN_BACKOFF;
-                        }
+                        let delay = self.backoff.after_exit(ran);
                         let how = match status {
                             ExitStatus::Code(c) => format!("exit code {c}"),
                             ExitStatus::Signal(s) => format!("signal {s}"),
                         };
                         say!(
-                            "agent exited ({how}) after {:.1}s; restarting in {:?}",
-                            ran.as_secs_f64(),
-                            self.backoff
+                            "agent exited ({how}) after {:.1}s; restarting in {delay:?}",
+                            ran.as_secs_f64()
                         );
-                        self.schedule_restart();
+                        self.next_start = Some(Instant::now() + delay);
                     }
                 }
                 Ok(None) | Err(_) => return,
@@ -327,4 +345,46 @@ fn power_buttons() -> Vec<File> {
                 .ok()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets_after_a_healthy_run() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_secs(2);
+        let delays: Vec<u64> = (0..9).map(|_| b.after_exit(quick).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(b.after_exit(HEALTHY_RUN).as_secs(), 1);
+        assert_eq!(b.after_exit(quick).as_secs(), 2);
+    }
+
+    #[test]
+    fn power_button_events() {
+        fn event(ty: u16, code: u16, value: i32) -> Vec<u8> {
+            let mut e = vec![0u8; 16];
+            e.extend_from_slice(&ty.to_ne_bytes());
+            e.extend_from_slice(&code.to_ne_bytes());
+            e.extend_from_slice(&value.to_ne_bytes());
+            e
+        }
+        let dir = tempfile_dir();
+        let path = dir.join("events");
+        let mut bytes = event(0, 0, 0); // EV_SYN
+        bytes.extend(event(1, 116, 0)); // release only
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(!Supervisor::power_button_pressed(&mut File::open(&path).unwrap()));
+        bytes.extend(event(1, 116, 1)); // press
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Supervisor::power_button_pressed(&mut File::open(&path).unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("keel-supervise-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }
