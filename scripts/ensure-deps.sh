@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 declare -A WANT=(
   [qemu-system-x86_64]=qemu-system-x86
   [grub-mkrescue]=grub-common
-  [/usr/lib/grub/i386-pc/eltorito.img]=grub-pc-bin
+  [/usr/lib/grub/i386-pc/cdboot.img]=grub-pc-bin
   [/usr/lib/grub/x86_64-efi/linux.mod]=grub-efi-amd64-bin
   [xorriso]=xorriso
   [mformat]=mtools
