@@ -1042,6 +1042,13 @@ fn preflight(options: &LabOptions) -> Result<(), LabError> {
                 hint: "build it (`cargo build -p keel-lab`) or set KEEL_LAB_BIN",
             });
         }
+        if options.kvm && !Path::new("/dev/kvm").exists() {
+            return Err(LabError::Missing {
+                what: "KVM",
+                path: "/dev/kvm".into(),
+                hint: "KEEL_KVM=1 needs /dev/kvm; unset it to use TCG",
+            });
+        }
         for (what, path) in [
             ("the node kernel", &options.kernel),
             ("the node initramfs", &options.initrd),
