@@ -94,8 +94,9 @@ impl ContainerTask {
                         .event("Normal", "Pulling", format!("Pulling image \"{}\"", c.image));
                 }
                 let registries = self.ctx.shared.settings.registries.clone();
+                let creds = spec::registry_credentials(&self.ctx.desired().pod);
                 let r = puller
-                    .ensure(&c.image, c.image_pull_policy.as_deref(), &registries)
+                    .ensure(&c.image, c.image_pull_policy.as_deref(), &registries, creds)
                     .await;
                 (r, waited)
             };

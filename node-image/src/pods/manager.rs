@@ -78,11 +78,13 @@ pub struct Puller {
 }
 
 impl Puller {
+    /// Makes `image` available with the pod's registry credentials.
     pub async fn ensure(
         &mut self,
         image: &str,
         policy: Option<&str>,
         registries: &Registries,
+        credentials: Vec<(String, String)>,
     ) -> Result<(Image, Option<PullStats>), ImageError> {
         if self.client.is_none() {
             self.client = Some(Client::new()?);
@@ -90,6 +92,7 @@ impl Puller {
         let Some(client) = self.client.as_mut() else {
             return Err(ImageError::NeverPull(image.to_string()));
         };
+        client.set_credentials(credentials);
         self.store.ensure(client, image, policy, registries).await
     }
 }

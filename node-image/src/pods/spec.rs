@@ -47,6 +47,7 @@ pub struct PodSpec {
     pub node_name: Option<String>,
     pub service_account_name: Option<String>,
     pub security_context: Option<SecurityContext>,
+    pub image_pull_secrets: Vec<NameRef>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -380,6 +381,65 @@ fn field(pod: &Pod, facts: &Downward, path: &str) -> Option<String> {
     })
 }
 
+/// Registry credentials from the pod's `imagePullSecrets` (`.dockerconfigjson` or the older
+/// `.dockercfg`, as resolved by the control plane): (registry host, base64 `user:password`).
+pub fn registry_credentials(pod: &Pod) -> Vec<(String, String)> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Entry {
+        auth: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+    }
+    let mut out = Vec::new();
+    for r in &pod.spec.image_pull_secrets {
+        let Some(secret) = pod.resolved.secrets.get(&r.name) else {
+            continue;
+        };
+        let entries: BTreeMap<String, Entry> = if let Some(j) = secret.get(".dockerconfigjson") {
+            #[derive(Deserialize, Default)]
+            #[serde(default)]
+            struct Config {
+                auths: BTreeMap<String, Entry>,
+            }
+            serde_json::from_str::<Config>(j)
+                .map(|c| c.auths)
+                .unwrap_or_default()
+        } else if let Some(j) = secret.get(".dockercfg") {
+            serde_json::from_str(j).unwrap_or_default()
+        } else {
+            continue;
+        };
+        for (host, e) in entries {
+            let auth = match (e.auth.filter(|a| !a.is_empty()), e.username, e.password) {
+                (Some(a), _, _) => a,
+                (None, Some(u), Some(p)) => base64(format!("{u}:{p}").as_bytes()),
+                _ => continue,
+            };
+            out.push((host, auth));
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding (HTTP Basic credentials).
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// A Kubernetes quantity in base units (bytes, cores) as f64: `64Mi`, `1G`, `500m`, `1e3`, `2`.
 pub fn quantity(v: &serde_json::Value) -> Option<f64> {
     if let Some(n) = v.as_f64() {
@@ -572,6 +632,53 @@ mod tests {
         assert_eq!(command_line(&c(&[], &["a"]), &img), ["/ep", "a"]);
         assert_eq!(command_line(&c(&["sh"], &[]), &img), ["sh"]);
         assert_eq!(command_line(&c(&["sh"], &["-c", "x"]), &img), ["sh", "-c", "x"]);
+    }
+
+    #[test]
+    fn pull_secrets_become_registry_credentials() {
+        let mut p = basic();
+        p.spec.image_pull_secrets = vec![
+            NameRef {
+                name: "hub".into(),
+                optional: None,
+            },
+            NameRef {
+                name: "old".into(),
+                optional: None,
+            },
+            NameRef {
+                name: "absent".into(),
+                optional: None,
+            },
+        ];
+        p.resolved.secrets.insert(
+            "hub".into(),
+            [(
+                ".dockerconfigjson".to_string(),
+                r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"quay.io":{"username":"u","password":"p"}}}"#.to_string(),
+            )]
+            .into(),
+        );
+        p.resolved.secrets.insert(
+            "old".into(),
+            [(
+                ".dockercfg".to_string(),
+                r#"{"10.0.2.100:5000":{"auth":"bGFi"}}"#.to_string(),
+            )]
+            .into(),
+        );
+        let creds = registry_credentials(&p);
+        assert_eq!(
+            creds,
+            [
+                ("https://index.docker.io/v1/".to_string(), "dTpw".to_string()),
+                ("quay.io".to_string(), "dTpw".to_string()),
+                ("10.0.2.100:5000".to_string(), "bGFi".to_string()),
+            ]
+        );
+        assert_eq!(base64(b"user:password"), "dXNlcjpwYXNzd29yZA==");
+        assert_eq!(base64(b"ab"), "YWI=");
+        assert_eq!(base64(b""), "");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! which is what pulling a handful of blobs needs — rather than a full HTTP client crate, to
 //! keep the node binary small. Token auth follows the Docker registry spec: a `401` with
 //! `WWW-Authenticate: Bearer realm=…,service=…,scope=…` is answered by fetching a token from the
-//! realm (anonymously) and retrying once; tokens are cached per realm and scope.
+//! realm and retrying once; tokens are cached per realm, scope and credentials. Credentials
+//! come from the pod's `imagePullSecrets` ([`Client::set_credentials`]): HTTP Basic for the
+//! registry's host, sent to the token realm (Docker's flow) or to a registry that asks for
+//! Basic itself; anonymous otherwise.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -174,8 +177,25 @@ fn percent_encode(s: &str) -> String {
 /// The registry client. Cheap to clone the TLS config; the token cache is per client.
 pub struct Client {
     tls: Arc<rustls::ClientConfig>,
-    /// `realm + scope` → token.
+    /// `realm + scope + credentials` → token.
     tokens: HashMap<String, String>,
+    /// Registry host (normalised, see [`normalize_host`]) → base64 `user:password`.
+    credentials: Vec<(String, String)>,
+}
+
+/// A registry host as docker config files and image references name it: no scheme, no path,
+/// Docker Hub's several names folded into `docker.io`.
+pub fn normalize_host(s: &str) -> String {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+        .unwrap_or(s);
+    let host = s.split('/').next().unwrap_or(s).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => "docker.io".into(),
+        _ => host,
+    }
 }
 
 impl Client {
@@ -194,7 +214,22 @@ impl Client {
         Ok(Client {
             tls: Arc::new(tls),
             tokens: HashMap::new(),
+            credentials: Vec::new(),
         })
+    }
+
+    /// The credentials for the next pulls: (registry host, base64 `user:password`).
+    pub fn set_credentials(&mut self, creds: Vec<(String, String)>) {
+        self.credentials = creds.into_iter().map(|(h, a)| (normalize_host(&h), a)).collect();
+    }
+
+    fn basic_for(&self, url: &Url) -> Option<&str> {
+        let host = normalize_host(&url.authority());
+        let bare = normalize_host(&url.host);
+        self.credentials
+            .iter()
+            .find(|(h, _)| *h == host || *h == bare)
+            .map(|(_, a)| a.as_str())
     }
 
     /// `GET url` with `accept`, handling auth and redirects. Returns a 2xx response or an error.
@@ -232,9 +267,14 @@ impl Client {
                     .get(header::WWW_AUTHENTICATE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_challenge);
+                let basic = self.basic_for(&current).map(str::to_string);
                 match challenge {
                     Some(c) if c.scheme == "bearer" => {
-                        auth = Some(format!("Bearer {}", self.token(&c).await?));
+                        auth = Some(format!("Bearer {}", self.token(&c, basic.as_deref()).await?));
+                        continue;
+                    }
+                    Some(c) if c.scheme == "basic" && basic.is_some() => {
+                        auth = basic.map(|b| format!("Basic {b}"));
                         continue;
                     }
                     Some(c) => {
@@ -275,10 +315,10 @@ impl Client {
         Ok((content_type, body))
     }
 
-    async fn token(&mut self, c: &Challenge) -> Result<String, RegistryError> {
+    async fn token(&mut self, c: &Challenge, basic: Option<&str>) -> Result<String, RegistryError> {
         let realm = c.params.get("realm").cloned().unwrap_or_default();
         let scope = c.params.get("scope").cloned().unwrap_or_default();
-        let key = format!("{realm} {scope}");
+        let key = format!("{realm} {scope} {}", basic.unwrap_or(""));
         if let Some(t) = self.tokens.get(&key) {
             return Ok(t.clone());
         }
@@ -298,7 +338,8 @@ impl Client {
             let sep = if url.path.contains('?') { '&' } else { '?' };
             url.path = format!("{}{sep}{}", url.path, query.join("&"));
         }
-        let resp = self.send(&url, &["application/json"], None).await?;
+        let auth = basic.map(|b| format!("Basic {b}"));
+        let resp = self.send(&url, &["application/json"], auth.as_deref()).await?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(err(format!("{status}{}", error_detail(resp).await)));
@@ -469,6 +510,23 @@ mod tests {
         for bad in ["ftp://x", "http://", "http://a:b/", "http://u@h/"] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credentials_match_the_registry_host() {
+        let mut c = Client::new().unwrap();
+        c.set_credentials(vec![
+            ("https://index.docker.io/v1/".into(), "aHViOnB3".into()),
+            ("10.0.2.100:5000".into(), "bGFiOnB3".into()),
+        ]);
+        let u = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(
+            c.basic_for(&u("https://registry-1.docker.io/v2/")),
+            Some("aHViOnB3")
+        );
+        assert_eq!(c.basic_for(&u("http://10.0.2.100:5000/v2/x")), Some("bGFiOnB3"));
+        assert_eq!(c.basic_for(&u("https://quay.io/v2/x")), None);
+        assert_eq!(normalize_host("http://Quay.io/v1/"), "quay.io");
     }
 
     #[test]
