@@ -20,6 +20,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
+pub mod informers;
 pub mod job;
 pub mod kinds;
 pub mod pods;
@@ -91,9 +92,10 @@ pub async fn run_all(
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let informers = informers::Informers::new(client);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(
-        Controller::new("replicaset", client.clone(), k.replica_sets)
+        Controller::new("replicaset", &informers, k.replica_sets)
             .owns(k.pods)
             .run(
                 |rs, ctx| replicaset::reconcile(rs, ctx, replicaset::Flavor::ReplicaSet),
@@ -102,7 +104,7 @@ pub async fn run_all(
             ),
     );
     tasks.spawn(
-        Controller::new("replicationcontroller", client.clone(), k.replication_controllers)
+        Controller::new("replicationcontroller", &informers, k.replication_controllers)
             .owns(k.pods)
             .run(
                 |rc, ctx| replicaset::reconcile(rc, ctx, replicaset::Flavor::ReplicationController),
@@ -111,18 +113,18 @@ pub async fn run_all(
             ),
     );
     tasks.spawn(
-        Controller::new("deployment", client.clone(), k.deployments)
+        Controller::new("deployment", &informers, k.deployments)
             .owns(k.replica_sets)
             .run(deployment::reconcile, ctx.clone(), stopped()),
     );
-    tasks.spawn(Controller::new("job", client.clone(), k.jobs).owns(k.pods).run(
+    tasks.spawn(Controller::new("job", &informers, k.jobs).owns(k.pods).run(
         job::reconcile,
         ctx.clone(),
         stopped(),
     ));
     let known = Arc::new(daemonset::Known::default());
     tasks.spawn(
-        Controller::new("daemonset", client.clone(), k.daemon_sets)
+        Controller::new("daemonset", &informers, k.daemon_sets)
             .watches(k.daemon_sets, known.daemonset_mapper())
             .watches(k.nodes, known.node_mapper())
             .owns(k.pods)
@@ -130,7 +132,7 @@ pub async fn run_all(
     );
     let selectors = Arc::new(endpoints::Selectors::default());
     tasks.spawn(
-        Controller::new("endpoints", client.clone(), k.services)
+        Controller::new("endpoints", &informers, k.services)
             .watches(k.services, selectors.service_mapper())
             .watches(k.pods, selectors.pod_mapper())
             .run_with_cleanup(
@@ -140,6 +142,8 @@ pub async fn run_all(
                 stopped(),
             ),
     );
+    // Every controller has subscribed: now the watches may begin.
+    informers.start();
     tracing::info!("controllers running");
     shutdown.await;
     let _ = stop_tx.send(true);

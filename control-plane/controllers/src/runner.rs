@@ -4,10 +4,10 @@
 //! reads the world and makes it right, returning [`Action::Done`] or [`Action::RequeueAfter`].
 //! The runner does everything else:
 //!
-//! * one watch per kind through [`ApiClient::watch`]; an owned object's event is mapped to its
-//!   controller owner (`ownerReferences[controller=true]` of the primary kind). A watch that ends
-//!   resumes from the last version seen; a `410 Expired` (or any error) starts over from the
-//!   current state, which replays every object as `ADDED`, so a gap only delays work;
+//! * the events of the primary kind and of the kinds it watches, from the shared
+//!   [`Informers`] (one [`ApiClient::watch`] per kind for all controllers); an owned object's
+//!   event is mapped to its controller owner (`ownerReferences[controller=true]` of the primary
+//!   kind). After a gap the watch replays every object as `ADDED`, so a gap only delays work;
 //! * a work queue of object keys: a key is queued at most once, a key being reconciled is never
 //!   handed to a second worker (an event meanwhile re-queues it when the first finishes), errors
 //!   back off exponentially per key;
@@ -22,12 +22,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use keel_api::client::{ApiClient, ListParams, WatchEventKind};
+use keel_api::client::{ApiClient, WatchEventKind};
 use keel_api::registry::ResourceType;
 use keel_api::status::ApiError;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
+
+use crate::informers::{Informers, Shared};
 
 /// The key of an object: namespace (for namespaced kinds) and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,20 +94,23 @@ pub type Cleanup<C> = Arc<
 /// A controller: a primary kind, the kinds it watches, and how many workers reconcile.
 pub struct Controller {
     name: &'static str,
-    client: Arc<dyn ApiClient>,
+    informers: Arc<Informers>,
     primary: &'static ResourceType,
-    watches: Vec<(&'static ResourceType, Mapper)>,
+    feeds: Vec<(broadcast::Receiver<Shared>, Mapper, bool)>,
     workers: usize,
     resync: Duration,
 }
 
 impl Controller {
-    pub fn new(name: &'static str, client: Arc<dyn ApiClient>, primary: &'static ResourceType) -> Self {
+    /// A controller of `primary`, fed by `informers` (subscribed now; the caller starts them
+    /// once every controller is built).
+    pub fn new(name: &'static str, informers: &Arc<Informers>, primary: &'static ResourceType) -> Self {
+        let mapper: Mapper = Arc::new(|obj: &Value| ObjectRef::from_object(obj).into_iter().collect());
         Controller {
             name,
-            client,
+            informers: informers.clone(),
             primary,
-            watches: Vec::new(),
+            feeds: vec![(informers.subscribe(primary), mapper, true)],
             workers: 4,
             resync: Duration::from_secs(300),
         }
@@ -131,7 +135,8 @@ impl Controller {
 
     /// Also watch `rt`, mapping each of its objects to primary keys with `mapper`.
     pub fn watches(mut self, rt: &'static ResourceType, mapper: Mapper) -> Self {
-        self.watches.push((rt, mapper));
+        let rx = self.informers.subscribe(rt);
+        self.feeds.push((rx, mapper, false));
         self
     }
 
@@ -171,22 +176,15 @@ impl Controller {
         let known: Arc<Mutex<HashSet<ObjectRef>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
 
-        // The primary kind: every object is its own key; keep the set of keys for resyncs.
+        // Every feed maps events to keys; the primary's also keeps the set of keys for resyncs.
+        for (rx, mapper, primary) in self.feeds {
+            let track = primary.then(|| known.clone());
+            tasks.spawn(feed(self.name, rx, mapper, queue.clone(), track, known.clone()));
+        }
         {
-            let known = known.clone();
-            let mapper: Mapper =
-                Arc::new(move |obj: &Value| ObjectRef::from_object(obj).into_iter().collect());
-            let track = known.clone();
-            tasks.spawn(watch_loop(
-                self.name,
-                self.client.clone(),
-                self.primary,
-                mapper,
-                queue.clone(),
-                Some(track),
-            ));
             let queue = queue.clone();
             let every = self.resync;
+            let known = known.clone();
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
@@ -199,21 +197,11 @@ impl Controller {
                 }
             });
         }
-        for (rt, mapper) in self.watches {
-            tasks.spawn(watch_loop(
-                self.name,
-                self.client.clone(),
-                rt,
-                mapper,
-                queue.clone(),
-                None,
-            ));
-        }
         let reconcile = Arc::new(reconcile);
         for _ in 0..self.workers {
             tasks.spawn(worker(
                 self.name,
-                self.client.clone(),
+                self.informers.client().clone(),
                 self.primary,
                 queue.clone(),
                 reconcile.clone(),
@@ -290,74 +278,41 @@ async fn worker<C, F, Fut>(
     }
 }
 
-/// Follows one kind forever, feeding the queue.
-async fn watch_loop(
+/// Feeds one subscription into the queue.
+async fn feed(
     name: &'static str,
-    client: Arc<dyn ApiClient>,
-    rt: &'static ResourceType,
+    mut rx: broadcast::Receiver<Shared>,
     mapper: Mapper,
     queue: Arc<WorkQueue>,
     track: Option<Arc<Mutex<HashSet<ObjectRef>>>>,
+    known: Arc<Mutex<HashSet<ObjectRef>>>,
 ) {
-    let mut version: Option<String> = None;
-    let mut failures = 0u32;
     loop {
-        let params = ListParams {
-            resource_version: version.clone(),
-            allow_bookmarks: true,
-            ..Default::default()
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // Missed events: look at everything again.
+                tracing::warn!(controller = name, missed = n, "fell behind the watch; resyncing");
+                let keys: Vec<ObjectRef> = lock(&known).iter().cloned().collect();
+                for k in keys {
+                    queue.add(k);
+                }
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         };
-        let mut stream = match client.watch(rt, None, params).await {
-            Ok(s) => s,
-            Err(e) => {
-                if e.code == 410 {
-                    version = None;
+        if let Some(track) = &track {
+            if let Some(key) = ObjectRef::from_object(&ev.object) {
+                let mut known = lock(track);
+                if ev.kind == WatchEventKind::Deleted {
+                    known.remove(&key);
                 } else {
-                    failures += 1;
-                    tracing::warn!(controller = name, kind = rt.kind, error = %e, "watch failed");
-                    tokio::time::sleep(backoff_delay(failures)).await;
-                }
-                continue;
-            }
-        };
-        while let Some(item) = stream.next().await {
-            let ev = match item {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::debug!(controller = name, kind = rt.kind, error = %e, "watch ended with an error; re-listing");
-                    version = None;
-                    break;
-                }
-            };
-            failures = 0;
-            if ev.kind == WatchEventKind::Error {
-                tracing::debug!(controller = name, kind = rt.kind, status = %ev.object, "watch error event; re-listing");
-                version = None;
-                break;
-            }
-            if let Some(rv) = ev
-                .object
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-            {
-                version = Some(rv.to_string());
-            }
-            if ev.kind == WatchEventKind::Bookmark {
-                continue;
-            }
-            if let Some(track) = &track {
-                if let Some(key) = ObjectRef::from_object(&ev.object) {
-                    let mut known = lock(track);
-                    if ev.kind == WatchEventKind::Deleted {
-                        known.remove(&key);
-                    } else {
-                        known.insert(key);
-                    }
+                    known.insert(key);
                 }
             }
-            for key in mapper(&ev.object) {
-                queue.add(key);
-            }
+        }
+        for key in mapper(&ev.object) {
+            queue.add(key);
         }
     }
 }

@@ -84,25 +84,36 @@ async fn start() -> Server {
 
 impl Server {
     /// Runs kubectl; returns stdout, failing the test with both outputs if it fails.
+    ///
+    /// A write that meets a conflict is retried, as a user would: the API server currently
+    /// answers 409 to a patch without a resourceVersion when a controller wrote the object at the
+    /// same moment (upstream retries such patches server-side).
     async fn kubectl(&self, args: &[&str]) -> String {
-        let out = tokio::time::timeout(
-            Duration::from_secs(90),
-            tokio::process::Command::new("kubectl")
-                .arg("--kubeconfig")
-                .arg(&self.kubeconfig)
-                .args(args)
-                .output(),
-        )
-        .await
-        .expect("kubectl finished in time")
-        .expect("kubectl runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        let mut attempt = 0;
+        loop {
+            let out = tokio::time::timeout(
+                Duration::from_secs(90),
+                tokio::process::Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&self.kubeconfig)
+                    .args(args)
+                    .output(),
+            )
+            .await
+            .expect("kubectl finished in time")
+            .expect("kubectl runs");
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            if !out.status.success() && stderr.contains("the object has been modified") && attempt < 10 {
+                attempt += 1;
+                continue;
+            }
+            assert!(
+                out.status.success(),
+                "kubectl {args:?} failed:\n{stdout}\n{stderr}"
+            );
+            return stdout;
+        }
     }
 }
 
