@@ -40,6 +40,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let authz = crate::authz::Authorizer::start(server.objects.clone()).await; // RBAC (crate::authz)
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -56,6 +57,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let server = server.clone();
+        let authz = authz.clone(); // RBAC
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -73,8 +75,9 @@ pub async fn serve(
                 .and_then(|der| crate::authn::from_certificate(der.as_ref()));
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
+                let authz = authz.clone(); // RBAC
                 let user = cert_user.clone();
-                async move { Ok::<_, Infallible>(handle(server, user, req).await) }
+                async move { Ok::<_, Infallible>(handle(server, authz, user, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
@@ -96,6 +99,8 @@ struct Req {
     content_type: String,
     user_agent: String,
     user: Option<UserInfo>,
+    /// The RBAC authorizer (access reviews answer from it).
+    authz: Arc<crate::authz::Authorizer>,
     body: Bytes,
 }
 
@@ -169,6 +174,7 @@ impl Format {
 
 async fn handle(
     server: Arc<ApiServer>,
+    authz: Arc<crate::authz::Authorizer>,
     cert_user: Option<UserInfo>,
     req: Request<Incoming>,
 ) -> Response<Body> {
@@ -203,6 +209,12 @@ async fn handle(
     if user.is_none() && !public {
         return error_response(&ApiError::unauthorized());
     }
+    // RBAC (crate::authz): impersonation headers, then authorization of the request.
+    let user = match user.map(|u| authz.admit(u, req.method(), &path, &query, req.headers())) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => return error_response(&e),
+        None => None,
+    };
     let body = match http_body_util::Limited::new(req.into_body(), 8 << 20)
         .collect()
         .await
@@ -224,6 +236,7 @@ async fn handle(
         content_type,
         user_agent,
         user,
+        authz,
         body,
     };
     let resp = match dispatch(&server, route, &r).await {
@@ -339,7 +352,7 @@ async fn resource(server: &ApiServer, p: ResourcePath, r: &Req) -> ApiResult<Res
     let rt = p.rt;
     let ns = p.namespace.as_deref();
     if rt.verbs == Verbs::CreateOnly {
-        return crate::reviews::handle(server, rt, ns, r.user.as_ref(), &r.method, body_json(r)?).await;
+        return crate::reviews::handle(server, &r.authz, rt, ns, r.user.as_ref(), &r.method, body_json(r)?).await;
     }
     if rt.namespaced && p.name.is_some() && ns.is_none() {
         return Err(ApiError::no_such_path());

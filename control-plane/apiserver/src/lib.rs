@@ -14,6 +14,7 @@
 
 pub mod alloc;
 pub mod authn;
+pub mod authz; // RBAC authorization and impersonation of HTTP requests
 pub mod bootstrap;
 pub mod client;
 pub mod gc;
