@@ -243,3 +243,73 @@ async fn a_wrong_ca_pin_is_refused_before_the_token_is_sent() {
     assert!(gate.api.all(csrs()).is_empty(), "the gate signed a CSR");
     gate.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_renews_its_certificate_before_it_expires() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    // A node that joined long ago: its certificate is past two thirds of its lifetime.
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("node-r");
+    std::fs::create_dir_all(dir.join("pki")).unwrap();
+    let old = gate
+        .pki
+        // Valid 150 s after a 5-minute backdate: two thirds of the lifetime are already gone.
+        .issue_client_certificate("system:node:node-r", &["system:nodes"], Duration::from_secs(150))
+        .unwrap();
+    std::fs::write(dir.join("pki/node.crt"), &old.cert_pem).unwrap();
+    std::fs::write(dir.join("pki/node.key"), old.key_pem()).unwrap();
+    std::fs::write(dir.join("pki/ca.crt"), gate.pki.ca_pem()).unwrap();
+    let identity = serde_json::json!({"node_name": "node-r", "server": gate.url()});
+    std::fs::write(dir.join("identity.json"), identity.to_string()).unwrap();
+
+    // No token: it must not need to join again.
+    let cfg = serde_json::json!({"server": gate.url(), "name": "node-r"});
+    let agent = Agent::start("node-r", &dir, &cfg);
+    agent
+        .wait_line("keel: renewed the node certificate of node-r", 1)
+        .await;
+    agent.wait_line("keel: connected to", 1).await;
+    let renewed = std::fs::read_to_string(dir.join("pki/node.crt")).unwrap();
+    assert_ne!(renewed, old.cert_pem);
+    assert_ne!(
+        std::fs::read_to_string(dir.join("pki/node.key")).unwrap(),
+        old.key_pem()
+    );
+    let csr = wait_for("the renewal record", || gate.api.all(csrs()).into_iter().next()).await;
+    assert_eq!(csr["status"]["conditions"][0]["reason"], "AutoApprovedRenewal");
+    assert_eq!(csr["spec"]["username"], "system:node:node-r");
+    wait_for("the node to register", || gate.node("node-r")).await;
+    assert_eq!(agent.count("joined as"), 0);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_an_expired_certificate_joins_again() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    let token = gate.new_token();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("node-e");
+    std::fs::create_dir_all(dir.join("pki")).unwrap();
+    // Issued "now" with a validity shorter than the 5-minute backdate: already expired.
+    let old = gate
+        .pki
+        .issue_client_certificate("system:node:node-e", &["system:nodes"], Duration::ZERO)
+        .unwrap();
+    std::fs::write(dir.join("pki/node.crt"), &old.cert_pem).unwrap();
+    std::fs::write(dir.join("pki/node.key"), old.key_pem()).unwrap();
+    std::fs::write(dir.join("pki/ca.crt"), gate.pki.ca_pem()).unwrap();
+    let identity = serde_json::json!({"node_name": "node-e", "server": gate.url()});
+    std::fs::write(dir.join("identity.json"), identity.to_string()).unwrap();
+
+    let cfg = node_config(&gate.url(), &token.expose(), &gate.pki.ca_pin(), "node-e");
+    let agent = Agent::start("node-e", &dir, &cfg);
+    agent.wait_line("keel: joined as node-e", 1).await;
+    agent.wait_line("keel: connected to", 1).await;
+    assert!(
+        agent.lines().iter().any(|l| l.contains("expired")),
+        "{:?}",
+        agent.lines()
+    );
+    wait_for("the node to register", || gate.node("node-e")).await;
+    gate.stop().await;
+}

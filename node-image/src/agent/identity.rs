@@ -139,6 +139,34 @@ impl Identity {
     }
 }
 
+/// When (seconds since the Unix epoch) two thirds of the certificate's lifetime are used up:
+/// the point where the agent renews it, as the kubelet rotates its client certificate well
+/// before expiry. `None` if the certificate cannot be read.
+pub fn renewal_at(cert_pem: &str) -> Option<i64> {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    let start = cert.validity().not_before.timestamp();
+    let end = cert.validity().not_after.timestamp();
+    Some(start + (end - start) * 2 / 3)
+}
+
+/// Whether the certificate is past its end at `now` (or unreadable).
+pub fn expired(cert_pem: &str, now: i64) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok(der) = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+        return true;
+    };
+    X509Certificate::from_der(&der).map_or(true, |(_, c)| now >= c.validity().not_after.timestamp())
+}
+
+/// Whether the certificate is due for renewal at `now` (or unreadable).
+pub fn renewal_due(cert_pem: &str, now: i64) -> bool {
+    renewal_at(cert_pem).is_none_or(|at| now >= at)
+}
+
 /// The node's machine id: generated once, then the same across restarts and reboots (as long
 /// as the state directory persists).
 pub fn machine_id(state: &Path) -> Result<String, StateError> {
@@ -169,6 +197,24 @@ pub fn machine_id(state: &Path) -> Result<String, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_is_due_after_two_thirds_of_the_lifetime() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2026, 1, 31); // 30 days
+        let pem = params.self_signed(&key).unwrap().pem();
+        let day = |d: i64| 1_767_225_600 + d * 86400; // 2026-01-01 + d days
+        assert!(!renewal_due(&pem, day(0)));
+        assert!(!renewal_due(&pem, day(19)));
+        assert!(renewal_due(&pem, day(20)));
+        assert!(renewal_due(&pem, day(40)));
+        assert!(renewal_due("not a certificate", day(0)));
+        assert!(!expired(&pem, day(29)));
+        assert!(expired(&pem, day(30)));
+        assert!(expired("not a certificate", day(0)));
+    }
 
     #[test]
     fn identity_round_trips_and_hides_the_key() {

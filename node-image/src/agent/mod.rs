@@ -212,7 +212,7 @@ async fn run(opts: Options) -> ExitCode {
             let _ = Identity::remove(&opts.state_dir);
             continue;
         };
-        let reason = keep_session(&id, &addr, &reporter, &mut session_link).await;
+        let reason = keep_session(&id, &opts.state_dir, &addr, &reporter, &mut session_link).await;
         eprintln!("keel: the control plane refused this node's certificate ({reason}); joining again");
         if let Err(e) = Identity::remove(&opts.state_dir) {
             eprintln!("keel: {e}");
@@ -292,8 +292,11 @@ async fn join_until_done(cfg: &NodeConfig, name: &str, state: &Path) -> Identity
 }
 
 /// Keeps a session up, reconnecting with back-off; returns only if the certificate is refused.
+/// The certificate is renewed (and the session restarted with it) once two thirds of its
+/// lifetime are used up.
 async fn keep_session(
     id: &Identity,
+    state: &Path,
     addr: &ServerAddr,
     reporter: &Reporter,
     link: &mut SessionLink,
@@ -301,11 +304,17 @@ async fn keep_session(
     let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut down_since_said = false;
     let server = id.server.clone();
+    let mut id = id.clone();
+    let mut renewer = join::Renewer::default();
     loop {
-        let ended = session::run(id, addr, reporter, link, || {
+        let until_renewal = renewer.check(&mut id, state).await;
+        let session = session::run(&id, addr, reporter, link, || {
             eprintln!("keel: connected to {server}");
-        })
-        .await;
+        });
+        let ended = tokio::select! {
+            ended = session => ended,
+            _ = tokio::time::sleep(until_renewal) => continue,
+        };
         match ended {
             Ended::Rejected(reason) => return reason,
             Ended::Broken { reason, established } => {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use super::identity::Identity;
+use super::identity::{self, Identity};
 use super::join::error_chain;
 use super::link::{DesiredSet, SessionLink};
 use super::report::Reporter;
@@ -46,6 +46,13 @@ pub async fn run(
     link: &mut SessionLink,
     mut on_welcome: impl FnMut(),
 ) -> Ended {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if identity::expired(&id.cert_pem, now) {
+        return Ended::Rejected("the node certificate has expired".into());
+    }
     let cfg = match tls::client_config(Trust::Mutual {
         ca_pem: &id.ca_pem,
         cert_pem: &id.cert_pem,
@@ -57,7 +64,7 @@ pub async fn run(
     let rejected = CertRejected::default();
     let channel = match tls::channel(addr, cfg, rejected.clone()).await {
         Ok(c) => c,
-        Err(e) if rejected.get() => return Ended::Rejected(error_chain(&e)),
+        Err(e) if rejected.get() || tls::refused_certificate(&e) => return Ended::Rejected(error_chain(&e)),
         Err(e) => {
             return Ended::Broken {
                 reason: error_chain(&e),
@@ -174,6 +181,9 @@ fn report_now(reporter: &Reporter, link: &mut SessionLink) -> NodeReport {
 }
 
 fn classify(s: tonic::Status, established: bool) -> Ended {
+    if tls::refused_certificate(&s) {
+        return Ended::Rejected(format!("certificate refused: {}", error_chain(&s)));
+    }
     match s.code() {
         Code::Unauthenticated | Code::PermissionDenied => Ended::Rejected(s.message().to_string()),
         _ => Ended::Broken {

@@ -215,12 +215,9 @@ impl CertRejected {
     }
 }
 
-fn is_certificate_error(e: &std::io::Error) -> bool {
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return false;
-    };
+fn is_certificate_rustls_error(e: &rustls::Error) -> bool {
     matches!(
-        inner,
+        e,
         rustls::Error::InvalidCertificate(_)
             | rustls::Error::AlertReceived(
                 rustls::AlertDescription::BadCertificate
@@ -231,6 +228,33 @@ fn is_certificate_error(e: &std::io::Error) -> bool {
                     | rustls::AlertDescription::AccessDenied
             )
     )
+}
+
+fn is_certificate_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(is_certificate_rustls_error)
+}
+
+/// Whether an error, or any of its causes, is a refused certificate. With TLS 1.3 the server
+/// judges the client's certificate after the client considers the handshake done, so its
+/// refusal arrives as an alert inside a later transport error rather than from the connector.
+pub fn refused_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            if is_certificate_rustls_error(r) {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if is_certificate_error(io) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A tonic channel to `addr` over TLS with `cfg`. Connects lazily-but-now: the returned
