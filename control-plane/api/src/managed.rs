@@ -128,8 +128,16 @@ fn field_leaves(v: &Value, parent: Option<Node<'_>>, name: &str, path: &mut Path
 fn key_element(obj: &Map<String, Value>, keys: &[&str]) -> String {
     let mut k = Map::new();
     for key in keys {
-        if let Some(v) = obj.get(*key) {
-            k.insert((*key).to_string(), v.clone());
+        match obj.get(*key) {
+            Some(v) => {
+                k.insert((*key).to_string(), v.clone());
+            }
+            // A port's protocol defaults to TCP, and upstream's apply keys ports by the
+            // defaulted value, so an intent that leaves it out names the same element.
+            None if *key == "protocol" => {
+                k.insert("protocol".into(), Value::String("TCP".into()));
+            }
+            None => {}
         }
     }
     format!("k:{}", Value::Object(k))

@@ -186,6 +186,22 @@ const ALL: &[&str] = &["all"];
 /// Every resource the server serves, in discovery order.
 pub static RESOURCES: &[ResourceType] = &[
     // ---- core/v1 (alphabetical, as upstream lists them)
+    verbs(
+        with(
+            crud(
+                "",
+                "v1",
+                "ComponentStatus",
+                "componentstatuses",
+                "componentstatus",
+                false,
+            ),
+            &["cs"],
+            &[],
+            &[],
+        ),
+        Verbs::ReadOnly,
+    ),
     with(
         crud("", "v1", "ConfigMap", "configmaps", "configmap", true),
         &["cm"],
@@ -376,6 +392,21 @@ pub static RESOURCES: &[ResourceType] = &[
             },
             status("Service"),
         ],
+    ),
+    // ---- apiextensions.k8s.io/v1 (stored so that clients that list CRDs work; custom resources
+    // themselves are not served yet)
+    with(
+        crud(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            "customresourcedefinition",
+            false,
+        ),
+        &["crd", "crds"],
+        &["api-extensions"],
+        &[status("CustomResourceDefinition")],
     ),
     // ---- apps/v1
     crud(

@@ -834,3 +834,42 @@ mod tests {
         assert!(!patch_meta(DEPLOY, &["spec", "template"]).unwrap().atomic_map);
     }
 }
+
+/// Drops empty lists of optional fields, as Go's `omitempty` does when the real apiserver
+/// serialises an object: `kubectl patch node n -p '{"spec":{"taints":[]}}'` leaves no
+/// `spec.taints` behind. Required fields (the schema's `required`) keep their empty lists.
+pub fn drop_empty_optional_lists(gvk: Gvk<'_>, obj: &mut Value) {
+    if let Some(root) = schemas().root(gvk) {
+        drop_empty_lists_at(root, obj);
+    }
+}
+
+fn drop_empty_lists_at(node: Node<'_>, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if node.accepts_anything() {
+                return;
+            }
+            let required: Vec<&str> = node
+                .schema()
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            map.retain(|k, v| !(v.as_array().is_some_and(Vec::is_empty) && !required.contains(&k.as_str())));
+            for (k, v) in map.iter_mut() {
+                if let Some(child) = node.field(k) {
+                    drop_empty_lists_at(child, v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = node.items() {
+                for v in items {
+                    drop_empty_lists_at(item, v);
+                }
+            }
+        }
+        _ => {}
+    }
+}

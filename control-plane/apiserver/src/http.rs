@@ -196,7 +196,11 @@ async fn handle(
 
     let user = match cert_user {
         Some(u) => Some(u),
-        None => match authorization.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) {
+        None => match authorization
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             Some(token) => match server.authn.bearer(token).await {
                 Some(u) => Some(u),
                 None => return error_response(&ApiError::unauthorized()),
@@ -299,6 +303,18 @@ async fn dispatch(server: &ApiServer, route: Route, r: &Req) -> ApiResult<Respon
                 discovery::api_resource_list(&group, &version, metrics).ok_or_else(ApiError::no_such_path)?;
             Ok(json_response(StatusCode::OK, &doc, &[]))
         }
+        Route::OpenApiV2 => {
+            // Every served kind is described by the v3 documents; the v2 document only tells
+            // kubectl's fallback (kinds nobody serves, such as removed API versions) that there
+            // is nothing more, so that it reports "no matches for kind" as upstream does.
+            get_only(r)?;
+            Ok(bytes_response(
+                StatusCode::OK,
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                Bytes::new(),
+                &[],
+            ))
+        }
         Route::OpenApiV3Index => {
             get_only(r)?;
             Ok(json_response(StatusCode::OK, &openapi::index(), &[]))
@@ -351,8 +367,20 @@ async fn resource(server: &ApiServer, p: ResourcePath, r: &Req) -> ApiResult<Res
     let objects = &server.objects;
     let rt = p.rt;
     let ns = p.namespace.as_deref();
+    if rt.verbs == Verbs::ReadOnly {
+        return computed(rt, p.name.as_deref(), r);
+    }
     if rt.verbs == Verbs::CreateOnly {
-        return crate::reviews::handle(server, &r.authz, rt, ns, r.user.as_ref(), &r.method, body_json(r)?).await;
+        return crate::reviews::handle(
+            server,
+            &r.authz,
+            rt,
+            ns,
+            r.user.as_ref(),
+            &r.method,
+            body_json(r)?,
+        )
+        .await;
     }
     if rt.namespaced && p.name.is_some() && ns.is_none() {
         return Err(ApiError::no_such_path());
@@ -579,6 +607,53 @@ async fn subresource(
             )))
         }
         _ => Err(method_not_allowed()),
+    }
+}
+
+/// Resources the server computes rather than stores: ComponentStatus (deprecated upstream, still
+/// asked for by `kubectl get cs`): the scheduler, the controllers and the store answer for the
+/// process they live in, so they are healthy whenever this answers.
+fn computed(rt: &'static ResourceType, name: Option<&str>, r: &Req) -> ApiResult<Response<Body>> {
+    if r.method != Method::GET {
+        return Err(method_not_allowed());
+    }
+    let component = |n: &str| {
+        json!({
+            "kind": "ComponentStatus",
+            "apiVersion": "v1",
+            "metadata": {"name": n},
+            "conditions": [{"type": "Healthy", "status": "True", "message": "ok"}],
+        })
+    };
+    let names = ["controller-manager", "etcd-0", "scheduler"];
+    let warning = vec!["v1 ComponentStatus is deprecated in v1.19+".to_string()];
+    match name {
+        Some(n) if names.contains(&n) => {
+            let mut resp = object_response(rt, StatusCode::OK, &component(n), r, &[])?;
+            add_warnings(&mut resp, &warning);
+            Ok(resp)
+        }
+        Some(n) => Err(ApiError::not_found(rt, n)),
+        None => {
+            let items: Vec<Value> = names.iter().map(|n| component(n)).collect();
+            let list = crate::objects::ListResult {
+                items,
+                resource_version: 0,
+                continue_token: None,
+                remaining: None,
+            };
+            let mut resp = list_response(rt, list, r)?;
+            add_warnings(&mut resp, &warning);
+            Ok(resp)
+        }
+    }
+}
+
+fn add_warnings(resp: &mut Response<Body>, warnings: &[String]) {
+    for w in warnings {
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - {w:?}")) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
     }
 }
 

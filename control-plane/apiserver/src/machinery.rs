@@ -56,12 +56,14 @@ pub fn strategic_merge_patch(
 /// Defaults of a create (including the create-only ones: admission, initial status).
 pub fn apply_create_defaults(rt: &ResourceType, obj: &mut Value) {
     keel_api::defaults::apply_create_defaults(rt, obj);
+    keel_api::schema::drop_empty_optional_lists(gvk(rt), obj);
 }
 
 /// Defaults of an update, carrying over what the old object had allocated (a Service's IPs
 /// and node ports when a `kubectl replace` leaves them out).
 pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value) {
     keel_api::defaults::apply_update_defaults(rt, new, old);
+    keel_api::schema::drop_empty_optional_lists(gvk(rt), new);
 }
 
 pub fn validate_create(rt: &ResourceType, obj: &Value) -> ApiResult<()> {

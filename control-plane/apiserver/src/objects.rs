@@ -262,7 +262,10 @@ impl Objects {
         if !obj.is_object() {
             return Err(ApiError::bad_request("the request body must be an object"));
         }
-        strategy::check_unknown_fields(rt, &mut obj, ctx)?;
+        if !ctx.applying {
+            // An apply intent was checked in the version the client sent, before conversion.
+            strategy::check_unknown_fields(rt, &mut obj, ctx)?;
+        }
         set_type_meta(rt, &mut obj)?;
         let meta = meta_mut(&mut obj);
         // Namespace: from the URL; a different one in the body is an error.

@@ -25,6 +25,8 @@ pub enum Route {
         version: String,
     },
     OpenApiV3Index,
+    /// `/openapi/v2`: kubectl's fallback for kinds the v3 documents do not describe.
+    OpenApiV2,
     OpenApiV3Document {
         group: String,
         version: String,
@@ -65,6 +67,7 @@ pub fn parse(path: &str) -> Route {
         ["api"] => Route::DiscoveryRoot { core: true },
         ["apis"] => Route::DiscoveryRoot { core: false },
         ["openapi", "v3"] => Route::OpenApiV3Index,
+        ["openapi", "v2"] => Route::OpenApiV2,
         ["openapi", "v3", "api", v] => Route::OpenApiV3Document {
             group: String::new(),
             version: v.to_string(),

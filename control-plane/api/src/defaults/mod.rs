@@ -208,6 +208,13 @@ pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value) {
         carry_service_allocations(new, old);
     }
     apply_defaults(rt, new);
+    // DefaultTolerationSeconds admits updates too (upstream registers it for Create and Update),
+    // so re-applying a manifest that leaves the defaulted tolerations out changes nothing.
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            pod::default_toleration_seconds(spec);
+        }
+    }
 }
 
 fn carry_service_allocations(new: &mut Value, old: &Value) {

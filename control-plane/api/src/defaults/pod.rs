@@ -280,7 +280,7 @@ pub(super) fn pod_create(pod: &mut Map<String, Value>) {
 
 /// The DefaultTolerationSeconds admission plugin: tolerate not-ready and unreachable nodes
 /// for 300 s unless the pod already says otherwise.
-fn default_toleration_seconds(spec: &mut Map<String, Value>) {
+pub(super) fn default_toleration_seconds(spec: &mut Map<String, Value>) {
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if tolerations.is_null() {
         *tolerations = json!([]);

@@ -647,3 +647,29 @@ pub(super) fn slice_list(items: Vec<String>, max: usize) -> String {
     let list: Vec<String> = items.into_iter().take(max).collect();
     list_with_more(&list, more, count, max)
 }
+
+/// `NAME STATUS MESSAGE ERROR` of a ComponentStatus, from its `Healthy` condition.
+pub(super) fn component_status(_: &Printer, cs: &Value) -> Vec<Value> {
+    let healthy = cs.get("conditions").and_then(Value::as_array).and_then(|c| {
+        c.iter()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some("Healthy"))
+    });
+    let field = |k: &str| {
+        healthy
+            .and_then(|c| c.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let status = match field("status").as_str() {
+        "True" => "Healthy",
+        "False" => "Unhealthy",
+        _ => "Unknown",
+    };
+    vec![
+        json!(str_of(cs, "/metadata/name")),
+        json!(status),
+        json!(field("message")),
+        json!(field("error")),
+    ]
+}

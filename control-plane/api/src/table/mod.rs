@@ -136,6 +136,7 @@ fn printer_of(rt: &ResourceType) -> (&'static [Column], RowFn) {
         ("", "PersistentVolumeClaim") => (c::PERSISTENT_VOLUME_CLAIM, core::persistent_volume_claim),
         ("", "ReplicationController") => (c::REPLICATION_CONTROLLER, workloads::replication_controller),
         ("", "ResourceQuota") => (c::RESOURCE_QUOTA, core::resource_quota),
+        ("", "ComponentStatus") => (c::COMPONENT_STATUS, core::component_status),
         ("apps", "Deployment") => (c::DEPLOYMENT, workloads::deployment),
         ("apps", "ReplicaSet") => (c::REPLICA_SET, workloads::replica_set),
         ("apps", "StatefulSet") => (c::STATEFUL_SET, workloads::stateful_set),
