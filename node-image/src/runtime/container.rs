@@ -18,16 +18,20 @@
 //!    exits with its status (the exit code, or 128 + the signal), which the agent reads as the
 //!    container's.
 //!
-//! stdout and stderr of the helper and the container go to the container's log file, opened by
-//! the agent. Killing for good is the cgroup's `cgroup.kill`.
+//! The container's stdout and stderr are pipes the helper copies into the container's log file
+//! (the helper's stdout, opened by the agent) in the CRI format `kubectl logs` reads
+//! ([`super::logs`]). Killing for good is the cgroup's `cgroup.kill`.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::logs::{rfc3339_nanos, CriWriter, Stream};
 use super::sys;
 
 /// Everything the helper needs, written by the agent as `<bundle>/config.json`.
@@ -121,7 +125,11 @@ pub fn helper_main(args: &[String]) -> ExitCode {
     match run(&cfg) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
-            eprintln!("keel: cannot start the container: {e}");
+            // The log is in CRI format; so is this last word.
+            println!(
+                "{} stderr F keel: cannot start the container: {e}",
+                rfc3339_nanos(SystemTime::now())
+            );
             ExitCode::from(125)
         }
     }
@@ -163,16 +171,74 @@ fn run(cfg: &ContainerConfig) -> io::Result<i32> {
         cfg.work.display()
     );
     sys::mount(Some("overlay"), &cfg.rootfs, Some("overlay"), 0, Some(&opts))?;
+    let (out_r, out_w) = sys::pipe()?;
+    let (err_r, err_w) = sys::pipe()?;
     match sys::fork()? {
         sys::Fork::Child => {
-            let e = child(cfg);
+            let redirected = sys::dup2(out_w.as_raw_fd(), 1).and_then(|_| sys::dup2(err_w.as_raw_fd(), 2));
+            drop((out_r, out_w, err_r, err_w));
+            let e = match redirected {
+                Ok(()) => child(cfg),
+                Err(e) => e,
+            };
             eprintln!("keel: container setup: {e}");
             std::process::exit(127);
         }
         sys::Fork::Parent(pid) => {
+            drop((out_w, err_w));
             sys::forward_signals_to(pid);
+            pump_logs(out_r, err_r);
             let status = sys::wait_pid(pid)?;
             Ok(sys::exit_code(status))
+        }
+    }
+}
+
+/// Copies the container's stdout and stderr into the log (this process's stdout) as CRI lines,
+/// until both pipes close (the container's PID 1 exited and took its namespace along).
+fn pump_logs(out: OwnedFd, err: OwnedFd) {
+    let mut pipes = [
+        Some((Stream::Stdout, fs::File::from(out))),
+        Some((Stream::Stderr, fs::File::from(err))),
+    ];
+    let mut log = CriWriter::new(io::stdout());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let open: Vec<(usize, RawFd)> = pipes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|(_, f)| (i, f.as_raw_fd())))
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let ready = match sys::poll_in(&open.iter().map(|(_, fd)| *fd).collect::<Vec<_>>()) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        for ((i, _), ready) in open.iter().zip(ready) {
+            if !ready {
+                continue;
+            }
+            let Some((stream, file)) = pipes[*i].as_mut() else {
+                continue;
+            };
+            let stream = *stream;
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    let _ = log.finish(stream, SystemTime::now());
+                    pipes[*i] = None;
+                }
+                Ok(n) => {
+                    let _ = log.feed(stream, &buf[..n], SystemTime::now());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    let _ = log.finish(stream, SystemTime::now());
+                    pipes[*i] = None;
+                }
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! * [`sandbox`]: the process that holds a pod's UTS/IPC (and network) namespaces;
 //! * [`container`]: the `keel-node container` helper that builds a container's mount and PID
 //!   namespaces over an overlayfs root and execs its command;
+//! * [`logs`]: container output as CRI log lines;
 //! * [`cgroup`]: cgroup v2 limits under `/sys/fs/cgroup/kubepods/<pod uid>/<container>`;
 //! * [`sys`]: the syscall wrappers, the only `unsafe` of the runtime.
 //!
@@ -15,6 +16,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod image;
+pub mod logs;
 pub mod reference;
 pub mod registry;
 pub mod sandbox;

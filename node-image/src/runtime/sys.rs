@@ -303,3 +303,42 @@ pub fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: integer argument.
     check(unsafe { libc::setuid(uid) }, "setuid")
 }
+
+/// A pipe, both ends close-on-exec: (read, write).
+pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, "pipe2")?;
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// dup2(2): `fd` becomes `target` (without close-on-exec).
+pub fn dup2(fd: std::os::fd::RawFd, target: std::os::fd::RawFd) -> io::Result<()> {
+    // SAFETY: integer descriptors; dup2 validates them.
+    check(unsafe { libc::dup2(fd, target) }, "dup2")
+}
+
+/// poll(2) for input on `fds`, without timeout: which of them are readable (or closed).
+pub fn poll_in(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a valid array of `p.len()` pollfd structures.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
