@@ -72,6 +72,9 @@ fn prepare_new_root() -> io::Result<()> {
     mkdir(NEWROOT, 0o755);
     sys::mount(Some("root"), NEWROOT, Some("tmpfs"), 0, Some("mode=0755"))
         .map_err(|e| io::Error::new(e.kind(), format!("mount tmpfs on {NEWROOT}: {e}")))?;
+    // Copy everything first: if any copy fails, the initramfs is still whole and boot goes on
+    // from it.
+    let mut copied = Vec::new();
     for entry in fs::read_dir("/")? {
         let entry = entry?;
         let path = entry.path();
@@ -80,9 +83,15 @@ fn prepare_new_root() -> io::Result<()> {
             continue;
         }
         let dest = Path::new(NEWROOT).join(entry.file_name());
-        copy_tree(&path, &dest).map_err(|e| io::Error::new(e.kind(), format!("copy {name}: {e}")))?;
-        // Free the rootfs copy now: the image would otherwise live in memory twice.
-        let _ = if entry.file_type()?.is_dir() {
+        if let Err(e) = copy_tree(&path, &dest) {
+            let _ = sys::umount(NEWROOT, libc::MNT_DETACH);
+            return Err(io::Error::new(e.kind(), format!("copy {name}: {e}")));
+        }
+        copied.push((path, entry.file_type()?.is_dir()));
+    }
+    // Then free the rootfs copy: the image would otherwise live in memory twice.
+    for (path, is_dir) in copied {
+        let _ = if is_dir {
             fs::remove_dir_all(&path)
         } else {
             fs::remove_file(&path)
