@@ -1,6 +1,7 @@
 //! The scheduler against the real in-process API: fake Ready nodes (Node objects with
 //! allocatable resources, no agent), pods that fit and pods that fit nowhere.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -341,4 +342,73 @@ async fn bind_patch_throughput() {
         "{pods} binding patches in {secs:.2}s: {:.0}/s",
         pods as f64 / secs
     );
+}
+
+/// With the controllers: a Deployment's replicas are spread over the nodes, and a DaemonSet's
+/// pods land each on its own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_replicas_spread_and_daemon_pods_stay_pinned() {
+    let c = Cluster::start().await;
+    for n in ["a", "b", "c"] {
+        c.node(n, "4", json!([])).await;
+    }
+    c.run_scheduler(keel_scheduler::Options::default());
+    let client = c.client.clone();
+    let mut rx = c.stop.subscribe();
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        keel_controllers::run_all(client, stopped)
+            .await
+            .expect("controllers")
+    });
+    let apps = |plural: &str| registry::find("apps", "v1", plural).expect("registry row");
+    let template = |app: &str| {
+        json!({"metadata": {"labels": {"app": app}},
+               "spec": {"containers": [{"name": "c", "image": "nginx", "resources": {"requests": {"cpu": "100m"}}}]}})
+    };
+    c.client
+        .create(
+            apps("deployments"),
+            Some("default".into()),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+                   "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}}, "template": template("web")}}),
+            WriteOptions::default(),
+        )
+        .await
+        .expect("deployment");
+    c.client
+        .create(
+            apps("daemonsets"),
+            Some("default".into()),
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "default"},
+                   "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": template("agent")}}),
+            WriteOptions::default(),
+        )
+        .await
+        .expect("daemonset");
+    let placed = wait_for(30, "6 web and 3 agent pods bound", || async {
+        let list = c
+            .client
+            .list(rt("pods"), Some("default".into()), ListParams::default())
+            .await
+            .ok()?;
+        let mut web: HashMap<String, usize> = HashMap::new();
+        let mut agent: Vec<String> = Vec::new();
+        for p in list["items"].as_array()? {
+            let node = node_name(p)?;
+            match p["metadata"]["labels"]["app"].as_str() {
+                Some("web") => *web.entry(node).or_insert(0) += 1,
+                Some("agent") => agent.push(node),
+                _ => {}
+            }
+        }
+        agent.sort();
+        (web.values().sum::<usize>() == 6 && agent.len() == 3).then_some((web, agent))
+    })
+    .await;
+    let (web, agent) = placed;
+    assert_eq!(agent, ["a", "b", "c"]);
+    assert!(web.values().all(|n| *n == 2), "replicas spread evenly: {web:?}");
 }
