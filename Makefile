@@ -63,7 +63,7 @@ bench-store: deps
 	$(CARGO) run --release -p keel-store --bin store-bench
 
 bench-api: deps
-	$(CARGO) build --release -p keel-server -p keel-bench
+	$(CARGO) build --release -p keel-server
 	$(CARGO) run --release -p keel-bench --bin bench-api
 
 clean:
