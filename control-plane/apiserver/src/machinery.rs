@@ -56,14 +56,24 @@ pub fn strategic_merge_patch(
 /// Defaults of a create (including the create-only ones: admission, initial status).
 pub fn apply_create_defaults(rt: &ResourceType, obj: &mut Value) {
     keel_api::defaults::apply_create_defaults(rt, obj);
-    keel_api::schema::drop_empty_optional_lists(gvk(rt), obj);
 }
 
 /// Defaults of an update, carrying over what the old object had allocated (a Service's IPs
 /// and node ports when a `kubectl replace` leaves them out).
 pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value) {
     keel_api::defaults::apply_update_defaults(rt, new, old);
-    keel_api::schema::drop_empty_optional_lists(gvk(rt), new);
+    // `kubectl taint … key-` of the last taint, or a patch with `taints: []`, leaves no
+    // `spec.taints` behind, as Go's omitempty encoding does upstream.
+    if rt.kind == "Node"
+        && new
+            .pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+    {
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("taints");
+        }
+    }
 }
 
 pub fn validate_create(rt: &ResourceType, obj: &Value) -> ApiResult<()> {
