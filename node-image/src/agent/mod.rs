@@ -45,6 +45,9 @@ const CONFIG_POLL: Duration = Duration::from_secs(5);
 struct Options {
     config: PathBuf,
     state_dir: PathBuf,
+    /// `--no-workloads`: join and keep the session only; run no pods and leave the machine's
+    /// network alone (for running the agent on a development host, as the tests do).
+    no_workloads: bool,
 }
 
 impl Options {
@@ -52,6 +55,7 @@ impl Options {
         let mut o = Options {
             config: PathBuf::from(NODE_CONFIG_PATH),
             state_dir: PathBuf::from(STATE_DIR),
+            no_workloads: false,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -59,9 +63,10 @@ impl Options {
             match a.as_str() {
                 "--config" => o.config = PathBuf::from(value("--config")?),
                 "--state-dir" => o.state_dir = PathBuf::from(value("--state-dir")?),
+                "--no-workloads" => o.no_workloads = true,
                 other => {
                     return Err(format!(
-                    "unknown argument {other:?} (usage: keel-node agent [--config FILE] [--state-dir DIR])"
+                    "unknown argument {other:?} (usage: keel-node agent [--config FILE] [--state-dir DIR] [--no-workloads])"
                 ))
                 }
             }
@@ -180,23 +185,27 @@ async fn run(opts: Options) -> ExitCode {
     // The pod manager (crate::pods) takes the pod end and outlives sessions; the console also
     // shows what this node is assigned.
     let (mut session_link, pod_link) = link::pair();
-    // The pod network (bridge, VXLAN overlay, masquerade) follows the pod CIDR and peers.
-    tokio::spawn(crate::net::network_agent::serve(
-        crate::net::network_agent::Settings {
-            preferred_ip: cfg.static_ip2.as_ref().map(|s| s.address),
-            state_dir: opts.state_dir.clone(),
-        },
-        pod_link.pod_cidr.clone(),
-        pod_link.peers.clone(),
-        pod_link.overlay.clone(),
-    ));
-    let pod_settings = crate::pods::Settings::from_config(&cfg, &name, &opts.state_dir);
-    tokio::spawn(crate::pods::manager::serve(
-        pod_settings,
-        pod_link.desired.clone(),
-        pod_link.up.clone(),
-        pod_link.sessions.clone(),
-    ));
+    if opts.no_workloads {
+        eprintln!("keel: --no-workloads: this agent runs no pods and leaves the network alone");
+    } else {
+        // The pod network (bridge, VXLAN overlay, masquerade) follows the pod CIDR and peers.
+        tokio::spawn(crate::net::network_agent::serve(
+            crate::net::network_agent::Settings {
+                preferred_ip: cfg.static_ip2.as_ref().map(|s| s.address),
+                state_dir: opts.state_dir.clone(),
+            },
+            pod_link.pod_cidr.clone(),
+            pod_link.peers.clone(),
+            pod_link.overlay.clone(),
+        ));
+        let pod_settings = crate::pods::Settings::from_config(&cfg, &name, &opts.state_dir);
+        tokio::spawn(crate::pods::manager::serve(
+            pod_settings,
+            pod_link.desired.clone(),
+            pod_link.up.clone(),
+            pod_link.sessions.clone(),
+        ));
+    }
     tokio::spawn(link::announce_assignments(pod_link));
 
     loop {

@@ -202,6 +202,8 @@ impl Agent {
             .arg(&config_path)
             .arg("--state-dir")
             .arg(state_dir)
+            // On a development host: no pods, and hands off the host's network.
+            .arg("--no-workloads")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
