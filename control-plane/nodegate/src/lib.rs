@@ -9,6 +9,8 @@
 //!   ([`pods`](crate::pods)).
 //! * And the pod overlay's peers: every other node's pod CIDR and VXLAN endpoint
 //!   ([`peers`](crate::peers)).
+//! * And the service table: every ClusterIP with its ready endpoints, which nodes program as
+//!   nftables DNAT ([`service_table`](crate::service_table)).
 //! * A lifecycle loop marks nodes with stale Leases unreachable and restores them when they
 //!   come back ([`lifecycle`](crate::lifecycle)).
 //!
@@ -25,6 +27,7 @@ mod node_status;
 mod peers;
 mod pods;
 mod service;
+mod service_table;
 mod session;
 mod tls;
 

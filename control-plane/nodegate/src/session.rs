@@ -94,6 +94,11 @@ pub(crate) async fn run(
     tracing::info!(node = %s.node, "node session opened");
     let feeder = tokio::spawn(crate::pods::feed(s.gate.clone(), s.node.clone(), out.clone()));
     let peers = tokio::spawn(crate::peers::feed(s.gate.clone(), s.node.clone(), out.clone()));
+    let services = tokio::spawn(crate::service_table::feed(
+        s.gate.clone(),
+        s.node.clone(),
+        out.clone(),
+    ));
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -117,6 +122,7 @@ pub(crate) async fn run(
     }
     feeder.abort();
     peers.abort();
+    services.abort();
 }
 
 impl NodeSession {

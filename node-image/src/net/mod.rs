@@ -24,6 +24,7 @@ pub mod pod_network;
 #[cfg(test)]
 mod pod_network_netns_test;
 pub mod rtnl;
+pub mod services;
 
 use crate::config::StaticIp;
 use std::fs;

@@ -2,7 +2,9 @@
 //! pod link (the pod CIDR from the Welcome, the peer sets from the session; it answers with this
 //! node's overlay endpoint, which the session reports at once), and the few process-wide
 //! accessors the rest of the agent uses: the report's `NetworkUnavailable` condition
-//! ([`network_condition`]) and, for the pod manager, [`attach`] and [`detach`] of pod sandboxes.
+//! ([`network_condition`]), the session's service tables ([`offer_services`]: ClusterIPs in
+//! nftables, [`super::services`]) and, for the pod manager, [`attach`] and [`detach`] of pod
+//! sandboxes.
 //!
 //! The loop is level-triggered: whenever the pod CIDR or the peer set changes,
 //! and every [`RESYNC`] regardless, it applies the whole desired state again
@@ -13,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use keel_proto::{Condition, OverlayEndpoint, OverlayPeers};
+use keel_proto::{Condition, OverlayEndpoint, OverlayPeers, ServiceTable};
 use tokio::sync::watch;
 
 use super::cidr::Cidr;
 use super::overlay::{self, Peer};
 use super::pod_network::{find_underlay, NetError, NodeNet, PodIp};
 use super::rtnl::mac_string;
+use super::services;
 
 /// The cluster's pod range (flannel's and kubeadm's default).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -48,6 +51,14 @@ struct Status {
 }
 
 static STATUS: LazyLock<Mutex<Status>> = LazyLock::new(|| Mutex::new(Status::default()));
+/// The newest service table from the control plane.
+static SERVICES: LazyLock<watch::Sender<Option<Arc<ServiceTable>>>> =
+    LazyLock::new(|| watch::Sender::new(None));
+
+/// The session received a service table (ClusterIPs and their endpoints).
+pub fn offer_services(t: ServiceTable) {
+    SERVICES.send_replace(Some(Arc::new(t)));
+}
 
 fn status() -> std::sync::MutexGuard<'static, Status> {
     STATUS.lock().unwrap_or_else(|p| p.into_inner())
@@ -81,14 +92,12 @@ pub fn network_condition() -> Condition {
 }
 
 /// Attaches a pod sandbox (its network namespace, e.g. `/proc/PID/ns/net`) to the pod network.
-#[allow(dead_code)] // for the pod manager, which gives sandboxes their own network namespace next
 pub async fn attach(netns: PathBuf, pod_uid: String) -> Result<PodIp, NetError> {
     let net = status().net.clone().ok_or(NetError::NotReady)?;
     blocking(move || net.attach(&netns, &pod_uid)).await
 }
 
 /// Detaches a pod and frees its address.
-#[allow(dead_code)] // likewise
 pub async fn detach(pod_uid: String) -> Result<Option<Ipv4Addr>, NetError> {
     let net = status().net.clone().ok_or(NetError::NotReady)?;
     blocking(move || net.detach(&pod_uid)).await
@@ -123,12 +132,22 @@ pub async fn serve(
         }
     };
     wait_for_modules().await;
+    let mut services_rx = SERVICES.subscribe();
     let mut last_problem = String::new();
     let mut last_peers: Option<Vec<Peer>> = None;
     loop {
         let cidr_text = pod_cidr.borrow_and_update().clone();
         let offered = peers_rx.borrow_and_update().clone();
-        let result = reconcile(&settings, cluster, &cidr_text, offered.as_deref(), &changed).await;
+        let table = services_rx.borrow_and_update().clone();
+        let result = reconcile(
+            &settings,
+            cluster,
+            &cidr_text,
+            offered.as_deref(),
+            table.as_deref(),
+            &changed,
+        )
+        .await;
         let wait = match result {
             Ok((net, peers)) => {
                 if last_peers.as_ref() != Some(&peers) {
@@ -176,6 +195,7 @@ pub async fn serve(
         tokio::select! {
             r = pod_cidr.changed() => if r.is_err() { return },
             _ = peers_rx.changed() => {}
+            _ = services_rx.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -187,6 +207,7 @@ async fn reconcile(
     cluster: Cidr,
     cidr_text: &str,
     offered: Option<&OverlayPeers>,
+    table: Option<&ServiceTable>,
     changed: &impl Fn(),
 ) -> Result<(NodeNet, Vec<Peer>), String> {
     let preferred = settings.preferred_ip;
@@ -222,10 +243,24 @@ async fn reconcile(
         underlay,
         ipam_root: settings.state_dir.join("ipam"),
     };
-    let (net, peers) = tokio::task::spawn_blocking(move || net.apply(&peers).map(|()| (net, peers)))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let (ports, bad) = table.map(services::from_proto).unwrap_or_default();
+    if !bad.is_empty() {
+        eprintln!(
+            "keel: services: not served (malformed or not TCP/UDP): {}",
+            bad.join(", ")
+        );
+    }
+    let (net, peers) = tokio::task::spawn_blocking(move || {
+        net.apply(&peers)?;
+        services::apply(&ports).map_err(|source| NetError::Netlink {
+            what: "programming Services (nftables)".into(),
+            source,
+        })?;
+        Ok::<_, NetError>((net, peers))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     Ok((net, peers))
 }
 

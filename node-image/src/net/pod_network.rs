@@ -101,7 +101,7 @@ pub fn find_underlay(preferred: Option<Ipv4Addr>, cluster: Cidr) -> Result<Under
     let usable = |index: i32, ip: Ipv4Addr| {
         let link = links.iter().find(|l| l.index == index)?;
         let ok = !ip.is_loopback() && !cluster.contains(ip) && !is_pod_interface(&link.name);
-        ok.then(|| Underlay {
+        ok.then_some(Underlay {
             ifindex: index,
             address: ip,
             mtu: if link.mtu == 0 { 1500 } else { link.mtu },

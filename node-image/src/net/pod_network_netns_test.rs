@@ -1,7 +1,7 @@
 //! The pod network between two "nodes" on this host, each a network namespace of the test's own
 //! joined by a veth "segment" (192.168.50.11/.12), each with a "pod" namespace attached: TCP
 //! from pod to pod across VXLAN keeps the pod's address; TCP from a pod to the other node's
-//! segment address is masqueraded; a peer that leaves takes its route along; a detached pod's
+//! segment address is masqueraded; a ClusterIP reaches the pod behind it; a peer that leaves takes its route along; a detached pod's
 //! veth and address go. Needs root (namespaces are created with unshare and vanish with the
 //! test); without it the test says so and passes vacuously.
 
@@ -18,6 +18,7 @@ use super::nlsock::{in_netns, new_netns};
 use super::overlay::{self, Peer};
 use super::pod_network::{find_underlay, veth_name, NodeNet};
 use super::rtnl::Rtnl;
+use super::services;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -127,11 +128,22 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
     segment(&node_a, &node_b, ip("192.168.50.11"), ip("192.168.50.12")).expect("segment");
     let a = node("a", &node_a, ip("192.168.50.11"), "10.244.1.0/24", dir.path());
     let b = node("b", &node_b, ip("192.168.50.12"), "10.244.2.0/24", dir.path());
-    // Twice each: the second pass must find everything in place.
-    for _ in 0..2 {
-        apply(&node_a, &a, &[as_peer("b", &b)]);
-        apply(&node_b, &b, &[as_peer("a", &a)]);
-    }
+    // Twice each: the second pass must find everything in place (same devices, not rebuilt).
+    let devices = |netns: &Ns| {
+        in_netns(&netns.path, || {
+            let mut r = Rtnl::open()?;
+            let index = |l: Option<super::rtnl::Link>| l.map(|l| l.index);
+            Ok((index(r.link(overlay::DEVICE)?), index(r.link("cni0")?)))
+        })
+        .unwrap()
+    };
+    apply(&node_a, &a, &[as_peer("b", &b)]);
+    apply(&node_b, &b, &[as_peer("a", &a)]);
+    let first = devices(&node_a);
+    assert!(first.0.is_some() && first.1.is_some(), "{first:?}");
+    apply(&node_a, &a, &[as_peer("b", &b)]);
+    apply(&node_b, &b, &[as_peer("a", &a)]);
+    assert_eq!(devices(&node_a), first, "a second apply rebuilt a device");
 
     let ip_a = in_netns(&node_a.path, || {
         a.attach(&pod_a.path, "uid-a").map_err(io::Error::other)
@@ -183,6 +195,51 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
         std::net::IpAddr::V4(ip("192.168.50.11")),
         "masqueraded"
     );
+
+    // A Service on node a: ClusterIP 10.96.0.20:80 → pod b's 7780, from pod a and from node a.
+    let web = services::ServicePort {
+        cluster_ip: ip("10.96.0.20"),
+        protocol: services::Protocol::Tcp,
+        port: 80,
+        endpoints: vec![(ip_b.ip, 7780)],
+    };
+    in_netns(&node_a.path, || {
+        services::apply(std::slice::from_ref(&web))?;
+        // The node's own connections need a route for the ClusterIP before the output hook
+        // rewrites it, as on a real node: a default route (here via node b).
+        let mut r = Rtnl::open()?;
+        let seg = r.link("seg")?.ok_or_else(|| io::Error::other("seg missing"))?;
+        r.replace_route(
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            seg.index,
+            Some(ip("192.168.50.12")),
+            None,
+        )
+    })
+    .expect("services");
+    let rx = serve_once(&pod_b, SocketAddr::from((ip_b.ip, 7780)));
+    send_from(
+        &pod_a,
+        SocketAddr::from((ip("10.96.0.20"), 80)),
+        "via the service",
+    )
+    .expect("pod a → service");
+    let (peer, text) = rx
+        .recv_timeout(DEADLINE)
+        .expect("service answered")
+        .expect("read");
+    assert_eq!(text, "via the service");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(ip_a.ip));
+    let rx = serve_once(&pod_b, SocketAddr::from((ip_b.ip, 7780)));
+    send_from(&node_a, SocketAddr::from((ip("10.96.0.20"), 80)), "from the node").expect("node a → service");
+    let (_, text) = rx
+        .recv_timeout(DEADLINE)
+        .expect("service answered the node")
+        .expect("read");
+    assert_eq!(text, "from the node");
+    // No endpoints: the rule goes, and the ClusterIP answers nothing.
+    in_netns(&node_a.path, || services::apply(&[])).expect("services emptied");
 
     // Peer b leaves: node a drops its route, neighbour and FDB entry.
     apply(&node_a, &a, &[]);

@@ -1,0 +1,347 @@
+//! Services in the kernel datapath: ClusterIP → endpoints as nftables DNAT rules over netlink,
+//! kube-proxy's iptables mode redone in nftables without maps:
+//!
+//! ```text
+//! table ip keel-services {
+//!   chain prerouting { type nat hook prerouting priority dstnat; … }   (from pods and peers)
+//!   chain output     { type nat hook output priority dstnat; … }       (from the node itself)
+//!   # per service port, per endpoint i of n:
+//!   ip daddr 10.96.0.20 meta l4proto tcp th dport 80 numgen random mod (n-i) 0 dnat to EP_i
+//!   # (the last endpoint without the numgen test)
+//! }
+//! ```
+//!
+//! Rule i is tried only when rules 0..i did not match, and matches with probability 1/(n-i), so
+//! every endpoint gets 1/n of new connections; conntrack keeps established ones where they
+//! are. The whole table is replaced in one atomic batch whenever the service table changes.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use super::nlmsg::{with_ack, Conn, Msg, NLM_F_APPEND, NLM_F_CREATE};
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFPROTO_IPV4: u8 = 2;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_NG_DREG: u16 = 1;
+const NFTA_NG_MODULUS: u16 = 2;
+const NFTA_NG_TYPE: u16 = 3;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_NAT_TYPE: u16 = 1;
+const NFTA_NAT_FAMILY: u16 = 2;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
+
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+const NF_ACCEPT: u32 = 1;
+const NF_IP_PRI_NAT_DST: i32 = -100;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_NG_RANDOM: u32 = 1;
+const NFT_NAT_DNAT: u32 = 1;
+const NFT_REG_1: u32 = 1;
+const NFT_REG_2: u32 = 2;
+const NFT_CMP_EQ: u32 = 0;
+const IPV4_DADDR: u32 = 16;
+
+pub const TABLE: &str = "keel-services";
+
+/// TCP or UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+        }
+    }
+
+    /// `TCP`/`UDP` as Kubernetes spells them; anything else (SCTP) is not served.
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "" | "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// One port of a Service's ClusterIP with the endpoints behind it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServicePort {
+    pub cluster_ip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Ready endpoints: (pod IP, target port).
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+fn nft(cmd: u16, flags: u16) -> Msg {
+    Msg::new((NFNL_SUBSYS_NFTABLES << 8) | cmd, flags).fixed(&[NFPROTO_IPV4, 0, 0, 0])
+}
+
+fn batch_marker(ty: u16) -> Msg {
+    let mut nfgen = [0u8, 0, 0, 0];
+    nfgen[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+    Msg::new(ty, 0).fixed(&nfgen)
+}
+
+fn expr(m: Msg, name: &str, body: impl FnOnce(Msg) -> Msg) -> Msg {
+    body(
+        m.begin(NFTA_LIST_ELEM)
+            .str(NFTA_EXPR_NAME, name)
+            .begin(NFTA_EXPR_DATA),
+    )
+    .end()
+    .end()
+}
+
+fn cmp_eq(m: Msg, value: &[u8]) -> Msg {
+    expr(m, "cmp", |m| {
+        m.be32(NFTA_CMP_SREG, NFT_REG_1)
+            .be32(NFTA_CMP_OP, NFT_CMP_EQ)
+            .begin(NFTA_CMP_DATA)
+            .attr(NFTA_DATA_VALUE, value)
+            .end()
+    })
+}
+
+fn payload(m: Msg, base: u32, offset: u32, len: u32) -> Msg {
+    expr(m, "payload", |m| {
+        m.be32(NFTA_PAYLOAD_DREG, NFT_REG_1)
+            .be32(NFTA_PAYLOAD_BASE, base)
+            .be32(NFTA_PAYLOAD_OFFSET, offset)
+            .be32(NFTA_PAYLOAD_LEN, len)
+    })
+}
+
+fn immediate(m: Msg, reg: u32, value: &[u8]) -> Msg {
+    expr(m, "immediate", |m| {
+        m.be32(NFTA_IMMEDIATE_DREG, reg)
+            .begin(NFTA_IMMEDIATE_DATA)
+            .attr(NFTA_DATA_VALUE, value)
+            .end()
+    })
+}
+
+/// The rule sending endpoint `i` of `p` its share of new connections.
+fn endpoint_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
+    let n = p.endpoints.len();
+    let (ip, port) = p.endpoints[i];
+    let m = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
+        .str(NFTA_RULE_TABLE, TABLE)
+        .str(NFTA_RULE_CHAIN, chain)
+        .begin(NFTA_RULE_EXPRESSIONS);
+    let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_DADDR, 4);
+    let m = cmp_eq(m, &p.cluster_ip.octets());
+    let m = expr(m, "meta", |m| {
+        m.be32(NFTA_META_KEY, NFT_META_L4PROTO)
+            .be32(NFTA_META_DREG, NFT_REG_1)
+    });
+    let m = cmp_eq(m, &[p.protocol.number()]);
+    let m = payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+    let mut m = cmp_eq(m, &p.port.to_be_bytes());
+    if i + 1 < n {
+        m = expr(m, "numgen", |m| {
+            m.be32(NFTA_NG_DREG, NFT_REG_1)
+                .be32(NFTA_NG_MODULUS, (n - i) as u32)
+                .be32(NFTA_NG_TYPE, NFT_NG_RANDOM)
+        });
+        m = cmp_eq(m, &0u32.to_ne_bytes());
+    }
+    let m = immediate(m, NFT_REG_1, &ip.octets());
+    let m = immediate(m, NFT_REG_2, &port.to_be_bytes());
+    let m = expr(m, "nat", |m| {
+        m.be32(NFTA_NAT_TYPE, NFT_NAT_DNAT)
+            .be32(NFTA_NAT_FAMILY, u32::from(NFPROTO_IPV4))
+            .be32(NFTA_NAT_REG_ADDR_MIN, NFT_REG_1)
+            .be32(NFTA_NAT_REG_PROTO_MIN, NFT_REG_2)
+    });
+    m.end()
+}
+
+fn batch(conn: &mut Conn, ports: &[ServicePort]) -> (Vec<u8>, Vec<u32>) {
+    let mut bytes = Vec::new();
+    let mut acked = Vec::new();
+    let mut push = |conn: &mut Conn, m: Msg, ack: bool| {
+        let seq = conn.next_seq();
+        let b = m.finish(seq);
+        if ack {
+            acked.push(seq);
+            bytes.extend(with_ack(b));
+        } else {
+            bytes.extend(b);
+        }
+    };
+    push(conn, batch_marker(NFNL_MSG_BATCH_BEGIN), false);
+    push(
+        conn,
+        nft(NFT_MSG_NEWTABLE, NLM_F_CREATE).str(NFTA_TABLE_NAME, TABLE),
+        true,
+    );
+    push(conn, nft(NFT_MSG_DELTABLE, 0).str(NFTA_TABLE_NAME, TABLE), true);
+    push(
+        conn,
+        nft(NFT_MSG_NEWTABLE, NLM_F_CREATE).str(NFTA_TABLE_NAME, TABLE),
+        true,
+    );
+    for (chain, hook) in [("prerouting", NF_INET_PRE_ROUTING), ("output", NF_INET_LOCAL_OUT)] {
+        let c = nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE)
+            .str(NFTA_CHAIN_TABLE, TABLE)
+            .str(NFTA_CHAIN_NAME, chain)
+            .begin(NFTA_CHAIN_HOOK)
+            .be32(NFTA_HOOK_HOOKNUM, hook)
+            .be32(NFTA_HOOK_PRIORITY, NF_IP_PRI_NAT_DST as u32)
+            .end()
+            .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+            .str(NFTA_CHAIN_TYPE, "nat");
+        push(conn, c, true);
+        for p in ports {
+            for i in 0..p.endpoints.len() {
+                push(conn, endpoint_rule(chain, p, i), true);
+            }
+        }
+    }
+    push(conn, batch_marker(NFNL_MSG_BATCH_END), false);
+    (bytes, acked)
+}
+
+/// Replaces the node's service rules with `ports` (ports without endpoints get no rule).
+pub fn apply(ports: &[ServicePort]) -> io::Result<()> {
+    let mut conn = Conn::open(libc::NETLINK_NETFILTER)?;
+    let (bytes, acked) = batch(&mut conn, ports);
+    conn.send_and_wait(&bytes, &acked)
+}
+
+/// The service ports of a control-plane table; malformed entries are named in the error list.
+pub fn from_proto(t: &keel_proto::ServiceTable) -> (Vec<ServicePort>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for s in &t.services {
+        for p in &s.ports {
+            let parsed = (|| {
+                Some(ServicePort {
+                    cluster_ip: s.cluster_ip.parse().ok()?,
+                    protocol: Protocol::parse(&p.protocol)?,
+                    port: u16::try_from(p.port).ok()?,
+                    endpoints: p
+                        .endpoints
+                        .iter()
+                        .map(|e| Some((e.ip.parse().ok()?, u16::try_from(e.port).ok()?)))
+                        .collect::<Option<Vec<_>>>()?,
+                })
+            })();
+            match parsed {
+                Some(sp) => ok.push(sp),
+                None => bad.push(format!("{}/{}:{}", s.namespace, s.name, p.port)),
+            }
+        }
+    }
+    ok.sort();
+    (ok, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::nlmsg::replies;
+
+    fn port(n: usize) -> ServicePort {
+        ServicePort {
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 20),
+            protocol: Protocol::Tcp,
+            port: 80,
+            endpoints: (0..n)
+                .map(|i| (Ipv4Addr::new(10, 244, 1, 2 + i as u8), 8080))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_rule_per_endpoint_per_chain_and_numgen_on_all_but_the_last() {
+        let Ok(mut conn) = Conn::open(libc::NETLINK_NETFILTER) else {
+            return;
+        };
+        let (bytes, acked) = batch(&mut conn, &[port(3), port(0)]);
+        let msgs: Vec<Vec<u8>> = replies(&bytes).map(|r| r.payload.to_vec()).collect();
+        // begin, table, delete, table, (chain + 3 rules) × 2, end
+        assert_eq!(msgs.len(), 4 + 2 * 4 + 1);
+        assert_eq!(acked.len(), msgs.len() - 2);
+        let has = |m: &[u8], needle: &[u8]| m.windows(needle.len()).any(|w| w == needle);
+        let rules: Vec<&Vec<u8>> = msgs[5..8].iter().collect();
+        assert!(has(rules[0], b"numgen\0") && has(rules[1], b"numgen\0"));
+        assert!(!has(rules[2], b"numgen\0"));
+        assert!(has(rules[2], &[10, 244, 1, 4]));
+        // Moduli 3 then 2: uniform shares.
+        assert!(has(rules[0], &3u32.to_be_bytes()) && has(rules[1], &2u32.to_be_bytes()));
+    }
+
+    #[test]
+    fn control_plane_tables_are_checked() {
+        let t = keel_proto::ServiceTable {
+            version: 1,
+            services: vec![keel_proto::ClusterService {
+                namespace: "default".into(),
+                name: "web".into(),
+                cluster_ip: "10.96.0.20".into(),
+                ports: vec![
+                    keel_proto::ClusterServicePort {
+                        protocol: "TCP".into(),
+                        port: 80,
+                        endpoints: vec![keel_proto::ServiceEndpoint {
+                            ip: "10.244.1.2".into(),
+                            port: 8080,
+                        }],
+                    },
+                    keel_proto::ClusterServicePort {
+                        protocol: "SCTP".into(),
+                        port: 9,
+                        endpoints: vec![],
+                    },
+                ],
+            }],
+        };
+        let (ok, bad) = from_proto(&t);
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].endpoints, vec![(Ipv4Addr::new(10, 244, 1, 2), 8080)]);
+        assert_eq!(bad, ["default/web:9"]);
+    }
+}
