@@ -148,6 +148,28 @@ fn wait_pod(
 }
 
 fn pod_manifest(name: &str, image: &str, script: &str, restart: &str) -> String {
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&pod_json(name, image, script, restart)).expect("pod JSON");
+    if name == "once" {
+        // Volumes and ConfigMap-sourced env for the in-container checks.
+        pod["spec"]["volumes"] = serde_json::json!([
+            {"name": "cfg", "configMap": {"name": "app-config"}},
+            {"name": "scratch", "emptyDir": {}}
+        ]);
+        let c = &mut pod["spec"]["containers"][0];
+        c["volumeMounts"] = serde_json::json!([
+            {"name": "cfg", "mountPath": "/etc/app"},
+            {"name": "scratch", "mountPath": "/scratch"}
+        ]);
+        if let Some(env) = c["env"].as_array_mut() {
+            env.push(serde_json::json!({"name": "CM_GREETING",
+                "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "greeting"}}}));
+        }
+    }
+    pod.to_string()
+}
+
+fn pod_json(name: &str, image: &str, script: &str, restart: &str) -> String {
     let script = serde_json::to_string(script).expect("JSON string");
     format!(
         r#"{{"apiVersion": "v1", "kind": "Pod",
@@ -259,12 +281,24 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     // It exits 0 only if the container is what it should be: its env, the pod's hostname,
     // PID 1 of its own PID namespace (`$$$$` is `$$` once Kubernetes expanded it), the pod's
     // /etc/hosts, a /dev/null, / as working dir, its cgroup limits (memory.max, cpu.max), its
-    // own eth0 on the pod network with the address the downward API gives it.
+    // own eth0 on the pod network with the address the downward API gives it, a ConfigMap as
+    // a read-only volume and as env, a writable emptyDir.
     let checks = "test $GREETING = hello && test $(hostname) = once && test $$$$ = 1 && \
                   grep -q once /etc/hosts && echo ok > /dev/null && test $(pwd) = / && \
                   test $(cat /sys/fs/cgroup/memory.max) = 67108864 && \
                   ip -4 addr show eth0 | grep -q \"inet $POD_IP/24\" && \
+                  test $(cat /etc/app/greeting) = hello-from-cm && test $CM_GREETING = hello-from-cm && \
+                  touch /scratch/x && ! touch /etc/app/x 2>/dev/null && \
                   test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"50000 100000\" && echo done";
+    s.ok(
+        &k,
+        &[
+            "create",
+            "configmap",
+            "app-config",
+            "--from-literal=greeting=hello-from-cm",
+        ],
+    );
     s.apply(&k, &pod_manifest("once", "busybox:1.35", checks, "Never"));
     wait_pod(&s, &k, &vm, "once", "Completed", Duration::from_secs(90), |r| {
         r.get(2).map(String::as_str) == Some("Completed") && r.get(1).map(String::as_str) == Some("0/1")

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::spec::{self, Downward};
 use super::status::{ContainerView, State};
+use super::volumes;
 use super::worker::PodCtx;
 use crate::runtime::cgroup::Cgroups;
 use crate::runtime::container::{self, ContainerConfig};
@@ -331,6 +332,8 @@ impl ContainerTask {
         if args.is_empty() {
             return Err(("CreateContainerConfigError", "no command specified".to_string()));
         }
+        let mounts =
+            volumes::prepare(pod, c, self.ctx.pod_dir()).map_err(|m| ("CreateContainerConfigError", m))?;
         let (uid, gid) = spec::user(pod, c, &image.config);
         let cgroup = self
             .ctx
@@ -360,6 +363,7 @@ impl ContainerTask {
             sandbox_pid: self.ctx.sandbox_pid(),
             join_net: self.ctx.sandbox_netns(),
             etc_files: self.ctx.etc_files(),
+            mounts,
         };
         let log = self.ctx.log_path(&c.name, run);
         let child = container::spawn(&cfg, &dir.join("bundle"), &log)

@@ -7,9 +7,10 @@
 //! * [`spec`]: the pod JSON as the node reads it (own serde structs, no Kubernetes crates) and
 //!   the command line, environment and limits derived from it;
 //! * [`status`]: the PodStatus as the kubelet computes it (pure, tested);
+//! * [`volumes`]: emptyDir, configMap and secret volumes and the containers' mounts of them;
 //! * [`outbox`]: statuses and events waiting for the session to send them.
 //!
-//! Not yet: init containers, probes, volumes, `kubectl logs`/`exec` streaming, re-adopting
+//! Not yet: init containers, probes, other volume kinds, `kubectl logs`/`exec` streaming, re-adopting
 //! containers after an agent restart (they die with it and the pods start again).
 
 pub mod lifecycle;
@@ -17,6 +18,7 @@ pub mod manager;
 pub mod outbox;
 pub mod spec;
 pub mod status;
+pub mod volumes;
 pub mod worker;
 
 pub use manager::Settings;

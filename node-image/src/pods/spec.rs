@@ -48,6 +48,7 @@ pub struct PodSpec {
     pub service_account_name: Option<String>,
     pub security_context: Option<SecurityContext>,
     pub image_pull_secrets: Vec<NameRef>,
+    pub volumes: Vec<super::volumes::Volume>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -63,6 +64,7 @@ pub struct Container {
     pub resources: Resources,
     pub image_pull_policy: Option<String>,
     pub security_context: Option<SecurityContext>,
+    pub volume_mounts: Vec<super::volumes::VolumeMount>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -98,6 +98,10 @@ impl PodCtx {
         lock(&self.sandbox).is_some_and(|(_, n)| n)
     }
 
+    pub fn pod_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn container_dir(&self, name: &str, run: u32) -> PathBuf {
         self.dir.join("containers").join(format!("{name}-{run}"))
     }

@@ -55,6 +55,17 @@ pub struct ContainerConfig {
     pub join_net: bool,
     /// Files bind-mounted over `/etc/<name>` (hosts, hostname, resolv.conf).
     pub etc_files: Vec<(String, PathBuf)>,
+    /// Volumes, bind-mounted in order.
+    pub mounts: Vec<Mount>,
+}
+
+/// A bind mount of a host directory (or file) into the container.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mount {
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub target: String,
+    pub read_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -399,6 +410,23 @@ fn prepare_root(cfg: &ContainerConfig) -> io::Result<()> {
             libc::MS_BIND,
             None,
         )?;
+    }
+    for m in &cfg.mounts {
+        let target = root.join(m.target.trim_start_matches('/'));
+        if m.source.is_dir() {
+            fs::create_dir_all(&target)?;
+        } else if !target.exists() {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(&target, b"")?;
+        }
+        let src = m.source.to_string_lossy();
+        sys::mount(Some(&src), &target, None, libc::MS_BIND | libc::MS_REC, None)?;
+        if m.read_only {
+            let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+            sys::mount(None, &target, None, flags, None)?;
+        }
     }
     Ok(())
 }
