@@ -138,7 +138,7 @@ impl Subject {
     pub fn applies_to(&self, user: &UserInfo, binding_ns: &str) -> bool {
         match self.kind.as_str() {
             "User" => user.name == self.name,
-            "Group" => user.groups.iter().any(|g| *g == self.name),
+            "Group" => user.groups.contains(&self.name),
             "ServiceAccount" => {
                 let ns = if self.namespace.is_empty() {
                     binding_ns
@@ -203,14 +203,6 @@ impl Binding {
             role_kind: s("/roleRef/kind"),
             role_name: s("/roleRef/name"),
             subjects,
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        if self.namespace.is_empty() {
-            "ClusterRoleBinding"
-        } else {
-            "RoleBinding"
         }
     }
 
@@ -491,11 +483,6 @@ impl Index {
             true
         });
         (rules, errors)
-    }
-
-    /// The kind of binding (for messages).
-    pub fn binding_kind(b: &Binding) -> &'static str {
-        b.kind()
     }
 }
 
