@@ -55,17 +55,36 @@ fn echo_pod(name: &str, node: &str) -> String {
     )
 }
 
-/// `wget` from the client pod to the echo pod; Ok(answer) or Err(why).
+/// A one-shot probe pod on keel-1 fetches the echo pod and exits 0 only if the answer names
+/// it: the pod's phase (Succeeded or Failed) is the answer, so no `kubectl exec` is needed.
 fn fetch(lab: &Lab, ip: &str) -> Result<String, String> {
-    let url = format!("http://{ip}:8080/");
-    let out = lab
-        // Not `wget -T`: Debian busybox 1.35's wget segfaults with it.
-        .kubectl(&["exec", "client", "--", "timeout", "3", "wget", "-q", "-O-", &url])
-        .map_err(|e| e.to_string())?;
-    if out.success() {
-        Ok(out.stdout)
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "probe-{}",
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    // Not `wget -T`: Debian busybox 1.35's wget segfaults with it.
+    let script = format!("timeout 5 wget -q -O- http://{ip}:8080/ | grep -q pod=echo");
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: keel-1\n  restartPolicy: Never\n  \
+         containers:\n  - name: main\n    image: busybox:1.35\n    command: [\"sh\", \"-c\", {script:?}]\n"
+    );
+    apply(lab, &manifest);
+    let phase = wait_for(
+        &format!("{name} to finish"),
+        Duration::from_secs(60),
+        || match lab.kubectl(&["get", "pod", &name, "-o", "jsonpath={.status.phase}"]) {
+            Ok(out) if out.stdout == "Succeeded" || out.stdout == "Failed" => Poll::Ready(out.stdout),
+            Ok(out) => Poll::Pending(out.stdout),
+            Err(e) => Poll::Pending(e.to_string()),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = lab.kubectl(&["delete", "pod", &name, "--wait=false"]);
+    if phase == "Succeeded" {
+        Ok("pod=echo".to_string())
     } else {
-        Err(out.stderr)
+        Err(format!("{name} could not fetch http://{ip}:8080/"))
     }
 }
 
