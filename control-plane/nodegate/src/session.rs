@@ -367,7 +367,7 @@ impl NodeSession {
         let now = keel_api::time::now_rfc3339();
         let status = node_status::status_json(&self.node, report, &self.transitions, &now);
         let g = &self.gate;
-        let updated = g
+        let updated = match g
             .client
             .patch(
                 g.kinds.nodes,
@@ -377,7 +377,21 @@ impl NodeSession {
                 Some("status".into()),
                 WriteOptions::default(),
             )
-            .await?;
+            .await
+        {
+            Ok(u) => u,
+            Err(e) if e.code == 404 => {
+                // `kubectl delete node` while the node runs: register it again on the next
+                // heartbeat, as the kubelet does.
+                tracing::info!(node = %self.node, "the Node object was deleted; registering it again");
+                self.uid.clear();
+                self.transitions.clear();
+                self.pod_cidr.clear();
+                self.overlay_written = None;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.transitions = node_status::transitions_of(&updated);
         self.last_status_post = Some(Instant::now());
         Ok(())
@@ -402,7 +416,7 @@ impl NodeSession {
         status.and(lease)
     }
 
-    async fn renew_lease(&self) -> ApiResult<()> {
+    async fn renew_lease(&mut self) -> ApiResult<()> {
         let g = &self.gate;
         let now = keel_api::time::now_rfc3339_micros();
         let patch = json!({"spec": {
@@ -425,6 +439,9 @@ impl NodeSession {
         {
             Ok(_) => Ok(()),
             Err(e) if e.code == 404 => {
+                // The Lease goes with its Node (owner reference): post the status at once, which
+                // finds out whether the Node is gone too and registers it again if so.
+                self.last_status_post = None;
                 let lease = node_status::lease_json(&self.node, &self.uid, &now);
                 match g
                     .client

@@ -296,3 +296,41 @@ async fn overlay_peers_are_the_other_nodes_with_their_ranges_and_endpoints() {
         .await;
     gate.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_node_registers_again_while_connected() {
+    let mut gate = Gate::start(Duration::from_secs(40), 10).await;
+    let s = node_session(&gate, "node-d").await;
+    let send = |m: NodeMsg| s.up.send(NodeMessage { msg: Some(m) });
+    send(NodeMsg::Report(NodeReport::default())).await.unwrap();
+    let first = wait_for("the Node", || gate.node("node-d")).await;
+
+    // `kubectl delete node`: the Node goes, and its Lease with it (owner reference).
+    use keel_api::client::ApiClient as _;
+    gate.api
+        .delete(support::nodes(), None, "node-d".into(), Value::Null)
+        .await
+        .unwrap();
+    gate.api
+        .delete(
+            support::leases(),
+            Some("kube-node-lease".into()),
+            "node-d".into(),
+            Value::Null,
+        )
+        .await
+        .unwrap();
+    let again = loop {
+        send(NodeMsg::Heartbeat(Default::default())).await.unwrap();
+        if let Some(n) = gate.node("node-d") {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(again["metadata"]["uid"], first["metadata"]["uid"]);
+    wait_for("the status on the new Node", || {
+        support::condition(&gate.node("node-d")?, "Ready").map(|_| ())
+    })
+    .await;
+    gate.stop().await;
+}
