@@ -43,7 +43,8 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
 }
 
 impl Server {
-    pub fn start(binary: &Path) -> anyhow::Result<Server> {
+    /// Starts `binary` with `extra` arguments after the ones every run needs.
+    pub fn start(binary: &Path, extra: &[String]) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("keel-bench-server-")
             .tempdir()
@@ -57,6 +58,7 @@ impl Server {
             .arg(format!("127.0.0.1:{}", ports[0]))
             .arg("--node-listen")
             .arg(format!("127.0.0.1:{}", ports[1]))
+            .args(extra)
             .env("KEEL_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -8,7 +8,9 @@
 //! ports with a temporary data directory), then the API level (a release `keel-server` on
 //! loopback, driven through kube-rs). Prints a table of every figure with its goal and `MISS`
 //! where a goal was not met; exits 0 either way (it is a measurement), non-zero only when
-//! something could not be measured. `--quick` shrinks every workload for a smoke run.
+//! something could not be measured. `--quick` shrinks every workload for a smoke run;
+//! `--server-arg ARG` (repeatable) passes ARG to keel-server, e.g. `--server-arg --no-controllers`
+//! to tell the API's own share from the controllers'.
 
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ struct Args {
     quick: bool,
     store: bool,
     api: bool,
+    /// Extra arguments for keel-server (e.g. `--no-controllers` to measure the API alone).
+    server_args: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -31,14 +35,19 @@ fn parse_args() -> anyhow::Result<Args> {
         quick: false,
         store: true,
         api: true,
+        server_args: Vec::new(),
     };
-    for a in std::env::args().skip(1) {
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--skip-store" => args.store = false,
             "--skip-api" => args.api = false,
+            "--server-arg" => args
+                .server_args
+                .push(it.next().context("--server-arg needs a value")?),
             "-h" | "--help" => {
-                println!("bench-api [--quick] [--skip-store] [--skip-api]");
+                println!("bench-api [--quick] [--skip-store] [--skip-api] [--server-arg ARG]...");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (see --help)"),
@@ -111,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             w.watchers = 100;
             w.watch_rounds = 2;
         }
-        if let Err(e) = api_level(w, &mut table, &mut detail).await {
+        if let Err(e) = api_level(w, &args.server_args, &mut table, &mut detail).await {
             failed.push(format!("API level: {e:#}"));
         }
     }
@@ -219,10 +228,19 @@ async fn store_level(w: store::Workload, table: &mut Table, detail: &mut Vec<Str
     Ok(())
 }
 
-async fn api_level(w: api::Workload, table: &mut Table, detail: &mut Vec<String>) -> anyhow::Result<()> {
+async fn api_level(
+    w: api::Workload,
+    server_args: &[String],
+    table: &mut Table,
+    detail: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let binary = api::server_binary()?;
-    eprintln!("API level: {} (through kube-rs)", binary.display());
-    let mut server = api::Server::start(&binary)?;
+    eprintln!(
+        "API level: {} {} (through kube-rs)",
+        binary.display(),
+        server_args.join(" ")
+    );
+    let mut server = api::Server::start(&binary, server_args)?;
     let mut f = match api::measure(&mut server, w).await {
         Ok(f) => f,
         Err(e) => return Err(e.context(format!("server log (tail):\n{}", server.log_tail()))),
@@ -231,8 +249,11 @@ async fn api_level(w: api::Workload, table: &mut Table, detail: &mut Vec<String>
 
     let p99 = |l: &mut Latencies| l.p99();
     table.section(&format!(
-        "API: keel-server via kube-rs ({} clients, {}/s writes, {}/s gets)",
-        w.clients, w.write_rate, w.read_rate
+        "API: keel-server{} via kube-rs ({} clients, {}/s writes, {}/s gets)",
+        server_args.iter().map(|a| format!(" {a}")).collect::<String>(),
+        w.clients,
+        w.write_rate,
+        w.read_rate
     ));
     let c99 = p99(&mut f.creates);
     table.check(
