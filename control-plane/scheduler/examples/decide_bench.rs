@@ -3,17 +3,14 @@
 
 use keel_scheduler::filter::{NodeInfo, PodInfo};
 use serde_json::json;
-use std::collections::HashMap;
 fn main() {
-    let mut nodes: HashMap<String, NodeInfo> = HashMap::new();
-    let mut order = Vec::new();
+    let mut nodes: Vec<NodeInfo> = Vec::new();
     for i in 0..1000 {
         let name = format!("node-{i:04}");
         let mut n = NodeInfo::placeholder(&name);
         n.set_node(&json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}, "spec": {"taints": []},
             "status": {"allocatable": {"cpu": "32", "memory": "8Gi", "pods": "110"}, "conditions": [{"type": "Ready", "status": "True"}]}}));
-        nodes.insert(name.clone(), n);
-        order.push(name);
+        nodes.push(n);
     }
     let pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "100m"}}}]}});
     let t = std::time::Instant::now();
@@ -24,7 +21,7 @@ fn main() {
         let mut visited = 0;
         for i in 0..1000 {
             visited += 1;
-            let n = &nodes[&order[(start + i) % 1000]];
+            let n = &nodes[(start + i) % 1000];
             if n.fits(&info).is_ok() {
                 feasible.push(n);
                 if feasible.len() >= 420 {
@@ -38,8 +35,9 @@ fn main() {
             .max_by_key(|n| n.least_allocated(&info))
             .map(|n| n.name.clone())
             .unwrap_or_default();
+        let best = nodes.iter().position(|n| n.name == best).unwrap_or(0);
         let info2 = info.clone();
-        if let Some(n) = nodes.get_mut(&best) {
+        if let Some(n) = nodes.get_mut(best) {
             n.add_pod(&info2);
         }
     }

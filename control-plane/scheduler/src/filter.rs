@@ -12,6 +12,7 @@
 //! controller's replicas, preferred node affinity, and `PreferNoSchedule` taints.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use serde_json::Value;
 
@@ -20,7 +21,7 @@ use crate::resources::{pod_request, PodRequest, Resources};
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Taint {
     pub key: String,
     pub value: String,
@@ -379,41 +380,20 @@ impl NodeInfo {
         }
     }
 
-    /// The taints that filter, including the implied not-ready and unschedulable ones.
-    fn effective_taints(&self) -> impl Iterator<Item = std::borrow::Cow<'_, Taint>> {
-        let not_ready =
-            (!self.ready && !self.taints.iter().any(|t| t.key == NOT_READY_TAINT)).then(|| Taint {
-                key: NOT_READY_TAINT.into(),
-                value: String::new(),
-                effect: "NoSchedule".into(),
-            });
-        self.taints
-            .iter()
-            .map(std::borrow::Cow::Borrowed)
-            .chain(not_ready.map(std::borrow::Cow::Owned))
-    }
-
-    /// Whether the pod fits; else the reasons, in upstream's words.
-    pub fn fits(&self, pod: &PodInfo) -> Result<(), Vec<String>> {
+    /// Whether the pod fits; else why not, as upstream's filter plugins say it (the first
+    /// failing filter decides, except that every missing resource is named).
+    pub fn fits(&self, pod: &PodInfo) -> Result<(), Reasons<'_>> {
         if !self.known {
-            return Err(vec!["node(s) were not found".into()]);
+            return Err(Reasons::one(Reason::NodeNotFound));
         }
-        if self.unschedulable {
-            let t = Taint {
-                key: UNSCHEDULABLE_TAINT.into(),
-                value: String::new(),
-                effect: "NoSchedule".into(),
-            };
-            if !pod.tolerates(&t) {
-                return Err(vec!["node(s) were unschedulable".into()]);
-            }
+        if self.unschedulable && !pod.tolerates(&UNSCHEDULABLE) {
+            return Err(Reasons::one(Reason::Unschedulable));
         }
-        for t in self.effective_taints() {
-            if (t.effect == "NoSchedule" || t.effect == "NoExecute") && !pod.tolerates(&t) {
-                return Err(vec![format!(
-                    "node(s) had untolerated taint {{{}: {}}}",
-                    t.key, t.value
-                )]);
+        let not_ready =
+            (!self.ready && !self.taints.iter().any(|t| t.key == NOT_READY_TAINT)).then_some(&*NOT_READY);
+        for t in self.taints.iter().chain(not_ready) {
+            if (t.effect == "NoSchedule" || t.effect == "NoExecute") && !pod.tolerates(t) {
+                return Err(Reasons::one(Reason::Taint(t)));
             }
         }
         let selector_ok = pod
@@ -425,28 +405,26 @@ impl NodeInfo {
             .as_ref()
             .is_none_or(|terms| terms.iter().any(|t| t.matches(self)));
         if !selector_ok || !affinity_ok {
-            return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
+            return Err(Reasons::one(Reason::Affinity));
         }
         if pod.host_ports.iter().any(|p| self.used_ports.contains_key(p)) {
-            return Err(vec![
-                "node(s) didn't have free ports for the requested pod ports".into()
-            ]);
+            return Err(Reasons::one(Reason::Ports));
         }
-        let mut reasons = Vec::new();
+        let mut reasons = Reasons::default();
         let want = &pod.request.fit;
         if self.requested.pods + 1 > self.allocatable.pods {
-            reasons.push("Too many pods".to_string());
+            reasons.push(Reason::TooManyPods);
         }
         if want.milli_cpu > 0 && self.requested.milli_cpu + want.milli_cpu > self.allocatable.milli_cpu {
-            reasons.push("Insufficient cpu".to_string());
+            reasons.push(Reason::Cpu);
         }
         if want.memory > 0 && self.requested.memory + want.memory > self.allocatable.memory {
-            reasons.push("Insufficient memory".to_string());
+            reasons.push(Reason::Memory);
         }
         if want.ephemeral_storage > 0
             && self.requested.ephemeral_storage + want.ephemeral_storage > self.allocatable.ephemeral_storage
         {
-            reasons.push("Insufficient ephemeral-storage".to_string());
+            reasons.push(Reason::EphemeralStorage);
         }
         if reasons.is_empty() {
             Ok(())
@@ -496,9 +474,84 @@ impl NodeInfo {
     }
 }
 
+static NOT_READY: LazyLock<Taint> = LazyLock::new(|| Taint {
+    key: NOT_READY_TAINT.into(),
+    value: String::new(),
+    effect: "NoSchedule".into(),
+});
+
+static UNSCHEDULABLE: LazyLock<Taint> = LazyLock::new(|| Taint {
+    key: UNSCHEDULABLE_TAINT.into(),
+    value: String::new(),
+    effect: "NoSchedule".into(),
+});
+
+/// Why a node does not fit a pod (no allocation: taints are borrowed from the node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason<'a> {
+    NodeNotFound,
+    Unschedulable,
+    Taint(&'a Taint),
+    Affinity,
+    Ports,
+    TooManyPods,
+    Cpu,
+    Memory,
+    EphemeralStorage,
+}
+
+impl std::fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NodeNotFound => f.write_str("node(s) were not found"),
+            Reason::Unschedulable => f.write_str("node(s) were unschedulable"),
+            Reason::Taint(t) => write!(f, "node(s) had untolerated taint {{{}: {}}}", t.key, t.value),
+            Reason::Affinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+            Reason::Ports => f.write_str("node(s) didn't have free ports for the requested pod ports"),
+            Reason::TooManyPods => f.write_str("Too many pods"),
+            Reason::Cpu => f.write_str("Insufficient cpu"),
+            Reason::Memory => f.write_str("Insufficient memory"),
+            Reason::EphemeralStorage => f.write_str("Insufficient ephemeral-storage"),
+        }
+    }
+}
+
+/// Up to four reasons (a node can lack several resources at once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reasons<'a> {
+    items: [Option<Reason<'a>>; 4],
+}
+
+impl<'a> Reasons<'a> {
+    fn one(r: Reason<'a>) -> Self {
+        let mut out = Reasons::default();
+        out.push(r);
+        out
+    }
+
+    fn push(&mut self, r: Reason<'a>) {
+        if let Some(slot) = self.items.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(r);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items[0].is_none()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Reason<'a>> + '_ {
+        self.items.iter().flatten().copied()
+    }
+
+    /// The reasons as upstream words them.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.iter().map(|r| r.to_string()).collect()
+    }
+}
+
 /// Upstream's `FitError` message: `0/3 nodes are available: 1 node(s) had untolerated taint
 /// {a: b}, 2 Insufficient cpu.` (reasons counted, sorted as strings).
-pub fn fit_error_message(total_nodes: usize, reasons: &HashMap<String, usize>) -> String {
+pub fn fit_error_message(total_nodes: usize, reasons: &HashMap<Reason<'_>, usize>) -> String {
     let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
     parts.sort();
     if parts.is_empty() {
@@ -536,7 +589,10 @@ mod tests {
         let p = pod(json!({"containers": [{"resources": {"requests": {"cpu": "600m"}}}]}));
         assert_eq!(n.fits(&p), Ok(()));
         n.add_pod(&p);
-        assert_eq!(n.fits(&p), Err(vec!["Insufficient cpu".to_string()]));
+        assert_eq!(
+            n.fits(&p).map_err(|r| r.to_strings()),
+            Err(vec!["Insufficient cpu".to_string()])
+        );
         n.remove_pod(&p);
         assert_eq!(n.fits(&p), Ok(()));
     }
@@ -550,7 +606,7 @@ mod tests {
         );
         let plain = pod(json!({"containers": []}));
         assert_eq!(
-            n.fits(&plain),
+            n.fits(&plain).map_err(|r| r.to_strings()),
             Err(vec!["node(s) had untolerated taint {gpu: yes}".to_string()])
         );
         let tolerant = pod(json!({"containers": [], "tolerations": [{"key": "gpu", "operator": "Exists"}]}));
@@ -558,7 +614,7 @@ mod tests {
         let mut not_ready = node("n2", "1", json!({}));
         not_ready.ready = false;
         assert_eq!(
-            not_ready.fits(&plain),
+            not_ready.fits(&plain).map_err(|r| r.to_strings()),
             Err(vec![
                 "node(s) had untolerated taint {node.kubernetes.io/not-ready: }".to_string()
             ])
@@ -600,7 +656,7 @@ mod tests {
     fn unschedulable_nodes_and_host_ports() {
         let n = node("n1", "1", json!({"spec": {"unschedulable": true}}));
         assert_eq!(
-            n.fits(&pod(json!({}))),
+            n.fits(&pod(json!({}))).map_err(|r| r.to_strings()),
             Err(vec!["node(s) were unschedulable".to_string()])
         );
         let mut n = node("n2", "1", json!({}));
@@ -611,9 +667,14 @@ mod tests {
 
     #[test]
     fn fit_error_reads_like_upstream() {
+        let gpu = Taint {
+            key: "gpu".into(),
+            value: "yes".into(),
+            effect: "NoSchedule".into(),
+        };
         let mut reasons = HashMap::new();
-        reasons.insert("Insufficient cpu".to_string(), 2);
-        reasons.insert("node(s) had untolerated taint {gpu: yes}".to_string(), 1);
+        reasons.insert(Reason::Cpu, 2);
+        reasons.insert(Reason::Taint(&gpu), 1);
         assert_eq!(
             fit_error_message(3, &reasons),
             "0/3 nodes are available: 1 node(s) had untolerated taint {gpu: yes}, 2 Insufficient cpu."

@@ -80,9 +80,7 @@ pub(crate) struct Scheduler {
     pods_rt: &'static ResourceType,
     events_rt: &'static ResourceType,
     opts: Options,
-    nodes: HashMap<String, NodeInfo>,
-    /// Known, real nodes in a stable order for the rotating search.
-    order: Vec<String>,
+    nodes: NodeTable,
     next_start: usize,
     /// Pods counted on a node (bound or assumed), with what they request.
     assigned: HashMap<PodKey, (String, PodInfo)>,
@@ -96,6 +94,44 @@ pub(crate) struct Scheduler {
     tx: mpsc::UnboundedSender<Input>,
     /// Counters for logs and benchmarks.
     pub(crate) scheduled: u64,
+}
+
+/// The nodes in a vector (the search walks it without hashing names), indexed by name.
+/// Placeholders (`known == false`) hold the totals of pods on nodes not seen (yet, or any more).
+#[derive(Default)]
+struct NodeTable {
+    slots: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+    /// How many slots are real nodes.
+    known: usize,
+}
+
+impl NodeTable {
+    /// The node's slot, a placeholder if it is new.
+    fn entry(&mut self, name: &str) -> &mut NodeInfo {
+        let i = match self.index.get(name) {
+            Some(i) => *i,
+            None => {
+                self.slots.push(NodeInfo::placeholder(name));
+                self.index.insert(name.to_string(), self.slots.len() - 1);
+                self.slots.len() - 1
+            }
+        };
+        &mut self.slots[i]
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        let i = *self.index.get(name)?;
+        self.slots.get_mut(i)
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some(i) = self.index.remove(name) else { return };
+        self.slots.swap_remove(i);
+        if let Some(moved) = self.slots.get(i) {
+            self.index.insert(moved.name.clone(), i);
+        }
+    }
 }
 
 fn key_of(obj: &Value) -> PodKey {
@@ -121,8 +157,7 @@ impl Scheduler {
             pods_rt,
             events_rt,
             opts,
-            nodes: HashMap::new(),
-            order: Vec::new(),
+            nodes: NodeTable::default(),
             next_start: 0,
             assigned: HashMap::new(),
             assumed: HashMap::new(),
@@ -185,9 +220,10 @@ impl Scheduler {
                     .collect();
                 let gone: Vec<String> = self
                     .nodes
+                    .slots
                     .iter()
-                    .filter(|(n, i)| i.known && !seen.contains(*n))
-                    .map(|(n, _)| n.clone())
+                    .filter(|i| i.known && !seen.contains(&i.name))
+                    .map(|i| i.name.clone())
                     .collect();
                 for n in gone {
                     self.remove_node(&n);
@@ -241,31 +277,32 @@ impl Scheduler {
         let Some(name) = n.pointer("/metadata/name").and_then(Value::as_str) else {
             return false;
         };
-        let info = self
-            .nodes
-            .entry(name.to_string())
-            .or_insert_with(|| NodeInfo::placeholder(name));
+        let info = self.nodes.entry(name);
         let was_known = info.known;
         let before = info.signature();
         info.set_node(n);
+        let changed = info.signature() != before;
         if !was_known {
-            self.order.push(name.to_string());
+            self.nodes.known += 1;
             return true;
         }
-        info.signature() != before
+        changed
     }
 
     fn remove_node(&mut self, name: &str) {
-        let has_pods = self.assigned.values().any(|(n, _)| n == name);
-        if has_pods {
-            // Keep the totals for the pods still counted there; the node itself is gone.
-            if let Some(info) = self.nodes.get_mut(name) {
-                info.known = false;
-            }
-        } else {
+        let Some(info) = self.nodes.get_mut(name) else {
+            return;
+        };
+        if !info.known {
+            return;
+        }
+        info.known = false;
+        let empty = info.requested.pods <= 0;
+        self.nodes.known -= 1;
+        // A gone node's totals stay while pods are still counted there.
+        if empty {
             self.nodes.remove(name);
         }
-        self.order.retain(|n| n != name);
     }
 
     fn forget_pod(&mut self, key: &PodKey) {
@@ -277,10 +314,7 @@ impl Scheduler {
     }
 
     fn count(&mut self, node: &str, info: &PodInfo) {
-        self.nodes
-            .entry(node.to_string())
-            .or_insert_with(|| NodeInfo::placeholder(node))
-            .add_pod(info);
+        self.nodes.entry(node).add_pod(info);
     }
 
     fn uncount(&mut self, node: &str, info: &PodInfo) {
@@ -441,18 +475,20 @@ impl Scheduler {
         if p.wait != Wait::Active {
             return;
         }
-        let n = self.order.len();
-        let wanted = self.feasible_wanted(n);
+        let slots = &self.nodes.slots;
+        let n = slots.len();
+        let known = self.nodes.known;
+        let wanted = self.feasible_wanted(known);
         let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(wanted.min(n));
-        let mut reasons: HashMap<String, usize> = HashMap::new();
+        let mut reasons: HashMap<crate::filter::Reason<'_>, usize> = HashMap::new();
         let start = if n == 0 { 0 } else { self.next_start % n };
         let mut visited = 0;
         for i in 0..n {
-            let name = &self.order[(start + i) % n];
+            let node = &slots[(start + i) % n];
             visited += 1;
-            let Some(node) = self.nodes.get(name) else {
+            if !node.known {
                 continue;
-            };
+            }
             match node.fits(&p.info) {
                 Ok(()) => {
                     feasible.push(node);
@@ -461,7 +497,7 @@ impl Scheduler {
                     }
                 }
                 Err(rs) => {
-                    for r in rs {
+                    for r in rs.iter() {
                         *reasons.entry(r).or_insert(0) += 1;
                     }
                 }
@@ -471,10 +507,10 @@ impl Scheduler {
             self.next_start = (start + visited) % n;
         }
         if feasible.is_empty() {
-            let message = if n == 0 {
+            let message = if known == 0 {
                 "no nodes available to schedule pods".to_string()
             } else {
-                fit_error_message(n, &reasons)
+                fit_error_message(known, &reasons)
             };
             self.unschedulable(key, message);
             return;
@@ -761,7 +797,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_to_ten_seconds() {
+    fn node_table_keeps_its_index_through_removals() {
+        let mut t = NodeTable::default();
+        for n in ["a", "b", "c"] {
+            t.entry(n);
+        }
+        t.remove("a");
+        assert_eq!(t.slots.len(), 2);
+        for n in ["b", "c"] {
+            let i = t.index[n];
+            assert_eq!(t.slots[i].name, n);
+        }
+        assert!(t.get_mut("a").is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_to_eight_seconds() {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(2), Duration::from_secs(2));
         assert_eq!(backoff(3), Duration::from_secs(4));
