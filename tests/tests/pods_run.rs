@@ -156,6 +156,11 @@ fn pod_manifest(name: &str, image: &str, script: &str, restart: &str) -> String 
             {"name": "cfg", "configMap": {"name": "app-config"}},
             {"name": "scratch", "emptyDir": {}}
         ]);
+        pod["spec"]["initContainers"] = serde_json::json!([{
+            "name": "prepare", "image": "busybox:1.35",
+            "command": ["sh", "-c", "echo from-init > /scratch/init"],
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]
+        }]);
         let c = &mut pod["spec"]["containers"][0];
         c["volumeMounts"] = serde_json::json!([
             {"name": "cfg", "mountPath": "/etc/app"},
@@ -282,13 +287,14 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     // PID 1 of its own PID namespace (`$$$$` is `$$` once Kubernetes expanded it), the pod's
     // /etc/hosts, a /dev/null, / as working dir, its cgroup limits (memory.max, cpu.max), its
     // own eth0 on the pod network with the address the downward API gives it, a ConfigMap as
-    // a read-only volume and as env, a writable emptyDir.
+    // a read-only volume and as env, a writable emptyDir that its init container wrote to first.
     let checks = "test $GREETING = hello && test $(hostname) = once && test $$$$ = 1 && \
                   grep -q once /etc/hosts && echo ok > /dev/null && test $(pwd) = / && \
                   test $(cat /sys/fs/cgroup/memory.max) = 67108864 && \
                   ip -4 addr show eth0 | grep -q \"inet $POD_IP/24\" && \
                   test $(cat /etc/app/greeting) = hello-from-cm && test $CM_GREETING = hello-from-cm && \
                   touch /scratch/x && ! touch /etc/app/x 2>/dev/null && \
+                  test $(cat /scratch/init) = from-init && \
                   test \"$(cat /sys/fs/cgroup/cpu.max)\" = \"50000 100000\" && echo done";
     s.ok(
         &k,
@@ -303,6 +309,13 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     wait_pod(&s, &k, &vm, "once", "Completed", Duration::from_secs(90), |r| {
         r.get(2).map(String::as_str) == Some("Completed") && r.get(1).map(String::as_str) == Some("0/1")
     });
+    let once = s.ok(&k, &["get", "pod", "once", "-o", "json"]);
+    let once: serde_json::Value = serde_json::from_str(&once).expect("pod JSON");
+    assert_eq!(
+        once["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed",
+        "{once}"
+    );
+    assert_eq!(once["status"]["phase"], "Succeeded", "{once}");
 
     // A container that keeps failing is restarted with back-off: CrashLoopBackOff, restarts.
     s.apply(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::spec::{self, Downward};
+use super::spec::{self, Downward, RestartPolicy};
 use super::status::{ContainerView, State};
 use super::volumes;
 use super::worker::PodCtx;
@@ -65,16 +65,24 @@ fn human(d: Duration) -> String {
 pub struct ContainerTask {
     pub ctx: Arc<PodCtx>,
     pub index: usize,
+    /// An init container: runs to success once, restarted on failure unless the policy is Never.
+    pub init: bool,
     pub stop: StopSignal,
 }
 
 impl ContainerTask {
     fn spec(&self) -> spec::Container {
-        self.ctx.desired().pod.spec.containers[self.index].clone()
+        let pod = &self.ctx.desired().pod;
+        let list = if self.init {
+            &pod.spec.init_containers
+        } else {
+            &pod.spec.containers
+        };
+        list.get(self.index).cloned().unwrap_or_default()
     }
 
     fn publish(&self, f: impl FnOnce(&mut ContainerView)) {
-        self.ctx.update_view(self.index, f);
+        self.ctx.update_view(self.init, self.index, f);
     }
 
     async fn pull(&mut self, c: &spec::Container) -> Option<Image> {
@@ -233,11 +241,16 @@ impl ContainerTask {
                     return;
                 }
             }
-            let code = match &self.ctx.view(self.index).state {
-                State::Terminated { exit_code, .. } => *exit_code,
+            let code = match self.ctx.view(self.init, self.index).map(|v| v.state) {
+                Some(State::Terminated { exit_code, .. }) => exit_code,
                 _ => 0,
             };
-            if !self.ctx.desired().pod.restart_policy().restarts(code) {
+            let policy = self.ctx.desired().pod.restart_policy();
+            if self.init && (code == 0 || policy == RestartPolicy::Never) {
+                // The pod worker goes on (or fails the pod) from here.
+                return;
+            }
+            if !self.init && !policy.restarts(code) {
                 // Done for good: wait for the pod to stop.
                 let _ = self.stop.wait_for(Option::is_some).await;
                 return;

@@ -205,6 +205,7 @@ impl Manager {
         let view = PodView {
             policy: super::spec::RestartPolicy::Never,
             containers: &[],
+            init_containers: &[],
             host_ip: &self.shared.settings.host_ip,
             pod_ip: "",
             start_time: None,

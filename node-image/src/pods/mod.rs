@@ -3,14 +3,15 @@
 //!
 //! * [`manager`]: one worker per pod uid, driven by each `DesiredPods` snapshot;
 //! * [`worker`]: one pod's sandbox, containers, status and teardown;
-//! * [`lifecycle`]: one container's pull → start → wait → restart-with-back-off loop;
+//! * [`lifecycle`]: one container's pull → start → wait → restart-with-back-off loop (init
+//!   containers run one after the other to success before the others start);
 //! * [`spec`]: the pod JSON as the node reads it (own serde structs, no Kubernetes crates) and
 //!   the command line, environment and limits derived from it;
 //! * [`status`]: the PodStatus as the kubelet computes it (pure, tested);
 //! * [`volumes`]: emptyDir, configMap and secret volumes and the containers' mounts of them;
 //! * [`outbox`]: statuses and events waiting for the session to send them.
 //!
-//! Not yet: init containers, probes, other volume kinds, `kubectl logs`/`exec` streaming, re-adopting
+//! Not yet: probes, sidecar (restartable) init containers, other volume kinds, `kubectl logs`/`exec` streaming, re-adopting
 //! containers after an agent restart (they die with it and the pods start again).
 
 pub mod lifecycle;

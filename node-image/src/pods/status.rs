@@ -192,6 +192,7 @@ impl Transitions {
 pub struct PodView<'a> {
     pub policy: RestartPolicy,
     pub containers: &'a [ContainerView],
+    pub init_containers: &'a [ContainerView],
     pub host_ip: &'a str,
     pub pod_ip: &'a str,
     pub start_time: Option<SystemTime>,
@@ -202,8 +203,20 @@ pub struct PodView<'a> {
 
 /// The PodStatus JSON.
 pub fn pod_status(v: &PodView<'_>, tr: &mut Transitions, now: SystemTime) -> Value {
-    let phase = if v.failure.is_some() {
+    let init_failed = v.policy == RestartPolicy::Never
+        && v.init_containers
+            .iter()
+            .any(|c| matches!(c.state, State::Terminated { exit_code, .. } if exit_code != 0));
+    let uninitialized: Vec<&str> = v
+        .init_containers
+        .iter()
+        .filter(|c| !matches!(c.state, State::Terminated { exit_code: 0, .. }))
+        .map(|c| c.name.as_str())
+        .collect();
+    let phase = if v.failure.is_some() || init_failed {
         "Failed"
+    } else if !uninitialized.is_empty() {
+        "Pending"
     } else {
         phase(v.policy, v.containers)
     };
@@ -238,7 +251,15 @@ pub fn pod_status(v: &PodView<'_>, tr: &mut Transitions, now: SystemTime) -> Val
     };
     let conditions = vec![
         cond("PodReadyToStartContainers", v.sandbox_ready, None, None),
-        cond("Initialized", true, None, None),
+        cond(
+            "Initialized",
+            uninitialized.is_empty(),
+            Some("ContainersNotInitialized"),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                uninitialized.join(" ")
+            )),
+        ),
         cond(
             "Ready",
             all_ready,
@@ -258,6 +279,13 @@ pub fn pod_status(v: &PodView<'_>, tr: &mut Transitions, now: SystemTime) -> Val
         "conditions": conditions,
         "containerStatuses": v.containers.iter().map(ContainerView::json).collect::<Vec<_>>(),
     });
+    if !v.init_containers.is_empty() {
+        s["initContainerStatuses"] = json!(v
+            .init_containers
+            .iter()
+            .map(ContainerView::json)
+            .collect::<Vec<_>>());
+    }
     if !v.host_ip.is_empty() {
         s["hostIP"] = json!(v.host_ip);
         s["hostIPs"] = json!([{"ip": v.host_ip}]);
@@ -339,6 +367,7 @@ mod tests {
         let v = PodView {
             policy: RestartPolicy::Always,
             containers: &containers,
+            init_containers: &[],
             host_ip: "10.0.2.15",
             pod_ip: "10.0.2.15",
             start_time: Some(t(5)),
@@ -397,11 +426,63 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_gate_the_pod() {
+        let running_init = [view(State::Running { started_at: t(1) }, None)];
+        let app = [view(State::waiting("PodInitializing", None), None)];
+        let v = PodView {
+            policy: RestartPolicy::Always,
+            containers: &app,
+            init_containers: &running_init,
+            host_ip: "",
+            pod_ip: "",
+            start_time: None,
+            sandbox_ready: true,
+            failure: None,
+        };
+        let mut tr = Transitions::default();
+        let s = pod_status(&v, &mut tr, t(1));
+        assert_eq!(s["phase"], "Pending");
+        assert_eq!(
+            s["initContainerStatuses"][0]["state"]["running"]["startedAt"],
+            "1970-01-01T00:00:01Z"
+        );
+        let init = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Initialized")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (init["status"].as_str(), init["reason"].as_str()),
+            (Some("False"), Some("ContainersNotInitialized"))
+        );
+        let done_init = [view(done(0), None)];
+        let running = [view(State::Running { started_at: t(2) }, None)];
+        let v2 = PodView {
+            containers: &running,
+            init_containers: &done_init,
+            ..v
+        };
+        let s = pod_status(&v2, &mut tr, t(2));
+        assert_eq!(s["phase"], "Running");
+        let failed_init = [view(done(1), None)];
+        let v3 = PodView {
+            policy: RestartPolicy::Never,
+            containers: &app,
+            init_containers: &failed_init,
+            ..v2
+        };
+        assert_eq!(pod_status(&v3, &mut tr, t(3))["phase"], "Failed");
+    }
+
+    #[test]
     fn completed_and_failed_pods() {
         let containers = [view(done(0), None)];
         let v = PodView {
             policy: RestartPolicy::Never,
             containers: &containers,
+            init_containers: &[],
             host_ip: "",
             pod_ip: "",
             start_time: None,

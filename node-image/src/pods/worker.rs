@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::lifecycle::{sleep_or_stop, ContainerTask, StopSignal};
 use super::manager::{Desired, Shared};
-use super::status::{self, ContainerView, PodView, Transitions};
+use super::status::{self, ContainerView, PodView, State, Transitions};
 use crate::net::network_agent;
 use crate::runtime::reference::Reference;
 use crate::runtime::sandbox::Sandbox;
@@ -33,6 +33,7 @@ pub struct PodCtx {
     pub uid: String,
     desired: Mutex<Arc<Desired>>,
     views: Mutex<Vec<ContainerView>>,
+    init_views: Mutex<Vec<ContainerView>>,
     changed: Notify,
     sandbox: Mutex<Option<(i32, bool)>>,
     pod_ip: Mutex<String>,
@@ -51,12 +52,20 @@ impl PodCtx {
         lock(&self.desired).clone()
     }
 
-    pub fn view(&self, i: usize) -> ContainerView {
-        lock(&self.views)[i].clone()
+    fn views_of(&self, init: bool) -> &Mutex<Vec<ContainerView>> {
+        if init {
+            &self.init_views
+        } else {
+            &self.views
+        }
     }
 
-    pub fn update_view(&self, i: usize, f: impl FnOnce(&mut ContainerView)) {
-        if let Some(v) = lock(&self.views).get_mut(i) {
+    pub fn view(&self, init: bool, i: usize) -> Option<ContainerView> {
+        lock(self.views_of(init)).get(i).cloned()
+    }
+
+    pub fn update_view(&self, init: bool, i: usize, f: impl FnOnce(&mut ContainerView)) {
+        if let Some(v) = lock(self.views_of(init)).get_mut(i) {
             f(v);
         }
         self.changed.notify_one();
@@ -96,6 +105,14 @@ impl PodCtx {
 
     pub fn sandbox_netns(&self) -> bool {
         lock(&self.sandbox).is_some_and(|(_, n)| n)
+    }
+
+    /// Regular containers wait with `reason` (e.g. PodInitializing while init containers run).
+    fn set_waiting_all(&self, reason: &str) {
+        for v in lock(&self.views).iter_mut() {
+            v.state = State::waiting(reason, None);
+        }
+        self.changed.notify_one();
     }
 
     pub fn pod_dir(&self) -> &std::path::Path {
@@ -145,24 +162,21 @@ impl PodCtx {
 /// The worker of one pod. `rx` carries the latest desired state, `None` once it left the set.
 pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiver<Option<Arc<Desired>>>) {
     let uid = first.pod.metadata.uid.clone();
-    let views = first
-        .pod
-        .spec
-        .containers
-        .iter()
-        .map(|c| {
-            let image = Reference::parse(&c.image)
-                .map(|r| r.to_string())
-                .unwrap_or_else(|_| c.image.clone());
-            ContainerView::new(&c.name, &image)
-        })
-        .collect();
+    let view_of = |c: &super::spec::Container| {
+        let image = Reference::parse(&c.image)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| c.image.clone());
+        ContainerView::new(&c.name, &image)
+    };
+    let views = first.pod.spec.containers.iter().map(view_of).collect();
+    let init_views: Vec<ContainerView> = first.pod.spec.init_containers.iter().map(view_of).collect();
     let ctx = Arc::new(PodCtx {
         dir: shared.settings.pods_dir.join(&uid),
         shared: shared.clone(),
         uid: uid.clone(),
         desired: Mutex::new(first),
         views: Mutex::new(views),
+        init_views: Mutex::new(init_views),
         changed: Notify::new(),
         sandbox: Mutex::new(None),
         pod_ip: Mutex::new(String::new()),
@@ -280,12 +294,33 @@ async fn setup(ctx: Arc<PodCtx>, mut stop: StopSignal) -> (Option<Sandbox>, Vec<
         *lock(&ctx.sandbox) = Some((s.pid, s.netns));
         ctx.changed.notify_one();
     }
+    // Init containers, one after the other, each to success (or the pod fails).
+    if !ctx.desired().pod.spec.init_containers.is_empty() {
+        ctx.set_waiting_all("PodInitializing");
+    }
+    for index in 0..ctx.desired().pod.spec.init_containers.len() {
+        let task = ContainerTask {
+            ctx: ctx.clone(),
+            index,
+            init: true,
+            stop: stop.clone(),
+        };
+        let _ = tokio::spawn(task.run()).await;
+        let succeeded = matches!(
+            ctx.view(true, index).map(|v| v.state),
+            Some(State::Terminated { exit_code: 0, .. })
+        );
+        if !succeeded {
+            return (sandbox, Vec::new());
+        }
+    }
     let tasks = (0..ctx.desired().pod.spec.containers.len())
         .map(|index| {
             tokio::spawn(
                 ContainerTask {
                     ctx: ctx.clone(),
                     index,
+                    init: false,
                     stop: stop.clone(),
                 }
                 .run(),
@@ -304,10 +339,12 @@ impl Reporter {
     fn send(&mut self, ctx: &PodCtx, gone: bool) {
         let d = ctx.desired();
         let views: Vec<ContainerView> = lock(&ctx.views).clone();
+        let init_views: Vec<ContainerView> = lock(&ctx.init_views).clone();
         let ip = ctx.pod_ip();
         let v = PodView {
             policy: d.pod.restart_policy(),
             containers: &views,
+            init_containers: &init_views,
             host_ip: &ctx.shared.settings.host_ip,
             pod_ip: &ip,
             start_time: Some(self.start_time),
