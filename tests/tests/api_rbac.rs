@@ -384,3 +384,135 @@ fn can_i_and_reviews_answer_from_the_policy() {
     assert!(out.success(), "{}", out.stderr);
     assert_eq!(out.stdout, "false");
 }
+
+#[test]
+fn roles_and_bindings_grant_no_more_than_their_writer_holds() {
+    let s = Server::start();
+    let k = s.kubectl();
+    // YAML-43: user-1 may create RoleBindings in user-1-namespace, and bind admin, edit and view.
+    let grantor = common::workspace_root()
+        .join("tests/manifests/seeds/yaml-43-role-grantor.yaml")
+        .display()
+        .to_string();
+    s.ok(&k, &["apply", "-f", &grantor]);
+    let ns = "user-1-namespace";
+    eventually("user-1 may create rolebindings", || {
+        can_i(&k, &["create", "rolebindings", "-n", ns, "--as", "user-1"]) == "yes"
+    });
+    // Binding admin is allowed by `bind`, though user-1 does not hold admin's rules.
+    s.ok(
+        &k,
+        &[
+            "create",
+            "rolebinding",
+            "u2-admin",
+            "-n",
+            ns,
+            "--clusterrole=admin",
+            "--user=u2",
+            "--as",
+            "user-1",
+        ],
+    );
+    let err = fails(
+        &s,
+        &k,
+        &[
+            "create",
+            "rolebinding",
+            "u2-root",
+            "-n",
+            ns,
+            "--clusterrole=cluster-admin",
+            "--user=u2",
+            "--as",
+            "user-1",
+        ],
+    );
+    assert!(
+        err.contains(
+            "rolebindings.rbac.authorization.k8s.io \"u2-root\" is forbidden: user \"user-1\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}\n{NonResourceURLs:[\"*\"], Verbs:[\"*\"]}"
+        ),
+        "{err}"
+    );
+    // u2, now admin of the namespace, may write roles with what admin holds, and no more.
+    eventually("u2 administers user-1-namespace", || {
+        can_i(&k, &["create", "roles", "-n", ns, "--as", "u2"]) == "yes"
+    });
+    s.ok(
+        &k,
+        &[
+            "create",
+            "role",
+            "secret-reader",
+            "-n",
+            ns,
+            "--verb=get,list",
+            "--resource=secrets",
+            "--as",
+            "u2",
+        ],
+    );
+    let err = fails(
+        &s,
+        &k,
+        &[
+            "create",
+            "role",
+            "node-reader",
+            "-n",
+            ns,
+            "--verb=get",
+            "--resource=nodes",
+            "--as",
+            "u2",
+        ],
+    );
+    assert!(
+        err.contains(
+            "roles.rbac.authorization.k8s.io \"node-reader\" is forbidden: user \"u2\" (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"get\"]}"
+        ),
+        "{err}"
+    );
+    // Nor by patching a role it may edit.
+    let err = fails(
+        &s,
+        &k,
+        &[
+            "patch",
+            "role",
+            "secret-reader",
+            "-n",
+            ns,
+            "--as",
+            "u2",
+            "--type=json",
+            "-p",
+            r#"[{"op": "add", "path": "/rules/-", "value": {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}}]"#,
+        ],
+    );
+    assert!(
+        err.contains("is attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    // And bindings elsewhere are refused outright.
+    let err = fails(
+        &s,
+        &k,
+        &[
+            "create",
+            "rolebinding",
+            "x",
+            "-n",
+            "default",
+            "--clusterrole=view",
+            "--user=u3",
+            "--as",
+            "u2",
+        ],
+    );
+    assert!(
+        err.contains(r#"rolebindings.rbac.authorization.k8s.io is forbidden: User "u2" cannot create resource "rolebindings" in API group "rbac.authorization.k8s.io" in the namespace "default""#),
+        "{err}"
+    );
+}

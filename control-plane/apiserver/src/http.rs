@@ -385,6 +385,24 @@ async fn resource(server: &ApiServer, p: ResourcePath, r: &Req) -> ApiResult<Res
     if rt.namespaced && p.name.is_some() && ns.is_none() {
         return Err(ApiError::no_such_path());
     }
+    // RBAC (crate::authz::escalation): roles and bindings grant no more than their writer holds.
+    let escalating = |u: &&UserInfo| crate::authz::escalation::applies(rt, &r.method, &p, u);
+    if let Some(user) = r.user.as_ref().filter(escalating) {
+        let obj = match (&r.method, p.name.as_deref()) {
+            (&Method::PATCH, Some(name)) => {
+                let mut ctx = WriteCtx {
+                    dry_run: true,
+                    ..r.write_ctx()?
+                };
+                objects
+                    .patch(rt, ns, name, &patch_of(r)?, None, &mut ctx)
+                    .await?
+                    .0
+            }
+            _ => body_json(r)?,
+        };
+        crate::authz::escalation::check(&r.authz, user, rt, ns, &obj)?;
+    }
     match (p.name.as_deref(), p.subresource.as_deref()) {
         (None, _) => match r.method {
             Method::GET if r.flag("watch") => watch_response(server, rt, ns, r).await,

@@ -10,9 +10,11 @@
 //! The RBAC objects are kept in an in-memory [`rbac::Index`], loaded at start and then kept
 //! current by watches of the four kinds through [`Objects`], so a request costs a walk of the
 //! applicable bindings, never a store read. The bootstrap policy ([`policy`]) is created at
-//! start. Only HTTP requests are authorized: the in-process client (controllers, scheduler,
+//! start. Writes of roles and bindings are also held to upstream's escalation rules
+//! ([`escalation`]). Only HTTP requests are authorized: the in-process client (controllers, scheduler,
 //! node gate) is the control plane itself.
 
+pub mod escalation;
 pub mod policy;
 pub mod rbac;
 
