@@ -13,16 +13,20 @@
 //! * [`daemonset`]: DaemonSets (a pod per eligible node, ControllerRevisions, rolling update).
 //! * [`endpoints`]: the Endpoints of Services with selectors.
 //! * [`job`]: Jobs (completions, parallelism, backoff limit, deadline, suspend).
+//! * [`endpointslice`]: EndpointSlices mirrored from Endpoints.
+//! * [`namespace_defaults`]: each namespace's `default` ServiceAccount and `kube-root-ca.crt`.
 //!
 //! Entry point: [`run_all`].
 
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod endpointslice;
 pub mod events;
 pub mod informers;
 pub mod job;
 pub mod kinds;
+pub mod namespace_defaults;
 pub mod pods;
 pub mod replicaset;
 pub mod runner;
@@ -83,6 +87,27 @@ pub async fn run_all(
     client: Arc<dyn ApiClient>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_all_with(client, Options::default(), shutdown).await
+}
+
+/// Cluster facts some controllers need.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// PEM of the cluster CA, published in every namespace as `kube-root-ca.crt`.
+    pub ca_pem: Option<String>,
+}
+
+/// [`run_all`] with [`Options`].
+pub async fn run_all_with(
+    client: Arc<dyn ApiClient>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let defaults = Arc::new(namespace_defaults::NamespaceDefaults::new(
+        client.clone(),
+        options.ca_pem,
+    )?);
+    let mirror = Arc::new(endpointslice::Mirror::new(client.clone())?);
     let ctx = Arc::new(Context::new(client.clone())?);
     let k = ctx.kinds;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -141,6 +166,22 @@ pub async fn run_all(
                 ctx.clone(),
                 stopped(),
             ),
+    );
+    tasks.spawn(
+        Controller::new("namespace-defaults", &informers, defaults.namespaces())
+            .watches(
+                defaults.service_accounts(),
+                namespace_defaults::namespace_mapper(),
+            )
+            .watches(defaults.config_maps(), namespace_defaults::namespace_mapper())
+            .run(namespace_defaults::reconcile, defaults.clone(), stopped()),
+    );
+    tasks.spawn(
+        Controller::new("endpointslice-mirroring", &informers, mirror.endpoints()).run(
+            endpointslice::reconcile,
+            mirror.clone(),
+            stopped(),
+        ),
     );
     // Every controller has subscribed: now the watches may begin.
     informers.start();

@@ -279,8 +279,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
         let stop = stopped();
+        let options = keel_controllers::Options {
+            ca_pem: Some(pki.ca_pem().to_string()),
+        };
         background.spawn(async move {
-            if let Err(e) = keel_controllers::run_all(client, stop).await {
+            if let Err(e) = keel_controllers::run_all_with(client, options, stop).await {
                 tracing::error!(error = %e, "the controllers stopped");
             }
         });
