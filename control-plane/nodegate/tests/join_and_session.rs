@@ -316,3 +316,27 @@ async fn a_node_with_an_expired_certificate_joins_again() {
     wait_for("the node to register", || gate.node("node-e")).await;
     gate.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_notices_a_reinstalled_control_plane_and_refuses_its_new_ca() {
+    let mut old = Gate::start(Duration::from_secs(40), 1).await;
+    let token = old.new_token();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("node-n");
+    let cfg = node_config(&old.url(), &token.expose(), &old.pki.ca_pin(), "node-n");
+    let agent = Agent::start("node-n", &dir, &cfg);
+    agent.wait_line("keel: connected to", 1).await;
+
+    // The control plane is reinstalled on the same address: new CA, new serving certificate.
+    old.stop().await;
+    let mut new = Gate::start_on(old.addr, Duration::from_secs(40), 1).await;
+    // The node no longer trusts the server, drops its identity and tries to join again, which
+    // its configured pin (the old CA) refuses.
+    agent.wait_line("no longer trust each other", 1).await;
+    agent
+        .wait_line("the cluster CA does not match keel.ca-hash=", 1)
+        .await;
+    assert!(!dir.join("identity.json").exists());
+    assert!(new.node("node-n").is_none());
+    new.stop().await;
+}

@@ -222,7 +222,9 @@ async fn run(opts: Options) -> ExitCode {
             continue;
         };
         let reason = keep_session(&id, &opts.state_dir, &addr, &reporter, &mut session_link).await;
-        eprintln!("keel: the control plane refused this node's certificate ({reason}); joining again");
+        eprintln!(
+            "keel: this node and the control plane no longer trust each other ({reason}); joining again"
+        );
         if let Err(e) = Identity::remove(&opts.state_dir) {
             eprintln!("keel: {e}");
         }

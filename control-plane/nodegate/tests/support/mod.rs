@@ -86,6 +86,11 @@ pub struct Gate {
 
 impl Gate {
     pub async fn start(grace: Duration, heartbeat: u32) -> Gate {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), grace, heartbeat).await
+    }
+
+    /// A gate with a PKI of its own on a given address (a reinstalled control plane).
+    pub async fn start_on(addr: SocketAddr, grace: Duration, heartbeat: u32) -> Gate {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
         let pki = Arc::new(Pki::load_or_create(dir.path(), &PkiOptions::default()).unwrap());
@@ -93,7 +98,7 @@ impl Gate {
             dir,
             pki,
             api: Arc::new(FakeApi::new()),
-            addr: "127.0.0.1:0".parse().unwrap(),
+            addr,
             grace,
             heartbeat,
             stop: None,
