@@ -359,6 +359,54 @@ fn can_i_and_reviews_answer_from_the_policy() {
     let elsewhere = s.ok(&k, &["auth", "can-i", "--list", "-n", "default", "--as", "jane"]);
     assert!(!elsewhere.lines().any(|l| l.starts_with("pods ")), "{elsewhere}");
 
+    // Aggregation: a ClusterRole labelled aggregate-to-view extends view (and so edit and admin),
+    // and the aggregated roles show the rules they grant.
+    assert_eq!(
+        can_i(
+            &k,
+            &["list", "leases.coordination.k8s.io", "-n", "team", "--as", "jane"]
+        ),
+        "no"
+    );
+    s.ok(
+        &k,
+        &[
+            "create",
+            "clusterrole",
+            "lease-viewer",
+            "--verb=get,list",
+            "--resource=leases.coordination.k8s.io",
+        ],
+    );
+    s.ok(
+        &k,
+        &[
+            "label",
+            "clusterrole",
+            "lease-viewer",
+            "rbac.authorization.k8s.io/aggregate-to-view=true",
+        ],
+    );
+    eventually("view aggregates lease-viewer", || {
+        can_i(
+            &k,
+            &["list", "leases.coordination.k8s.io", "-n", "team", "--as", "jane"],
+        ) == "yes"
+    });
+    eventually("admin shows the aggregated rules", || {
+        let rules = s.ok(
+            &k,
+            &[
+                "get",
+                "clusterrole",
+                "admin",
+                "-o",
+                "jsonpath={.rules[*].resources}",
+            ],
+        );
+        rules.contains("leases") && rules.contains("rolebindings") && rules.contains("deployments")
+    });
+
     // SubjectAccessReview and LocalSubjectAccessReview ask about anyone.
     let sar = r#"{"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {"user": "jane", "resourceAttributes": {"namespace": "team", "verb": "list", "resource": "pods"}}}"#;

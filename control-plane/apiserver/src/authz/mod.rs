@@ -66,7 +66,10 @@ impl Authorizer {
         }
         let authz = Arc::new(Authorizer::default());
         let revisions = match authz.reload(&objects).await {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                aggregate(&authz.index(), &objects).await;
+                Some(r)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "loading the RBAC policy");
                 None
@@ -322,17 +325,51 @@ async fn follow(
                             a.update(|ix| ix.upsert(rt.kind, &ev.object))
                         }
                         WatchEventKind::Deleted => a.update(|ix| ix.remove(rt.kind, &ev.object)),
-                        WatchEventKind::Bookmark | WatchEventKind::Error => {}
+                        WatchEventKind::Bookmark | WatchEventKind::Error => continue,
                     },
                     Err(e) => {
                         tracing::debug!(error = %e, "the RBAC watch ended; relisting");
                         break;
                     }
                 }
+                if rt.kind == "ClusterRole" {
+                    aggregate(&a.index(), &objects).await;
+                }
             }
         }
         if authz.strong_count() == 0 {
             return;
+        }
+    }
+}
+
+/// The clusterrole-aggregation controller's work: writes each aggregated ClusterRole's effective
+/// rules (the union of the rules of the ClusterRoles it selects) into its `rules`, so that what
+/// `kubectl get` and `describe` show is what it grants. A write comes back as a watch event and
+/// finds nothing left to do.
+async fn aggregate(index: &Index, objects: &Objects) {
+    let Ok(rt) = rbac_type("clusterroles") else {
+        return;
+    };
+    for (name, role) in &index.cluster_roles {
+        if role.aggregation.is_none() {
+            continue;
+        }
+        let want = index.cluster_role_rules(name).unwrap_or_default();
+        if want == role.rules {
+            continue;
+        }
+        let rules = Value::Array(want.iter().map(PolicyRule::to_json).collect());
+        let written = objects
+            .modify(rt, None, name, |obj| {
+                if let Some(o) = obj.as_object_mut() {
+                    o.insert("rules".into(), rules.clone());
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, clusterrole = %name, "aggregating a ClusterRole");
         }
     }
 }
