@@ -1054,32 +1054,6 @@ fn persistent_volume_claim_binds_the_smallest_fit() {
     assert_eq!(row(&pv, "pv004")["CLAIM"], "default/mypvc", "{pv}");
 }
 
-/// Upstream's ServiceAccount admission gives every Pod its API token volume at
-/// /var/run/secrets/kubernetes.io/serviceaccount (the path the seed lists at 003:1940-1951).
-#[test]
-fn pods_get_the_service_account_token_volume() {
-    let s = Server::start_full(&[]);
-    let k = s.kubectl();
-    s.ok(&k, &["apply", "-f", &manifest("yaml-05-pod-mytomcat.yaml")]);
-    let mounts = s.ok(
-        &k,
-        &[
-            "get",
-            "pod",
-            "mytomcat",
-            "-o",
-            "jsonpath={.spec.serviceAccountName} {.spec.containers[0].volumeMounts[0].mountPath} {.spec.containers[0].volumeMounts[0].readOnly} {.spec.volumes[0].name}",
-        ],
-    );
-    let parts: Vec<&str> = mounts.split(' ').collect();
-    assert_eq!(
-        parts[..3],
-        ["default", "/var/run/secrets/kubernetes.io/serviceaccount", "true"],
-        "{mounts}"
-    );
-    assert!(parts[3].starts_with("kube-api-access-"), "{mounts}");
-}
-
 /// Every namespace gets its `default` ServiceAccount (YAML-22's `development` too), which the
 /// ServiceAccount admission of its Pods looks up.
 #[test]

@@ -15,6 +15,7 @@
 //! * [`job`]: Jobs (completions, parallelism, backoff limit, deadline, suspend).
 //! * [`endpointslice`]: EndpointSlices mirrored from Endpoints.
 //! * [`namespace_defaults`]: each namespace's `default` ServiceAccount and `kube-root-ca.crt`.
+//! * [`volume_binder`]: PersistentVolumes Available/Released, claims bound to the smallest fit.
 //!
 //! Entry point: [`run_all`].
 
@@ -30,6 +31,7 @@ pub mod namespace_defaults;
 pub mod pods;
 pub mod replicaset;
 pub mod runner;
+pub mod volume_binder;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -108,6 +110,7 @@ pub async fn run_all_with(
         options.ca_pem,
     )?);
     let mirror = Arc::new(endpointslice::Mirror::new(client.clone())?);
+    let binder = Arc::new(volume_binder::Binder::new(client.clone())?);
     let ctx = Arc::new(Context::new(client.clone())?);
     let k = ctx.kinds;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -182,6 +185,19 @@ pub async fn run_all_with(
             mirror.clone(),
             stopped(),
         ),
+    );
+    tasks.spawn(
+        Controller::new("persistentvolume-binder", &informers, binder.claims())
+            .watches(binder.volumes(), binder.volume_mapper())
+            .run(volume_binder::reconcile, binder.clone(), stopped()),
+    );
+    tasks.spawn(
+        Controller::new("persistentvolume-phase", &informers, binder.volumes())
+            .watches(binder.claims(), {
+                // A deleted claim releases its volume: look at every volume again.
+                Arc::new(|_: &Value| Vec::new())
+            })
+            .run(volume_binder::reconcile_volume, binder.clone(), stopped()),
     );
     // Every controller has subscribed: now the watches may begin.
     informers.start();
