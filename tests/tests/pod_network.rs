@@ -6,6 +6,7 @@
 //! * each learns the other as its overlay peer (console);
 //! * pods talk across the overlay: a pod on keel-1 fetches from the echo pod on keel-2 by its
 //!   pod IP, and the server sees the client pod's own address;
+//! * a Service's ClusterIP works from keel-1 (nftables DNAT, then the overlay);
 //! * a deleted Node's pod CIDR is free again and leaves the other node's peer set.
 
 use std::time::Duration;
@@ -76,12 +77,31 @@ fn two_nodes_get_pod_cidrs_an_overlay_and_traffic_across_it() {
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.console(node).unwrap_or_default()));
     }
-    let addr1 = node_field(&lab, "keel-1", r#"{.metadata.annotations.keel\.dev/overlay-address}"#);
-    let addr2 = node_field(&lab, "keel-2", r#"{.metadata.annotations.keel\.dev/overlay-address}"#);
+    let addr1 = node_field(
+        &lab,
+        "keel-1",
+        r#"{.metadata.annotations.keel\.dev/overlay-address}"#,
+    );
+    let addr2 = node_field(
+        &lab,
+        "keel-2",
+        r#"{.metadata.annotations.keel\.dev/overlay-address}"#,
+    );
     assert_eq!(addr1, "192.168.50.11");
     assert_eq!(addr2, "192.168.50.12");
-    let nodes = jsonpath(&lab, &["get", "nodes", "-o", "jsonpath={.items[*].status.addresses[*].address}"]);
-    assert!(!nodes.contains("10.244."), "pod-network addresses are not node addresses: {nodes}");
+    let nodes = jsonpath(
+        &lab,
+        &[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[*].status.addresses[*].address}",
+        ],
+    );
+    assert!(
+        !nodes.contains("10.244."),
+        "pod-network addresses are not node addresses: {nodes}"
+    );
 
     // Each node learned the other as its overlay peer.
     wait_console(&lab, "keel-1", "overlay peers: keel-2", Duration::from_secs(60));
@@ -94,39 +114,71 @@ fn two_nodes_get_pod_cidrs_an_overlay_and_traffic_across_it() {
     let cidr2 = node_field(&lab, "keel-2", "{.spec.podCIDR}");
     apply(
         &lab,
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: echo\nspec:\n  nodeName: keel-2\n  \
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: echo\n  labels: {app: echo}\nspec:\n  nodeName: keel-2\n  \
          containers:\n  - name: echo\n    image: keel/echo:latest\n    ports:\n    - containerPort: 8080\n",
     );
     wait_pod_ready(&lab, "default", "echo");
     let echo_ip = jsonpath(&lab, &["get", "pod", "echo", "-o", "jsonpath={.status.podIP}"]);
     let net2 = cidr2.trim_end_matches("0/24");
-    assert!(echo_ip.starts_with(net2), "echo's IP {echo_ip} is not from keel-2's {cidr2}");
+    assert!(
+        echo_ip.starts_with(net2),
+        "echo's IP {echo_ip} is not from keel-2's {cidr2}"
+    );
     let client_net = cidr1.trim_end_matches("0/24");
-    let fetch = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: fetch\nspec:\n  nodeName: keel-1\n  \
-         restartPolicy: Never\n  containers:\n  - name: fetch\n    image: busybox:1.35\n    \
-         command: [\"sh\", \"-c\", \"for i in $(seq 60); do wget -q -O- http://{echo_ip}:8080/ | \
-         grep -q 'client={client_net}' && exit 0; sleep 1; done; exit 1\"]\n"
-    );
-    apply(&lab, &fetch);
-    let phase = wait_for("the fetch pod to finish", POD_READY_TIMEOUT, || {
-        match jsonpath(&lab, &["get", "pod", "fetch", "-o", "jsonpath={.status.phase}"]).as_str() {
-            p @ ("Succeeded" | "Failed") => Poll::Ready(p.to_string()),
-            other => Poll::Pending(other.to_string()),
-        }
-    })
-    .unwrap();
-    assert_eq!(
-        phase,
-        "Succeeded",
-        "a pod on keel-1 could not fetch from {echo_ip} on keel-2 over VXLAN\n--- keel-1 ---\n{}\n--- keel-2 ---\n{}",
-        lab.console("keel-1").unwrap_or_default(),
-        lab.console("keel-2").unwrap_or_default()
-    );
+    fetch_from(&lab, "fetch", &format!("{echo_ip}:8080"), client_net);
     let fetch_ip = jsonpath(&lab, &["get", "pod", "fetch", "-o", "jsonpath={.status.podIP}"]);
-    assert!(fetch_ip.is_empty() || fetch_ip.starts_with(client_net), "{fetch_ip}");
+    assert!(
+        fetch_ip.is_empty() || fetch_ip.starts_with(client_net),
+        "{fetch_ip}"
+    );
+
+    // A Service in front of the echo pod: its ClusterIP works from keel-1 (nftables DNAT on
+    // keel-1, then the overlay), and the echo server still sees the client pod's address.
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\nspec:\n  selector: {app: echo}\n  \
+         ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    let cluster_ip = jsonpath(
+        &lab,
+        &["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let octets: Vec<u8> = cluster_ip.split('.').filter_map(|o| o.parse().ok()).collect();
+    assert!(
+        octets.len() == 4 && octets[0] == 10 && (96..=111).contains(&octets[1]),
+        "{cluster_ip} is not in 10.96.0.0/12"
+    );
+    fetch_from(&lab, "fetch-svc", &format!("{cluster_ip}:80"), client_net);
 
     // Deleting keel-2's Node frees its pod CIDR and takes it out of keel-1's peers.
     kubectl_ok(&lab, &["delete", "node", "keel-2", "--wait=false"]);
     wait_console(&lab, "keel-1", "overlay peers: none", Duration::from_secs(60));
+}
+
+/// Runs a `restartPolicy: Never` busybox pod on keel-1 that fetches `http://{target}/` until the
+/// echo server answers that the client came from `client_net`; panics unless it Succeeded.
+fn fetch_from(lab: &Lab, name: &str, target: &str, client_net: &str) {
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: keel-1\n  \
+         restartPolicy: Never\n  containers:\n  - name: fetch\n    image: busybox:1.35\n    \
+         command: [\"sh\", \"-c\", \"for i in $(seq 60); do wget -q -O- http://{target}/ | \
+         grep -q 'client={client_net}' && exit 0; sleep 1; done; exit 1\"]\n"
+    );
+    apply(lab, &pod);
+    let phase = wait_for(
+        &format!("{name} to finish"),
+        POD_READY_TIMEOUT,
+        || match jsonpath(lab, &["get", "pod", name, "-o", "jsonpath={.status.phase}"]).as_str() {
+            p @ ("Succeeded" | "Failed") => Poll::Ready(p.to_string()),
+            other => Poll::Pending(other.to_string()),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        phase,
+        "Succeeded",
+        "{name} on keel-1 could not fetch from {target}\n--- keel-1 ---\n{}\n--- keel-2 ---\n{}",
+        lab.console("keel-1").unwrap_or_default(),
+        lab.console("keel-2").unwrap_or_default()
+    );
 }
