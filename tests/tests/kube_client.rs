@@ -827,3 +827,119 @@ async fn patches_without_resource_version_do_not_conflict_with_controllers() {
     let last = api.get("busy").await.expect("get");
     assert_eq!(last.spec.and_then(|s| s.replicas), Some(2), "the last apply wins");
 }
+
+/// The status and scale subresources, dry runs and collection deletes, as typed kube calls.
+#[tokio::test]
+async fn status_and_scale_subresources_dry_run_and_delete_collection() {
+    let s = Server::start();
+    let c = client(&s).await;
+    let api: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    api.create(&PostParams::default(), &deployment("sub", 2))
+        .await
+        .expect("create deployment");
+
+    // The status subresource writes status only, and does not bump generation.
+    let with_status = api
+        .patch_status(
+            "sub",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 2, "readyReplicas": 1}, "spec": {"replicas": 9}})),
+        )
+        .await
+        .expect("patch status");
+    let status = with_status.status.clone().expect("status");
+    assert_eq!((status.replicas, status.ready_replicas), (Some(2), Some(1)));
+    assert_eq!(
+        with_status.spec.as_ref().and_then(|s| s.replicas),
+        Some(2),
+        "spec changes through /status are ignored"
+    );
+    assert_eq!(with_status.metadata.generation, Some(1));
+    assert_eq!(
+        api.get_status("sub")
+            .await
+            .expect("get status")
+            .status
+            .and_then(|s| s.ready_replicas),
+        Some(1)
+    );
+
+    // A write to the main resource leaves the status as it was.
+    let mut changed = api.get("sub").await.expect("get");
+    changed.status = None;
+    if let Some(labels) = changed.metadata.labels.as_mut() {
+        labels.insert("edited".into(), "yes".into());
+    }
+    let replaced = api
+        .replace("sub", &PostParams::default(), &changed)
+        .await
+        .expect("replace");
+    assert_eq!(
+        replaced.status.and_then(|s| s.ready_replicas),
+        Some(1),
+        "status survives a PUT of the main resource"
+    );
+
+    // The scale subresource reads and writes spec.replicas.
+    let scale = api.get_scale("sub").await.expect("get scale");
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
+    api.patch_scale(
+        "sub",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 4}})),
+    )
+    .await
+    .expect("patch scale");
+    assert_eq!(
+        api.get("sub").await.expect("get").spec.and_then(|s| s.replicas),
+        Some(4)
+    );
+
+    // A dry-run create answers with the object and stores nothing.
+    let dry = api
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &deployment("dry", 1),
+        )
+        .await
+        .expect("dry-run create");
+    assert_eq!(dry.metadata.name.as_deref(), Some("dry"));
+    assert!(api.get_opt("dry").await.expect("get").is_none());
+
+    // deletecollection with a label selector removes the matching objects only.
+    let cms: Api<ConfigMap> = Api::default_namespaced(c.clone());
+    for name in ["keep", "drop-1", "drop-2"] {
+        let mut cm = config_map(name, &[]);
+        if name.starts_with("drop") {
+            cm.metadata.labels = Some(map(&[("batch", "old")]));
+        }
+        cms.create(&PostParams::default(), &cm).await.expect("create");
+    }
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("batch=old"),
+    )
+    .await
+    .expect("delete collection");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = cms
+            .list(&ListParams::default().labels("batch=old"))
+            .await
+            .expect("list")
+            .items
+            .len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} labelled config maps left after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cms.get_opt("keep").await.expect("get").is_some());
+}
