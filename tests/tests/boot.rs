@@ -281,22 +281,40 @@ fn unconfigured_node_boots_shows_how_to_join_and_powers_off() {
     eprintln!("QEMU start → init {init:?}, → network up {net:?}, → modules loaded {modules:?}");
 }
 
-#[test]
-fn acpi_power_button_powers_off_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let monitor = dir.path().join("monitor.sock");
+/// Boots the unconfigured image with a QEMU monitor, waits for the end of the boot, sends
+/// `command` to the monitor and returns the VM and the monitor connection (QEMU may drop a
+/// command whose connection closes at once).
+fn boot_then_monitor(dir: &Path, command: &str) -> (Vm, std::os::unix::net::UnixStream) {
+    let monitor = dir.join("monitor.sock");
     let mut args = direct_boot(&image("initramfs", "image"), "");
-    // No self-test: the node stays up until the button is pressed.
+    // No self-test: the node stays up until told otherwise.
     if let Some(append) = args.last_mut() {
         *append = append.replace("keel.selftest=poweroff", "");
     }
     args.extend(["-monitor", &format!("unix:{},server,nowait", monitor.display())].map(String::from));
     let mut vm = Vm::start(&args);
-    vm.wait_for("keel: rootfs read-only: ok", BOOT_DEADLINE);
+    vm.wait_for("keel: pivot_root: ok", BOOT_DEADLINE);
     let mut mon = std::os::unix::net::UnixStream::connect(&monitor).expect("QEMU monitor socket");
-    std::io::Write::write_all(&mut mon, b"system_powerdown\n").unwrap();
+    std::io::Write::write_all(&mut mon, format!("{command}\n").as_bytes()).unwrap();
+    (vm, mon)
+}
+
+#[test]
+fn acpi_power_button_powers_off_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vm, _monitor) = boot_then_monitor(dir.path(), "system_powerdown");
     vm.wait_for("keel: power button pressed: powering off", BOOT_DEADLINE);
     vm.wait_for("reboot: Power down", BOOT_DEADLINE);
+    assert!(vm.wait_exit(BOOT_DEADLINE).success());
+}
+
+#[test]
+fn ctrl_alt_del_reboots_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vm, _monitor) = boot_then_monitor(dir.path(), "sendkey ctrl-alt-delete");
+    vm.wait_for("keel: SIGINT received: rebooting", BOOT_DEADLINE);
+    vm.wait_for("keel: rebooting", BOOT_DEADLINE);
+    // -no-reboot turns the guest's reboot into QEMU's exit.
     assert!(vm.wait_exit(BOOT_DEADLINE).success());
 }
 
