@@ -14,6 +14,7 @@ pub mod netlink;
 
 // The pod network (the agent's; see `pod_network` and `network_agent`).
 pub mod cidr;
+pub mod dns;
 pub mod masquerade;
 pub mod network_agent;
 pub mod nlmsg;

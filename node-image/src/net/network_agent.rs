@@ -3,7 +3,7 @@
 //! node's overlay endpoint, which the session reports at once), and the few process-wide
 //! accessors the rest of the agent uses: the report's `NetworkUnavailable` condition
 //! ([`network_condition`]), the session's service tables ([`offer_services`]: ClusterIPs in
-//! nftables, [`super::services`]) and, for the pod manager, [`attach`] and [`detach`] of pod
+//! nftables, [`super::services`]; names at 10.96.0.10, [`super::dns`]) and, for the pod manager, [`attach`] and [`detach`] of pod
 //! sandboxes.
 //!
 //! The loop is level-triggered: whenever the pod CIDR or the peer set changes,
@@ -19,6 +19,7 @@ use keel_proto::{Condition, OverlayEndpoint, OverlayPeers, ServiceTable};
 use tokio::sync::watch;
 
 use super::cidr::Cidr;
+use super::dns;
 use super::overlay::{self, Peer};
 use super::pod_network::{find_underlay, NetError, NodeNet, PodIp};
 use super::rtnl::mac_string;
@@ -132,6 +133,7 @@ pub async fn serve(
         }
     };
     wait_for_modules().await;
+    tokio::spawn(serve_dns());
     let mut services_rx = SERVICES.subscribe();
     let mut last_problem = String::new();
     let mut last_peers: Option<Vec<Peer>> = None;
@@ -262,6 +264,29 @@ async fn reconcile(
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     Ok((net, peers))
+}
+
+/// Cluster DNS at 10.96.0.10 for as long as the agent runs (re-bound after any failure).
+async fn serve_dns() {
+    let mut last = String::new();
+    loop {
+        let problem = match tokio::task::spawn_blocking(dns::ensure_address).await {
+            Ok(Ok(())) => match tokio::net::UdpSocket::bind((dns::DNS_IP, 53)).await {
+                Ok(sock) => match dns::serve(sock, SERVICES.subscribe()).await {
+                    Ok(()) => return,
+                    Err(e) => format!("serving: {e}"),
+                },
+                Err(e) => format!("binding {}:53: {e}", dns::DNS_IP),
+            },
+            Ok(Err(e)) => format!("adding {} to lo: {e}", dns::DNS_IP),
+            Err(e) => e.to_string(),
+        };
+        if problem != last {
+            eprintln!("keel: cluster DNS: {problem}");
+            last = problem;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
 }
 
 /// On a Keel node, waits (a while) for PID 1 to have loaded the datapath modules; elsewhere the
