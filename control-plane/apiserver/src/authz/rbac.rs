@@ -262,6 +262,9 @@ pub struct Index {
     /// namespace → name → binding.
     pub role_bindings: HashMap<String, BTreeMap<String, Binding>>,
     pub cluster_role_bindings: BTreeMap<String, Binding>,
+    /// ClusterRole name → its effective rules (aggregation resolved), recomputed whenever a
+    /// ClusterRole changes so that a request only walks bindings.
+    effective: HashMap<String, Vec<PolicyRule>>,
 }
 
 /// What a visit of the applicable rules found.
@@ -291,6 +294,7 @@ impl Index {
             }
             "ClusterRole" => {
                 self.cluster_roles.insert(name, ClusterRole::from_json(obj));
+                self.resolve();
             }
             "RoleBinding" => {
                 self.role_bindings
@@ -320,6 +324,7 @@ impl Index {
             }
             "ClusterRole" => {
                 self.cluster_roles.remove(name);
+                self.resolve();
             }
             "RoleBinding" => {
                 if let Some(m) = self.role_bindings.get_mut(ns) {
@@ -378,13 +383,23 @@ impl Index {
         Some(())
     }
 
-    fn role_rules(&self, b: &Binding) -> Option<Vec<PolicyRule>> {
+    /// Recomputes the effective rules of every ClusterRole.
+    fn resolve(&mut self) {
+        let effective = self
+            .cluster_roles
+            .keys()
+            .filter_map(|n| Some((n.clone(), self.cluster_role_rules(n)?)))
+            .collect();
+        self.effective = effective;
+    }
+
+    fn role_rules(&self, b: &Binding) -> Option<&[PolicyRule]> {
         match b.role_kind.as_str() {
-            "ClusterRole" => self.cluster_role_rules(&b.role_name),
+            "ClusterRole" => self.effective.get(&b.role_name).map(Vec::as_slice),
             "Role" if !b.namespace.is_empty() => self
                 .roles
                 .get(&(b.namespace.clone(), b.role_name.clone()))
-                .cloned(),
+                .map(Vec::as_slice),
             _ => None,
         }
     }
@@ -423,7 +438,7 @@ impl Index {
                     }
                 }
                 Some(rules) => {
-                    for r in &rules {
+                    for r in rules {
                         if !visit(Visit::Rule(b, subject, r)) {
                             return;
                         }
