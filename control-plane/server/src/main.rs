@@ -182,8 +182,8 @@ fn pki_options(args: &ServeArgs) -> PkiOptions {
     }
 }
 
-/// The PKI of an existing cluster, for the subcommands. The admin kubeconfig keeps the server
-/// URL it has (the subcommand's `--listen` default says nothing about the running server).
+/// The PKI of an existing cluster, for the subcommands: read only, so that running one never
+/// re-issues the serving certificate or rewrites the admin kubeconfig of a running server.
 fn load_pki(args: &ServeArgs) -> Result<Pki> {
     if !args.data_dir.join("pki").exists() {
         bail!(
@@ -192,21 +192,7 @@ fn load_pki(args: &ServeArgs) -> Result<Pki> {
             args.data_dir.display()
         );
     }
-    let mut opts = pki_options(args);
-    if let Some(server) = kubeconfig_server(&args.data_dir.join("admin.kubeconfig")) {
-        opts.kubeconfig_server = server;
-    }
-    Pki::load_or_create(&args.data_dir, &opts)
-        .with_context(|| format!("loading the PKI in {}", args.data_dir.display()))
-}
-
-/// The `server:` URL of a kubeconfig.
-fn kubeconfig_server(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        let v = l.trim().strip_prefix("server:")?.trim().trim_matches('"');
-        (!v.is_empty()).then(|| v.to_string())
-    })
+    Pki::load(&args.data_dir).with_context(|| format!("loading the PKI in {}", args.data_dir.display()))
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
