@@ -150,6 +150,18 @@ fn wait_pod(
 fn pod_manifest(name: &str, image: &str, script: &str, restart: &str) -> String {
     let mut pod: serde_json::Value =
         serde_json::from_str(&pod_json(name, image, script, restart)).expect("pod JSON");
+    let c = &mut pod["spec"]["containers"][0];
+    if name == "web" {
+        c["ports"] = serde_json::json!([{"name": "http", "containerPort": 8080}]);
+        c["readinessProbe"] =
+            serde_json::json!({"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1});
+        c["livenessProbe"] = serde_json::json!({"tcpSocket": {"port": 8080}, "periodSeconds": 2});
+    }
+    if name == "unready" {
+        c["readinessProbe"] = serde_json::json!({"tcpSocket": {"port": 9999}, "periodSeconds": 1});
+        c["livenessProbe"] = serde_json::json!({"httpGet": {"port": 9999}, "periodSeconds": 1,
+            "initialDelaySeconds": 2, "failureThreshold": 2});
+    }
     if name == "once" {
         // Volumes and ConfigMap-sourced env for the in-container checks.
         pod["spec"]["volumes"] = serde_json::json!([
@@ -323,6 +335,22 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
         &pod_manifest("crash", "busybox:1.35", "echo bye; exit 3", "Always"),
     );
 
+    // Probes: an HTTP server becomes ready through its readiness probe; a container whose
+    // probes can never pass stays unready and is restarted by its liveness probe.
+    s.apply(
+        &k,
+        &pod_manifest(
+            "web",
+            "busybox:1.35",
+            "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www",
+            "Always",
+        ),
+    );
+    s.apply(
+        &k,
+        &pod_manifest("unready", "busybox:1.35", "sleep 3600", "Always"),
+    );
+
     // An image that does not exist.
     s.apply(
         &k,
@@ -347,6 +375,31 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
         &["get", "events", "--field-selector", "involvedObject.name=missing"],
     );
     assert!(events.contains("Failed"), "{events}");
+
+    wait_pod(
+        &s,
+        &k,
+        &vm,
+        "web",
+        "Running 1/1 (readiness probe)",
+        Duration::from_secs(60),
+        |r| r.get(1).map(String::as_str) == Some("1/1") && r.get(2).map(String::as_str) == Some("Running"),
+    );
+    let row = wait_pod(
+        &s,
+        &k,
+        &vm,
+        "unready",
+        "restarted by its liveness probe",
+        Duration::from_secs(90),
+        |r| r.get(3).is_some_and(|n| n != "0"),
+    );
+    assert_eq!(row.get(1).map(String::as_str), Some("0/1"), "{row:?}");
+    let events = s.ok(
+        &k,
+        &["get", "events", "--field-selector", "involvedObject.name=unready"],
+    );
+    assert!(events.contains("Liveness probe failed"), "{events}");
 
     // The long-running pod is still up, never restarted.
     let row = pod_row(&k, "hello");
@@ -377,7 +430,7 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
 
     // kubectl delete waits for the node to stop the pod; it must return.
     let started = Instant::now();
-    for name in ["hello", "missing", "once", "crash"] {
+    for name in ["hello", "missing", "once", "crash", "web", "unready"] {
         let out = k
             .run(&["delete", "pod", name, "--timeout=90s"])
             .expect("kubectl delete");
@@ -402,7 +455,7 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
     }
     eprintln!(
         "figures: pod created → Running 1/1 in {} ms (first pull included); busybox pull {} ms; \
-         four deletes in {} ms; agent RSS {} KiB",
+         six deletes in {} ms; agent RSS {} KiB",
         to_running.as_millis(),
         console_figure(&console, "from http://10.0.2.100:5000 in ", " ms")
             .map_or("?".to_string(), |v| v.to_string()),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use super::probes::{self, ProbeEvent};
 use super::spec::{self, Downward, RestartPolicy};
 use super::status::{ContainerView, State};
 use super::volumes;
@@ -224,15 +225,45 @@ impl ContainerTask {
                     started_at: started_wall,
                 };
                 v.restart_count = run_number;
+                v.probe_ready = c.readiness_probe.as_ref().map(|_| false);
             });
-            let outcome = tokio::select! {
-                status = child.wait() => Outcome::Exited(status.map(exit_code).unwrap_or(255)),
-                g = self.stop.wait_for(Option::is_some) => {
-                    Outcome::Stop(g.ok().and_then(|g| *g).unwrap_or_default())
+            let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(4);
+            let prober = tokio::spawn(probes::run(
+                c.readiness_probe.clone(),
+                c.liveness_probe.clone(),
+                self.ctx.pod_ip(),
+                c.ports.clone(),
+                probe_tx,
+            ));
+            let mut stop = self.stop.clone();
+            let outcome = loop {
+                tokio::select! {
+                    status = child.wait() => break Outcome::Exited(status.map(exit_code).unwrap_or(255)),
+                    g = stop.wait_for(Option::is_some) => {
+                        break Outcome::Stop(g.ok().and_then(|g| *g).unwrap_or_default())
+                    }
+                    Some(ev) = probe_rx.recv() => match ev {
+                        ProbeEvent::Ready(r) => self.publish(|v| v.probe_ready = Some(r)),
+                        ProbeEvent::Unhealthy(msg) => {
+                            self.ctx.event("Warning", "Unhealthy", format!("Liveness probe failed: {msg}"));
+                            break Outcome::Unhealthy;
+                        }
+                    },
                 }
             };
+            prober.abort();
             match outcome {
                 Outcome::Exited(code) => self.finished(&c, code, &cgroup, &id, started_wall, run_number),
+                Outcome::Unhealthy => {
+                    self.ctx.event(
+                        "Normal",
+                        "Killing",
+                        format!("Container {} failed liveness probe, will be restarted", c.name),
+                    );
+                    let grace = Duration::from_secs(self.ctx.desired().pod.grace_seconds());
+                    let code = stop_process(&mut child, &cgroup, grace).await;
+                    self.finished(&c, code, &cgroup, &id, started_wall, run_number);
+                }
                 Outcome::Stop(grace) => {
                     self.ctx
                         .event("Normal", "Killing", format!("Stopping container {}", c.name));
@@ -397,6 +428,7 @@ impl ContainerTask {
 enum Outcome {
     Exited(i32),
     Stop(Duration),
+    Unhealthy,
 }
 
 /// The exit code, or 128 + the signal that ended the process.

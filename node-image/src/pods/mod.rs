@@ -8,15 +8,17 @@
 //! * [`spec`]: the pod JSON as the node reads it (own serde structs, no Kubernetes crates) and
 //!   the command line, environment and limits derived from it;
 //! * [`status`]: the PodStatus as the kubelet computes it (pure, tested);
+//! * [`probes`]: readiness and liveness probes (tcpSocket, httpGet);
 //! * [`volumes`]: emptyDir, configMap and secret volumes and the containers' mounts of them;
 //! * [`outbox`]: statuses and events waiting for the session to send them.
 //!
-//! Not yet: probes, sidecar (restartable) init containers, other volume kinds, `kubectl logs`/`exec` streaming, re-adopting
+//! Not yet: exec and startup probes, sidecar (restartable) init containers, other volume kinds, `kubectl logs`/`exec` streaming, re-adopting
 //! containers after an agent restart (they die with it and the pods start again).
 
 pub mod lifecycle;
 pub mod manager;
 pub mod outbox;
+pub mod probes;
 pub mod spec;
 pub mod status;
 pub mod volumes;

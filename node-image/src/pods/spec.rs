@@ -65,6 +65,9 @@ pub struct Container {
     pub image_pull_policy: Option<String>,
     pub security_context: Option<SecurityContext>,
     pub volume_mounts: Vec<super::volumes::VolumeMount>,
+    pub ports: Vec<super::probes::ContainerPort>,
+    pub readiness_probe: Option<super::probes::Probe>,
+    pub liveness_probe: Option<super::probes::Probe>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -100,6 +100,8 @@ pub struct ContainerView {
     pub state: State,
     pub last_state: Option<State>,
     pub restart_count: u32,
+    /// The readiness probe's verdict; `None` when the container has none (ready = running).
+    pub probe_ready: Option<bool>,
 }
 
 impl ContainerView {
@@ -112,6 +114,7 @@ impl ContainerView {
             state: State::waiting("ContainerCreating", None),
             last_state: None,
             restart_count: 0,
+            probe_ready: None,
         }
     }
 
@@ -119,12 +122,16 @@ impl ContainerView {
         matches!(self.state, State::Running { .. })
     }
 
+    pub fn ready(&self) -> bool {
+        self.running() && self.probe_ready.unwrap_or(true)
+    }
+
     fn json(&self) -> Value {
         let mut v = json!({
             "name": self.name,
             "state": self.state.json(),
             "lastState": self.last_state.as_ref().map_or(json!({}), State::json),
-            "ready": self.running(),
+            "ready": self.ready(),
             "restartCount": self.restart_count,
             "image": self.image,
             "imageID": self.image_id,
@@ -223,7 +230,7 @@ pub fn pod_status(v: &PodView<'_>, tr: &mut Transitions, now: SystemTime) -> Val
     let unready: Vec<&str> = v
         .containers
         .iter()
-        .filter(|c| !c.running())
+        .filter(|c| !c.ready())
         .map(|c| c.name.as_str())
         .collect();
     let all_ready = unready.is_empty() && !v.containers.is_empty();
