@@ -5,6 +5,9 @@
 //! * [`http`]: TLS, HTTP/1.1 and HTTP/2, authentication, content negotiation (JSON, YAML,
 //!   server-side Tables), request bodies (JSON, YAML, protobuf), streaming watches. The only
 //!   module that knows wire formats.
+//! * [`authz`]: who may do what: RBAC authorization of every HTTP request (upstream's rules and
+//!   403 texts, over an in-memory index of the RBAC objects), impersonation, escalation
+//!   prevention and the bootstrap policy. In-process clients are the control plane, not authorized.
 //! * [`route`]: the URL grammar.
 //! * [`objects`]: the verbs on stored objects (Kubernetes object semantics over the store), which
 //!   the in-process [`client::InProcessClient`] exposes to controllers unchanged.
