@@ -8,8 +8,9 @@
 //! `FailureTarget` then `Failed` with `BackoffLimitExceeded` / `DeadlineExceeded`) and their
 //! remaining pods deleted; `suspend` deletes active pods and sets `Suspended`.
 //!
-//! Not done: indexed completion mode, pod failure policies, success policies, and the
-//! exponential delay before replacing failed pods.
+//! Replacements of failed pods wait upstream's backoff (10s doubling, at most 6 minutes, from
+//! the last failure's time when the pods tell it). Not done: indexed completion mode, pod failure
+//! policies, success policies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,45 @@ fn has_true(job: &Value, kind: &str) -> bool {
 
 fn condition(kind: &str, reason: &str, message: &str, now: &str) -> Value {
     json!({"type": kind, "status": "True", "lastProbeTime": now, "lastTransitionTime": now, "reason": reason, "message": message})
+}
+
+/// When the last of `failed` failures happened, from the failed pods' container finish times
+/// (or their Ready condition's transition), if known.
+fn last_failure(pods: &[Value]) -> Option<jiff::Timestamp> {
+    pods.iter()
+        .filter(|p| pods::phase(p) == "Failed")
+        .filter_map(|p| {
+            let finished = p
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.pointer("/state/terminated/finishedAt").and_then(Value::as_str))
+                .filter_map(keel_api::time::parse)
+                .max();
+            finished.or_else(|| {
+                p.pointer("/status/conditions")?
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")?
+                    .get("lastTransitionTime")?
+                    .as_str()
+                    .and_then(keel_api::time::parse)
+            })
+        })
+        .max()
+}
+
+/// How long to wait before creating replacements, if at all (upstream's pod failure backoff:
+/// 10s doubling per failure, at most 6 minutes, counted from the last failure).
+fn replacement_delay(pods: &[Value], failed: i64) -> Option<Duration> {
+    if failed <= 0 {
+        return None;
+    }
+    let last = last_failure(pods)?;
+    let backoff = (10i64 << (failed - 1).min(6)).min(360);
+    let since = jiff::Timestamp::now().as_second() - last.as_second();
+    (since < backoff).then(|| Duration::from_secs((backoff - since) as u64))
 }
 
 /// One reconcile pass of a Job.
@@ -130,7 +170,9 @@ pub async fn reconcile(job: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Err
     };
     let have = active.len() as i64;
     let mut active_now = have;
-    if have < want_active {
+    // After failures, replacements wait 10s, 20s, 40s… (at most 6 minutes) from the last one.
+    let wait = replacement_delay(&owned, failed);
+    if have < want_active && wait.is_none() {
         let results = join_all((0..want_active - have).map(|_| {
             let pod = pod_from_template(ctx.kinds.jobs, &job);
             ctx.client
@@ -239,6 +281,9 @@ pub async fn reconcile(job: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Err
             )
             .await?;
     }
+    if let Some(w) = wait.filter(|_| have < want_active) {
+        return Ok(Action::RequeueAfter(w));
+    }
     // A deadline is a timer, not an event.
     match (
         spec("activeDeadlineSeconds"),
@@ -255,5 +300,32 @@ pub async fn reconcile(job: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Err
             )))
         }
         _ => Ok(Action::Done),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_back_off_from_the_last_failure() {
+        let now = jiff::Timestamp::now();
+        let failed_at = |secs_ago: i64| {
+            let t = jiff::Timestamp::from_second(now.as_second() - secs_ago).unwrap_or(now);
+            json!({"status": {"phase": "Failed", "containerStatuses": [
+                {"state": {"terminated": {"finishedAt": keel_api::time::format_rfc3339(t)}}}]}})
+        };
+        // One failure 3s ago: wait about 7s more.
+        let wait = replacement_delay(&[failed_at(3)], 1).map(|d| d.as_secs());
+        assert!(matches!(wait, Some(6..=7)), "{wait:?}");
+        // Two failures, the last 15s ago: 20s backoff, about 5s left.
+        let wait = replacement_delay(&[failed_at(40), failed_at(15)], 2).map(|d| d.as_secs());
+        assert!(matches!(wait, Some(4..=5)), "{wait:?}");
+        // Long ago, or no time known: no wait.
+        assert_eq!(replacement_delay(&[failed_at(1000)], 3), None);
+        assert_eq!(
+            replacement_delay(&[json!({"status": {"phase": "Failed"}})], 1),
+            None
+        );
     }
 }
