@@ -490,8 +490,13 @@ impl Objects {
                 rt,
                 strategy::apply_patch(rt, subresource, &old_with_rv, patch, ctx)?,
             )?;
-            // A resourceVersion in the patch is a precondition (kubectl apply and diff send one).
-            let precondition = resource_version_of(&patched)?;
+            // A resourceVersion the patch itself sets is a precondition (kubectl apply and diff
+            // send one); without one, a patch retries on conflicts with other writers.
+            let precondition = if patch_sets_resource_version(patch) {
+                resource_version_of(&patched)?
+            } else {
+                None
+            };
             if let Some(rv) = precondition {
                 if rv != old_rev {
                     return Err(ApiError::conflict(rt, name));
@@ -919,6 +924,19 @@ fn with_rv(mut obj: Value, rev: Option<u64>) -> Value {
         }
     }
     obj
+}
+
+/// Whether a patch names `metadata.resourceVersion` (and so makes it a precondition).
+fn patch_sets_resource_version(patch: &Patch) -> bool {
+    match patch {
+        Patch::Json(ops) => ops.as_array().is_some_and(|ops| {
+            ops.iter()
+                .any(|op| op.get("path").and_then(Value::as_str) == Some("/metadata/resourceVersion"))
+        }),
+        Patch::Merge(p) | Patch::Strategic(p) | Patch::Apply { body: p, .. } => p
+            .pointer("/metadata/resourceVersion")
+            .is_some_and(|v| !v.is_null()),
+    }
 }
 
 /// `metadata.resourceVersion` of a request body as a precondition.
