@@ -8,6 +8,9 @@
 //! * `keel-node agent`: the node agent, a child of PID 1 that it restarts if it dies ([`agent`]).
 //! * `keel-node container CONFIG` and `keel-node sandbox HOSTNAME`: the runtime's helpers, which
 //!   the agent starts for each container and pod sandbox ([`runtime`]).
+//! * `keel-node selfcheck pivot` and `keel-node guestinfo`: PID 1's helpers for what could
+//!   crash or must not touch PID 1's own mount namespace (the pivot_root boot check, the VMware
+//!   backdoor query).
 
 mod agent;
 mod config;
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Some("sandbox") => runtime::sandbox::helper_main(&rest[1..]),
         Some("modprobe") => init::modprobe_main(&rest[1..]),
         Some("selfcheck") => init::selfcheck_main(&rest[1..]),
+        Some("guestinfo") => init::guestinfo_main(),
         Some("init") => init::main(),
         _ => {
             eprintln!("usage: keel-node agent [--config FILE] | modprobe NAME… (as /init it is PID 1)");

@@ -41,6 +41,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub use modules::modprobe_main;
+pub use sources::guestinfo_main;
 
 /// `/init selfcheck pivot`: the pivot_root check, run by PID 1 in a child process so its own
 /// mount namespace stays untouched. Exit code 0 when pivot_root works.

@@ -166,32 +166,72 @@ fn config_disk(modules: &Index) -> Option<String> {
 }
 
 /// `guestinfo.keel.<key>` variables, when running on VMware.
+///
+/// The backdoor is queried by a child process (`/init guestinfo`): on a VM whose backdoor is
+/// restricted the `in` instruction faults, and that must kill a child, not PID 1.
 fn guestinfo() -> Option<(NodeConfig, Vec<ConfigError>)> {
     if !sys::vmware::is_vmware() {
         return None;
     }
-    let chan = match sys::vmware::Channel::open() {
-        Ok(c) => c,
+    let out = match std::process::Command::new("/init").arg("guestinfo").output() {
+        Ok(o) => o,
         Err(e) => {
             say!("guestinfo: {e}");
             return None;
         }
     };
+    if !out.status.success() {
+        say!(
+            "guestinfo: the query failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    Some(NodeConfig::from_conf(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `/init guestinfo`: prints the `guestinfo.keel.*` variables as `node.conf` lines.
+pub fn guestinfo_main() -> std::process::ExitCode {
+    let chan = match sys::vmware::Channel::open() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("guestinfo: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let mut text = String::new();
     for key in KEYS {
         if let Ok(Some(value)) = chan.guestinfo(&format!("keel.{key}")) {
-            // Repeatable keys may hold several values separated by spaces.
-            for v in value.split_whitespace() {
-                text.push_str(&format!("{key}={v}\n"));
-            }
+            text.push_str(&conf_lines(key, &value));
         }
     }
-    Some(NodeConfig::from_conf(&text))
+    print!("{text}");
+    std::process::ExitCode::SUCCESS
+}
+
+/// A guestinfo value as `node.conf` lines; repeatable keys may hold several values separated
+/// by spaces.
+fn conf_lines(key: &str, value: &str) -> String {
+    value.split_whitespace().map(|v| format!("{key}={v}\n")).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guestinfo_values_become_conf_lines() {
+        let text = conf_lines("registry-mirror", "docker.io=http://a:5000 quay.io=http://b:5001");
+        assert_eq!(
+            text,
+            "registry-mirror=docker.io=http://a:5000\nregistry-mirror=quay.io=http://b:5001\n"
+        );
+        let (cfg, errors) = NodeConfig::from_conf(&(text + &conf_lines("server", "https://cp:9443")));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(cfg.registry_mirrors.len(), 2);
+        assert_eq!(cfg.server.as_deref(), Some("https://cp:9443"));
+    }
 
     #[test]
     fn iso_label() {

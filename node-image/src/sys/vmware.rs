@@ -9,7 +9,9 @@
 //!
 //! On anything but VMware the port is not intercepted and the instruction would fault, so
 //! [`is_vmware`] (CPUID hypervisor vendor "VMwareVMware") must be checked first; [`Channel::open`]
-//! refuses to run otherwise. This cannot run under QEMU; the reply parsing is unit-tested.
+//! refuses to run otherwise; and since a VM can restrict the backdoor (then the instruction
+//! faults), PID 1 queries it from a child process (`/init guestinfo`). This cannot run under
+//! QEMU; the reply parsing is unit-tested.
 
 use std::io;
 
