@@ -269,10 +269,25 @@ impl Authorizer {
         headers: &HeaderMap,
     ) -> ApiResult<UserInfo> {
         let user = self.impersonate(user, headers)?;
-        let a = request_attributes(&user, method, path, query);
+        let mut a = request_attributes(&user, method, path, query);
+        // As upstream since 1.31: a websocket (GET) upgrade to exec, attach or portforward is
+        // authorized as the `create` that the same stream over a POST needs.
+        let streams = matches!(a.subresource.as_str(), "exec" | "attach" | "portforward");
+        if a.verb == "get" && a.resource == "pods" && streams && is_upgrade(headers) {
+            a.verb = "create".into();
+        }
         self.check(&a)?;
         Ok(user)
     }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && headers.contains_key(http::header::UPGRADE)
 }
 
 fn rbac_type(plural: &str) -> ApiResult<&'static ResourceType> {
@@ -809,7 +824,7 @@ mod tests {
         assert_eq!(ok.map(|u| u.name), Ok("jane".to_string()));
         let err = authz
             .admit(
-                admin,
+                admin.clone(),
                 &Method::GET,
                 "/api/v1/namespaces/kube-system/pods",
                 &[],
@@ -817,6 +832,26 @@ mod tests {
             )
             .expect_err("jane may not list kube-system");
         assert!(err.message.contains(r#"User "jane" cannot list resource "pods""#));
+        // A websocket exec is a create of pods/exec.
+        let ws = headers(&[
+            ("Impersonate-User", "jane"),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+        ]);
+        let err = authz
+            .admit(
+                admin,
+                &Method::GET,
+                "/api/v1/namespaces/default/pods/p/exec",
+                &[],
+                &ws,
+            )
+            .expect_err("view may not exec");
+        assert!(
+            err.message.contains(r#"cannot create resource "pods/exec""#),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
