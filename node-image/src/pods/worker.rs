@@ -186,10 +186,13 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
         start_time: SystemTime::now(),
     };
     let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
-    let setup = tokio::spawn(setup(ctx.clone(), stop_rx));
+    let mut setup = tokio::spawn(setup(ctx.clone(), stop_rx));
+    let mut set_up: Option<(Option<Sandbox>, Vec<JoinHandle<()>>)> = None;
+    let mut released = false;
     reporter.send(&ctx, false);
 
-    // Running: follow the desired state and report changes.
+    // Running: follow the desired state and report changes. A pod that has finished for good
+    // (Succeeded/Failed) gives its sandbox and pod IP back at once, as the kubelet does.
     let deleting = loop {
         let deleting = ctx.desired().pod.metadata.deletion_timestamp.is_some();
         if deleting {
@@ -203,27 +206,34 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
                     None => break false,
                 }
             }
-            _ = ctx.changed.notified() => reporter.send(&ctx, false),
+            _ = ctx.changed.notified() => {
+                let phase = reporter.send(&ctx, false);
+                let terminal = phase == "Succeeded" || phase == "Failed";
+                if let (true, false, Some((sandbox, _))) = (terminal, released, set_up.as_mut()) {
+                    released = true;
+                    release(&ctx, sandbox.take()).await;
+                    reporter.send(&ctx, false);
+                }
+            }
+            r = &mut setup, if set_up.is_none() => {
+                set_up = Some(r.unwrap_or_default());
+                ctx.changed.notify_one();
+            }
         }
     };
 
     // Stopping: containers first (graceful), then the sandbox and the pod's leftovers.
     let grace = Duration::from_secs(ctx.desired().pod.grace_seconds());
     let _ = stop_tx.send(Some(grace));
-    let (sandbox, tasks) = setup.await.unwrap_or_default();
+    let (sandbox, tasks) = match set_up {
+        Some(x) => x,
+        None => setup.await.unwrap_or_default(),
+    };
     for t in tasks {
         let _ = t.await;
     }
-    if let Some(s) = sandbox {
-        s.stop().await;
-    }
-    if ctx.wants_netns() {
-        if let Err(e) = network_agent::detach(uid.clone()).await {
-            eprintln!(
-                "keel: pod {}: detaching from the pod network: {e}",
-                ctx.desired().pod.key()
-            );
-        }
+    if !released {
+        release(&ctx, sandbox).await;
     }
     shared.cgroups.remove(&uid, None);
     let _ = std::fs::remove_dir_all(&ctx.dir);
@@ -238,6 +248,22 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
         }
     }
     shared.outbox.forget(&uid);
+}
+
+/// Stops the sandbox and gives the pod's address back to the pod network.
+async fn release(ctx: &PodCtx, sandbox: Option<Sandbox>) {
+    if let Some(s) = sandbox {
+        s.stop().await;
+    }
+    *lock(&ctx.sandbox) = None;
+    if ctx.wants_netns() {
+        if let Err(e) = network_agent::detach(ctx.uid.clone()).await {
+            eprintln!(
+                "keel: pod {}: detaching from the pod network: {e}",
+                ctx.desired().pod.key()
+            );
+        }
+    }
 }
 
 /// Brings the pod up: sandbox, its place on the pod network (retried with back-off until the
@@ -336,7 +362,8 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn send(&mut self, ctx: &PodCtx, gone: bool) {
+    /// Reports the pod's status; returns its phase.
+    fn send(&mut self, ctx: &PodCtx, gone: bool) -> String {
         let d = ctx.desired();
         let views: Vec<ContainerView> = lock(&ctx.views).clone();
         let init_views: Vec<ContainerView> = lock(&ctx.init_views).clone();
@@ -359,5 +386,6 @@ impl Reporter {
             status_json: serde_json::to_vec(&status).unwrap_or_default(),
             gone,
         });
+        status["phase"].as_str().unwrap_or_default().to_string()
     }
 }
