@@ -408,6 +408,16 @@ async fn resource(server: &ApiServer, p: ResourcePath, r: &Req) -> ApiResult<Res
             Method::GET if r.flag("watch") => watch_response(server, rt, ns, r).await,
             Method::GET => {
                 let params = r.list_params();
+                if r.wants() == Format::Json {
+                    if let Some(bytes) = objects.list_raw(rt, ns, &params).await? {
+                        return Ok(bytes_response(
+                            StatusCode::OK,
+                            "application/json",
+                            Bytes::from(bytes),
+                            &[],
+                        ));
+                    }
+                }
                 let list = objects.list(rt, ns, &params).await?;
                 list_response(rt, list, r)
             }
