@@ -16,6 +16,7 @@
 //! * [`endpointslice`]: EndpointSlices mirrored from Endpoints.
 //! * [`namespace_defaults`]: each namespace's `default` ServiceAccount and `kube-root-ca.crt`.
 //! * [`volume_binder`]: PersistentVolumes Available/Released, claims bound to the smallest fit.
+//! * [`taint_eviction`]: pods evicted by `NoExecute` taints; pods of deleted nodes removed.
 //!
 //! Entry point: [`run_all`].
 
@@ -31,6 +32,7 @@ pub mod namespace_defaults;
 pub mod pods;
 pub mod replicaset;
 pub mod runner;
+pub mod taint_eviction;
 pub mod volume_binder;
 
 use std::future::Future;
@@ -198,6 +200,16 @@ pub async fn run_all_with(
                 Arc::new(|_: &Value| Vec::new())
             })
             .run(volume_binder::reconcile_volume, binder.clone(), stopped()),
+    );
+    tasks.spawn(
+        Controller::new("taint-eviction", &informers, k.nodes)
+            .watches(k.pods, taint_eviction::pod_mapper())
+            .run_with_cleanup(
+                taint_eviction::reconcile,
+                Some(taint_eviction::cleanup()),
+                ctx.clone(),
+                stopped(),
+            ),
     );
     // Every controller has subscribed: now the watches may begin.
     informers.start();

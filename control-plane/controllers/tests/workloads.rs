@@ -458,3 +458,79 @@ async fn daemonset_runs_one_pod_per_eligible_node_and_rolls_updates() {
     let revisions = c.list("apps", "controllerrevisions", "default").await;
     assert_eq!(revisions.len(), 2);
 }
+
+async fn bound_pod(c: &Cluster, name: &str, node: &str, tolerations: Value) -> Value {
+    c.create(
+        "",
+        "pods",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+               "spec": {"nodeName": node, "tolerations": tolerations, "containers": [{"name": "c", "image": "busybox"}]}}),
+    )
+    .await
+}
+
+/// Gone, or being deleted.
+async fn evicted(c: &Cluster, name: &str) -> bool {
+    match c
+        .client
+        .get(support::rt("", "pods"), Some("default".into()), name.into())
+        .await
+    {
+        Err(e) => e.code == 404,
+        Ok(p) => pods::is_terminating(&p),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_execute_taints_evict_and_deleted_nodes_lose_their_pods() {
+    let c = Cluster::start().await;
+    ready_node(&c, "n1", json!([])).await;
+    ready_node(&c, "n2", json!([])).await;
+    c.run_controllers();
+    bound_pod(&c, "plain", "n1", json!([])).await;
+    bound_pod(
+        &c,
+        "patient",
+        "n1",
+        json!([{"key": "maintenance", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]),
+    )
+    .await;
+    bound_pod(&c, "stoic", "n1", json!([{"operator": "Exists"}])).await;
+
+    // The node is tainted for maintenance (the API server's default tolerations cover only
+    // not-ready and unreachable, for 300 s).
+    let now = keel_api::time::now_rfc3339();
+    c.patch(
+        "",
+        "nodes",
+        "",
+        "n1",
+        json!({"spec": {"taints": [{"key": "maintenance", "effect": "NoExecute", "timeAdded": now}]}}),
+    )
+    .await;
+    wait_for(10, "the untolerating pod evicted", || async {
+        evicted(&c, "plain").await.then_some(())
+    })
+    .await;
+    assert!(!evicted(&c, "patient").await, "tolerated for 2s");
+    wait_for(10, "the 2s toleration to run out", || async {
+        evicted(&c, "patient").await.then_some(())
+    })
+    .await;
+    assert!(!evicted(&c, "stoic").await, "tolerates everything");
+
+    // A deleted node's pods go at once, graceful or not.
+    bound_pod(&c, "on-n2", "n2", json!([])).await;
+    c.client
+        .delete(support::rt("", "nodes"), None, "n2".into(), Value::Null)
+        .await
+        .expect("delete node");
+    wait_for(10, "the pod of the deleted node gone", || async {
+        let r = c
+            .client
+            .get(support::rt("", "pods"), Some("default".into()), "on-n2".into())
+            .await;
+        matches!(r, Err(e) if e.code == 404).then_some(())
+    })
+    .await;
+}
