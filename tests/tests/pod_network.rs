@@ -6,7 +6,8 @@
 //! * each learns the other as its overlay peer (console);
 //! * pods talk across the overlay: a pod on keel-1 fetches from the echo pod on keel-2 by its
 //!   pod IP, and the server sees the client pod's own address;
-//! * a Service's ClusterIP works from keel-1 (nftables DNAT, then the overlay);
+//! * a Service's ClusterIP works from keel-1 (nftables DNAT, then the overlay), and its name
+//!   resolves at the node's cluster DNS (10.96.0.10);
 //! * a deleted Node's pod CIDR is free again and leaves the other node's peer set.
 
 use std::time::Duration;
@@ -149,6 +150,31 @@ fn two_nodes_get_pod_cidrs_an_overlay_and_traffic_across_it() {
         "{cluster_ip} is not in 10.96.0.0/12"
     );
     fetch_from(&lab, "fetch-svc", &format!("{cluster_ip}:80"), client_net);
+
+    // Cluster DNS on the node: the Service's name resolves to its ClusterIP at 10.96.0.10.
+    let lookup = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: lookup\nspec:\n  nodeName: keel-1\n  \
+         restartPolicy: Never\n  containers:\n  - name: lookup\n    image: busybox:1.35\n    \
+         command: [\"sh\", \"-c\", \"for i in $(seq 30); do nslookup echo.default.svc.cluster.local 10.96.0.10 | \
+         grep -q 'Address.*{cluster_ip}' && exit 0; sleep 1; done; exit 1\"]\n"
+    );
+    apply(&lab, &lookup);
+    let phase = wait_for("the lookup pod to finish", POD_READY_TIMEOUT, || match jsonpath(
+        &lab,
+        &["get", "pod", "lookup", "-o", "jsonpath={.status.phase}"],
+    )
+    .as_str()
+    {
+        p @ ("Succeeded" | "Failed") => Poll::Ready(p.to_string()),
+        other => Poll::Pending(other.to_string()),
+    })
+    .unwrap();
+    assert_eq!(
+        phase,
+        "Succeeded",
+        "echo.default.svc.cluster.local did not resolve to {cluster_ip}\n--- keel-1 ---\n{}",
+        lab.console("keel-1").unwrap_or_default()
+    );
 
     // Deleting keel-2's Node frees its pod CIDR and takes it out of keel-1's peers.
     kubectl_ok(&lab, &["delete", "node", "keel-2", "--wait=false"]);
