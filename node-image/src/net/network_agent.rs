@@ -3,11 +3,11 @@
 //! node's overlay endpoint, which the session reports at once), and the few process-wide
 //! accessors the rest of the agent uses: the report's `NetworkUnavailable` condition
 //! ([`network_condition`]), the session's service tables ([`offer_services`]: ClusterIPs in
-//! nftables, [`super::services`]; names at 10.96.0.10, [`super::dns`]) and, for the pod manager, [`attach`] and [`detach`] of pod
-//! sandboxes.
+//! nftables, [`super::services`]; Service names at 10.96.0.10, [`super::dns`]) and, for the pod
+//! manager, [`attach`] and [`detach`] of pod sandboxes.
 //!
-//! The loop is level-triggered: whenever the pod CIDR or the peer set changes,
-//! and every [`RESYNC`] regardless, it applies the whole desired state again
+//! The loop is level-triggered: whenever the pod CIDR, the peer set or the service table
+//! changes, and every [`RESYNC`] regardless, it applies the whole desired state again
 //! ([`NodeNet::apply`] is idempotent), so a device someone deleted comes back.
 
 use std::net::Ipv4Addr;
