@@ -12,10 +12,11 @@
 //! controller's replicas, preferred node affinity, and `PreferNoSchedule` taints.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use serde_json::Value;
 
+use crate::interpod::{Identity, PodAffinity, Violation};
 use crate::resources::{pod_request, PodRequest, Resources};
 
 const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
@@ -156,6 +157,10 @@ pub struct PodInfo {
     pub host_ports: Vec<(String, u16)>,
     /// The uid of the pod's controller, for spreading its replicas.
     pub owner: Option<String>,
+    /// Namespace and labels, for other pods' affinity terms.
+    pub identity: Arc<Identity>,
+    /// Inter-pod affinity and anti-affinity terms, if any.
+    pub affinity: Option<Arc<PodAffinity>>,
 }
 
 impl PodInfo {
@@ -209,6 +214,8 @@ impl PodInfo {
             })
             .unwrap_or_default();
         PodInfo {
+            identity: Arc::new(Identity::of(pod)),
+            affinity: PodAffinity::parse(pod).map(Arc::new),
             request: pod_request(pod),
             node_selector,
             required,
@@ -494,6 +501,9 @@ pub enum Reason<'a> {
     Taint(&'a Taint),
     Affinity,
     Ports,
+    PodAffinity,
+    PodAntiAffinity,
+    ExistingAntiAffinity,
     TooManyPods,
     Cpu,
     Memory,
@@ -508,10 +518,25 @@ impl std::fmt::Display for Reason<'_> {
             Reason::Taint(t) => write!(f, "node(s) had untolerated taint {{{}: {}}}", t.key, t.value),
             Reason::Affinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
             Reason::Ports => f.write_str("node(s) didn't have free ports for the requested pod ports"),
+            Reason::PodAffinity => f.write_str("node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::ExistingAntiAffinity => {
+                f.write_str("node(s) didn't satisfy existing pods anti-affinity rules")
+            }
             Reason::TooManyPods => f.write_str("Too many pods"),
             Reason::Cpu => f.write_str("Insufficient cpu"),
             Reason::Memory => f.write_str("Insufficient memory"),
             Reason::EphemeralStorage => f.write_str("Insufficient ephemeral-storage"),
+        }
+    }
+}
+
+impl From<Violation> for Reason<'_> {
+    fn from(v: Violation) -> Self {
+        match v {
+            Violation::Affinity => Reason::PodAffinity,
+            Violation::AntiAffinity => Reason::PodAntiAffinity,
+            Violation::ExistingAntiAffinity => Reason::ExistingAntiAffinity,
         }
     }
 }
@@ -523,7 +548,7 @@ pub struct Reasons<'a> {
 }
 
 impl<'a> Reasons<'a> {
-    fn one(r: Reason<'a>) -> Self {
+    pub fn one(r: Reason<'a>) -> Self {
         let mut out = Reasons::default();
         out.push(r);
         out

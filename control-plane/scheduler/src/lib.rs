@@ -3,6 +3,7 @@
 //!
 //! * [`filter`]: what a node must offer a pod (resources, selectors and node affinity, taints
 //!   and tolerations, host ports, schedulability and readiness) and how nodes are scored.
+//! * [`interpod`]: inter-pod affinity and anti-affinity.
 //! * [`resources`]: quantities and pod requests.
 //! * `scheduler`: the loop — incremental per-node state fed by watches, assumed decisions,
 //!   concurrent bindings, unschedulable pods retried when the cluster changes.
@@ -10,6 +11,7 @@
 //! Like the controllers, it uses only [`keel_api::client::ApiClient`]. Entry point: [`run`].
 
 pub mod filter;
+pub mod interpod;
 pub mod resources;
 mod scheduler;
 

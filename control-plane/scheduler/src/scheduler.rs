@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::filter::{fit_error_message, NodeInfo, PodInfo};
+use crate::filter::{fit_error_message, NodeInfo, PodInfo, Reasons};
+use crate::interpod::Constraints;
 use crate::Options;
 
 /// How long an unschedulable pod waits at most before it is tried again without any event.
@@ -88,6 +89,8 @@ pub(crate) struct Scheduler {
     assumed: HashMap<PodKey, String>,
     pending: HashMap<PodKey, Pending>,
     active: VecDeque<PodKey>,
+    /// Placed pods with required anti-affinity (every attempt must respect them).
+    anti_pods: usize,
     synced_pods: bool,
     synced_nodes: bool,
     binds: Arc<Semaphore>,
@@ -118,6 +121,10 @@ impl NodeTable {
             }
         };
         &mut self.slots[i]
+    }
+
+    fn get(&self, name: &str) -> Option<&NodeInfo> {
+        self.slots.get(*self.index.get(name)?)
     }
 
     fn get_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
@@ -163,6 +170,7 @@ impl Scheduler {
             assumed: HashMap::new(),
             pending: HashMap::new(),
             active: VecDeque::new(),
+            anti_pods: 0,
             synced_pods: false,
             synced_nodes: false,
             binds,
@@ -314,10 +322,24 @@ impl Scheduler {
     }
 
     fn count(&mut self, node: &str, info: &PodInfo) {
+        if info
+            .affinity
+            .as_ref()
+            .is_some_and(|a| !a.anti_required.is_empty())
+        {
+            self.anti_pods += 1;
+        }
         self.nodes.entry(node).add_pod(info);
     }
 
     fn uncount(&mut self, node: &str, info: &PodInfo) {
+        if info
+            .affinity
+            .as_ref()
+            .is_some_and(|a| !a.anti_required.is_empty())
+        {
+            self.anti_pods = self.anti_pods.saturating_sub(1);
+        }
         if let Some(n) = self.nodes.get_mut(node) {
             n.remove_pod(info);
             if !n.known && n.requested.pods <= 0 {
@@ -475,6 +497,13 @@ impl Scheduler {
         if p.wait != Wait::Active {
             return;
         }
+        let constraints = (p.info.affinity.is_some() || self.anti_pods > 0).then(|| {
+            let placed = self.assigned.values().filter_map(|(node, info)| {
+                let labels = &self.nodes.get(node)?.labels;
+                Some((&*info.identity, info.affinity.as_deref(), labels))
+            });
+            Constraints::build(&p.info.identity, p.info.affinity.as_deref(), placed)
+        });
         let slots = &self.nodes.slots;
         let n = slots.len();
         let known = self.nodes.known;
@@ -489,7 +518,11 @@ impl Scheduler {
             if !node.known {
                 continue;
             }
-            match node.fits(&p.info) {
+            let fits = node.fits(&p.info).and_then(|()| match &constraints {
+                Some(c) => c.check(&node.labels).map_err(|v| Reasons::one(v.into())),
+                None => Ok(()),
+            });
+            match fits {
                 Ok(()) => {
                     feasible.push(node);
                     if feasible.len() >= wanted {
@@ -515,7 +548,7 @@ impl Scheduler {
             self.unschedulable(key, message);
             return;
         }
-        let best = pick(&feasible, &p.info).name.clone();
+        let best = pick(&feasible, &p.info, constraints.as_ref()).name.clone();
         let info = p.info.clone();
         let rv = p
             .pod
@@ -614,7 +647,15 @@ impl Scheduler {
 
 /// The best of the feasible nodes: least allocated (weight 1), fewest replicas of the same
 /// controller (2), preferred affinity (2), fewest untolerated `PreferNoSchedule` taints (3).
-fn pick<'a>(feasible: &[&'a NodeInfo], pod: &PodInfo) -> &'a NodeInfo {
+fn pick<'a>(feasible: &[&'a NodeInfo], pod: &PodInfo, constraints: Option<&Constraints>) -> &'a NodeInfo {
+    let inter: Vec<i64> = feasible
+        .iter()
+        .map(|n| constraints.map_or(0, |c| c.score(&n.labels)))
+        .collect();
+    let (lo, hi) = (
+        inter.iter().copied().min().unwrap_or(0),
+        inter.iter().copied().max().unwrap_or(0),
+    );
     let counts: Vec<i64> = feasible
         .iter()
         .map(|n| n.replicas_of(pod.owner.as_ref()))
@@ -642,7 +683,12 @@ fn pick<'a>(feasible: &[&'a NodeInfo], pod: &PodInfo) -> &'a NodeInfo {
         } else {
             100 * (max_pref - prefs[i]) / max_pref
         };
-        let score = node.least_allocated(pod) + 2 * spread + 2 * affinity + 3 * taints;
+        let pods_affinity = if hi == lo {
+            0
+        } else {
+            100 * (inter[i] - lo) / (hi - lo)
+        };
+        let score = node.least_allocated(pod) + 2 * spread + 2 * affinity + 3 * taints + 2 * pods_affinity;
         if score > best_score {
             best_score = score;
             best = i;
@@ -831,9 +877,9 @@ mod tests {
             &json!({"metadata": {"ownerReferences": [{"uid": "rs1", "controller": true}]}, "spec": {"containers": [{}]}}),
         );
         a.add_pod(&pod);
-        assert_eq!(pick(&[&a, &b], &pod).name, "b");
+        assert_eq!(pick(&[&a, &b], &pod, None).name, "b");
         b.add_pod(&pod);
         b.add_pod(&pod);
-        assert_eq!(pick(&[&a, &b], &pod).name, "a");
+        assert_eq!(pick(&[&a, &b], &pod, None).name, "a");
     }
 }

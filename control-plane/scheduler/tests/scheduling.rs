@@ -104,6 +104,21 @@ impl Cluster {
             .expect("get pod")
     }
 
+    async fn events_of_reason(&self, reason: &str) -> Vec<Value> {
+        let list = self
+            .client
+            .list(rt("events"), Some("default".into()), ListParams::default())
+            .await
+            .expect("events");
+        list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["reason"] == reason)
+            .collect()
+    }
+
     async fn events_of(&self, name: &str) -> Vec<Value> {
         let list = self
             .client
@@ -411,4 +426,38 @@ async fn deployment_replicas_spread_and_daemon_pods_stay_pinned() {
     let (web, agent) = placed;
     assert_eq!(agent, ["a", "b", "c"]);
     assert!(web.values().all(|n| *n == 2), "replicas spread evenly: {web:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_puts_one_replica_per_node() {
+    let c = Cluster::start().await;
+    for n in ["a", "b", "c"] {
+        c.node(n, "4", json!([])).await;
+    }
+    c.run_scheduler(keel_scheduler::Options::default());
+    for i in 0..4 {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("r{i}"), "namespace": "default", "labels": {"app": "ha"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}],
+                     "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {"app": "ha"}}, "topologyKey": "kubernetes.io/hostname"}]}}}});
+        c.client
+            .create(rt("pods"), Some("default".into()), pod, WriteOptions::default())
+            .await
+            .expect("pod");
+    }
+    let expected = "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.";
+    let event = wait_for(20, "one replica left over", || async {
+        c.events_of_reason("FailedScheduling").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(event["message"], expected);
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        if let Some(n) = node_name(&c.get_pod(&format!("r{i}")).await) {
+            nodes.push(n);
+        }
+    }
+    nodes.sort();
+    assert_eq!(nodes, ["a", "b", "c"]);
 }
