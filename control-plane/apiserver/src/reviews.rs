@@ -68,7 +68,12 @@ pub async fn handle(
                 {
                     body["spec"]["resourceAttributes"]["namespace"] = json!(ns);
                 }
-                body["metadata"]["namespace"] = json!(ns);
+                match body.get_mut("metadata") {
+                    Some(Value::Object(meta)) => {
+                        meta.insert("namespace".into(), json!(ns));
+                    }
+                    _ => body["metadata"] = json!({"namespace": ns}),
+                }
             }
             let subject = if rt.kind == "SelfSubjectAccessReview" {
                 user.clone()
