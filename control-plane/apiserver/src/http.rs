@@ -247,6 +247,10 @@ async fn handle(
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     };
+    if resp.status().is_success() {
+        // RBAC (crate::authz): a policy write is answered once the authorizer has it.
+        r.authz.written(&server.objects, &r.method, &r.path).await;
+    }
     tracing::debug!(method = %r.method, path = %r.path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
     resp
 }

@@ -109,13 +109,38 @@ impl Authorizer {
         for plural in KINDS {
             let rt = rbac_type(plural)?;
             let list = objects.list(rt, None, &ListParams::default()).await?;
-            for item in &list.items {
-                index.upsert(rt.kind, item);
-            }
+            index.replace_kind(rt.kind, &list.items, list.resource_version);
             revisions.push((rt, list.resource_version));
         }
         self.update(|ix| *ix = index);
         Ok(revisions)
+    }
+
+    /// Called after a successful write through the API: if it wrote one of the four RBAC kinds,
+    /// re-reads that kind, so that the next request already sees the write (read-your-writes for
+    /// the policy; the watch alone is only eventually consistent). Policy writes are rare, so
+    /// this list is cheap; authorization itself never lists.
+    pub async fn written(&self, objects: &Objects, method: &Method, path: &str) {
+        if *method == Method::GET || !path.contains("/rbac.authorization.k8s.io/") {
+            return;
+        }
+        let a = request_attributes(&UserInfo::default(), method, path, &[]);
+        let Some(rt) = KINDS
+            .iter()
+            .find(|k| **k == a.resource)
+            .and_then(|k| rbac_type(k).ok())
+        else {
+            return;
+        };
+        match objects.list(rt, None, &ListParams::default()).await {
+            Ok(list) => {
+                self.update(|ix| ix.replace_kind(rt.kind, &list.items, list.resource_version));
+                if rt.kind == "ClusterRole" {
+                    aggregate(&self.index(), objects).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, kind = rt.kind, "re-reading the RBAC policy"),
+        }
     }
 
     /// Upstream's decision for `a`: `system:masters` always, else RBAC.
@@ -335,13 +360,27 @@ async fn follow(
             while let Some((rt, ev)) = events.next().await {
                 let Some(a) = authz.upgrade() else { return };
                 match ev {
-                    Ok(ev) => match ev.kind {
-                        WatchEventKind::Added | WatchEventKind::Modified => {
-                            a.update(|ix| ix.upsert(rt.kind, &ev.object))
+                    Ok(ev) => {
+                        let rev = ev
+                            .object
+                            .pointer("/metadata/resourceVersion")
+                            .and_then(Value::as_str)
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(u64::MAX);
+                        match ev.kind {
+                            WatchEventKind::Added | WatchEventKind::Modified => a.update(|ix| {
+                                if !ix.has_seen(rt.kind, rev) {
+                                    ix.upsert(rt.kind, &ev.object)
+                                }
+                            }),
+                            WatchEventKind::Deleted => a.update(|ix| {
+                                if !ix.has_seen(rt.kind, rev) {
+                                    ix.remove(rt.kind, &ev.object)
+                                }
+                            }),
+                            WatchEventKind::Bookmark | WatchEventKind::Error => continue,
                         }
-                        WatchEventKind::Deleted => a.update(|ix| ix.remove(rt.kind, &ev.object)),
-                        WatchEventKind::Bookmark | WatchEventKind::Error => continue,
-                    },
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "the RBAC watch ended; relisting");
                         break;

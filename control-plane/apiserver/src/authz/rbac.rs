@@ -265,6 +265,9 @@ pub struct Index {
     /// ClusterRole name → its effective rules (aggregation resolved), recomputed whenever a
     /// ClusterRole changes so that a request only walks bindings.
     effective: HashMap<String, Vec<PolicyRule>>,
+    /// Per kind, the store revision of the last full list: events at or below it are already
+    /// reflected (and replaying them would step back in time).
+    floors: HashMap<String, u64>,
 }
 
 /// What a visit of the applicable rules found.
@@ -307,6 +310,33 @@ impl Index {
             }
             _ => {}
         }
+    }
+
+    /// Replaces every object of one kind with a list taken at store revision `revision`; a list
+    /// older than what the index already reflects is ignored.
+    pub fn replace_kind(&mut self, kind: &str, items: &[Value], revision: u64) {
+        if self.floors.get(kind).is_some_and(|f| revision < *f) {
+            return;
+        }
+        match kind {
+            "Role" => self.roles.clear(),
+            "ClusterRole" => self.cluster_roles.clear(),
+            "RoleBinding" => self.role_bindings.clear(),
+            "ClusterRoleBinding" => self.cluster_role_bindings.clear(),
+            _ => return,
+        }
+        for item in items {
+            self.upsert(kind, item);
+        }
+        if kind == "ClusterRole" {
+            self.resolve();
+        }
+        self.floors.insert(kind.to_string(), revision);
+    }
+
+    /// Whether a watch event of `kind` at store revision `revision` is already reflected.
+    pub fn has_seen(&self, kind: &str, revision: u64) -> bool {
+        self.floors.get(kind).is_some_and(|f| revision <= *f)
     }
 
     pub fn remove(&mut self, kind: &str, obj: &Value) {
@@ -718,6 +748,34 @@ mod tests {
         assert!(ix
             .authorize(&attrs(jane, "list", "", "pods", "", "default", ""))
             .is_err());
+    }
+
+    #[test]
+    fn fresh_lists_replace_a_kind_and_older_events_are_ignored() {
+        let mut ix = seed_index();
+        let jane = user("jane", &[]);
+        // A list at revision 10 without jane's binding replaces the RoleBindings.
+        let dave = json!({"metadata": {"namespace": "development", "name": "read-secrets", "resourceVersion": "9"}, "subjects": [{"kind": "User", "name": "dave"}], "roleRef": {"kind": "ClusterRole", "name": "secret-reader"}});
+        ix.replace_kind("RoleBinding", std::slice::from_ref(&dave), 10);
+        assert!(ix
+            .authorize(&attrs(jane.clone(), "list", "", "pods", "", "default", ""))
+            .is_err());
+        assert!(ix.has_seen("RoleBinding", 10));
+        assert!(!ix.has_seen("RoleBinding", 11));
+        assert!(!ix.has_seen("Role", 1));
+        // An older list does not step back.
+        ix.replace_kind("RoleBinding", &[], 5);
+        assert!(ix
+            .authorize(&attrs(
+                user("dave", &[]),
+                "get",
+                "",
+                "secrets",
+                "",
+                "development",
+                "s"
+            ))
+            .is_ok());
     }
 
     #[test]
