@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use common::Server;
 use keel_lab::Kubectl;
@@ -54,13 +53,10 @@ fn fails(s: &Server, k: &Kubectl, args: &[&str]) -> String {
     out.stderr.trim_end().to_string()
 }
 
-/// Retries `f` until it holds (grants reach the authorizer through a watch).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Asserts that `f` holds right away: a policy write is answered only once the authorizer has
+/// it, so what kubectl does next already sees it (read-your-writes).
+fn holds(what: &str, f: impl FnOnce() -> bool) {
+    assert!(f(), "does not hold right after the write: {what}");
 }
 
 /// `kubectl auth can-i …`'s answer (`yes` or `no`).
@@ -135,7 +131,7 @@ fn token_users_are_forbidden_until_granted_and_only_where_granted() {
             "--user=bob",
         ],
     );
-    eventually("bob lists pods in team", || {
+    holds("bob lists pods in team", || {
         bob.run(&["get", "pods", "-n", "team"]).is_ok_and(|o| o.success())
     });
     let names = s.ok(&bob, &["get", "pods", "-n", "team", "-o", "name"]);
@@ -175,7 +171,7 @@ fn token_users_are_forbidden_until_granted_and_only_where_granted() {
             "--group=devs",
         ],
     );
-    eventually("devs list deployments everywhere", || {
+    holds("devs list deployments everywhere", || {
         bob.run(&["get", "deployments", "-A"]).is_ok_and(|o| o.success())
     });
     s.ok(&bob, &["get", "deployments", "-n", "kube-system"]);
@@ -208,7 +204,7 @@ fn token_users_are_forbidden_until_granted_and_only_where_granted() {
             "--user=carol",
         ],
     );
-    eventually("carol reads configmap one", || {
+    holds("carol reads configmap one", || {
         carol.run(&["get", "configmap", "one"]).is_ok_and(|o| o.success())
     });
     let k = s.ok(&carol, &["get", "configmap", "one", "-o", "jsonpath={.data.k}"]);
@@ -224,7 +220,7 @@ fn token_users_are_forbidden_until_granted_and_only_where_granted() {
 
     // Deleting the binding takes the grant away.
     s.ok(&admin, &["delete", "rolebinding", "bob-reads", "-n", "team"]);
-    eventually("bob loses pods in team", || {
+    holds("bob loses pods in team", || {
         bob.run(&["get", "pods", "-n", "team"])
             .is_ok_and(|o| !o.success())
     });
@@ -250,7 +246,7 @@ fn token_users_are_forbidden_until_granted_and_only_where_granted() {
             "--user=bob",
         ],
     );
-    eventually("bob acts as carol", || {
+    holds("bob acts as carol", || {
         bob.run(&["get", "configmap", "one", "--as", "carol"])
             .is_ok_and(|o| o.success())
     });
@@ -329,7 +325,7 @@ fn can_i_and_reviews_answer_from_the_policy() {
             "--user=jane",
         ],
     );
-    eventually("jane views team", || {
+    holds("jane views team", || {
         can_i(&k, &["list", "pods", "-n", "team", "--as", "jane"]) == "yes"
     });
     assert_eq!(
@@ -387,13 +383,13 @@ fn can_i_and_reviews_answer_from_the_policy() {
             "rbac.authorization.k8s.io/aggregate-to-view=true",
         ],
     );
-    eventually("view aggregates lease-viewer", || {
+    holds("view aggregates lease-viewer", || {
         can_i(
             &k,
             &["list", "leases.coordination.k8s.io", "-n", "team", "--as", "jane"],
         ) == "yes"
     });
-    eventually("admin shows the aggregated rules", || {
+    holds("admin shows the aggregated rules", || {
         let rules = s.ok(
             &k,
             &[
@@ -444,7 +440,7 @@ fn roles_and_bindings_grant_no_more_than_their_writer_holds() {
         .to_string();
     s.ok(&k, &["apply", "-f", &grantor]);
     let ns = "user-1-namespace";
-    eventually("user-1 may create rolebindings", || {
+    holds("user-1 may create rolebindings", || {
         can_i(&k, &["create", "rolebindings", "-n", ns, "--as", "user-1"]) == "yes"
     });
     // Binding admin is allowed by `bind`, though user-1 does not hold admin's rules.
@@ -484,7 +480,7 @@ fn roles_and_bindings_grant_no_more_than_their_writer_holds() {
         "{err}"
     );
     // u2, now admin of the namespace, may write roles with what admin holds, and no more.
-    eventually("u2 administers user-1-namespace", || {
+    holds("u2 administers user-1-namespace", || {
         can_i(&k, &["create", "roles", "-n", ns, "--as", "u2"]) == "yes"
     });
     s.ok(
