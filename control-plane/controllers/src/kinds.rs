@@ -18,6 +18,7 @@ pub struct Kinds {
     pub daemon_sets: &'static ResourceType,
     pub controller_revisions: &'static ResourceType,
     pub jobs: &'static ResourceType,
+    pub cron_jobs: &'static ResourceType,
 }
 
 fn find(group: &str, plural: &'static str) -> Result<&'static ResourceType, Error> {
@@ -38,6 +39,7 @@ impl Kinds {
             daemon_sets: find("apps", "daemonsets")?,
             controller_revisions: find("apps", "controllerrevisions")?,
             jobs: find("batch", "jobs")?,
+            cron_jobs: find("batch", "cronjobs")?,
         })
     }
 }

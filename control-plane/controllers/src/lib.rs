@@ -13,6 +13,7 @@
 //! * [`daemonset`]: DaemonSets (a pod per eligible node, ControllerRevisions, rolling update).
 //! * [`endpoints`]: the Endpoints of Services with selectors.
 //! * [`job`]: Jobs (completions, parallelism, backoff limit, deadline, suspend).
+//! * [`cronjob`]: CronJobs (Jobs on a cron schedule, concurrency policy, history limits).
 //! * [`endpointslice`]: EndpointSlices mirrored from Endpoints.
 //! * [`namespace_defaults`]: each namespace's `default` ServiceAccount and `kube-root-ca.crt`.
 //! * [`volume_binder`]: PersistentVolumes Available/Released, claims bound to the smallest fit.
@@ -20,6 +21,7 @@
 //!
 //! Entry point: [`run_all`].
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -210,6 +212,11 @@ pub async fn run_all_with(
                 ctx.clone(),
                 stopped(),
             ),
+    );
+    tasks.spawn(
+        Controller::new("cronjob", &informers, k.cron_jobs)
+            .owns(k.jobs)
+            .run(cronjob::reconcile, ctx.clone(), stopped()),
     );
     // Every controller has subscribed: now the watches may begin.
     informers.start();

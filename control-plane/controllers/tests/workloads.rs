@@ -534,3 +534,60 @@ async fn no_execute_taints_evict_and_deleted_nodes_lose_their_pods() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_starts_the_missed_run_and_tracks_it() {
+    let c = Cluster::start().await;
+    c.run_controllers();
+    let mut cj = c
+        .create(
+            "batch",
+            "cronjobs",
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick", "namespace": "default"},
+                   "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid",
+                            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure",
+                                "containers": [{"name": "c", "image": "busybox"}]}}}}}}),
+        )
+        .await;
+    // Pretend the last run was two minutes ago: a run is due now.
+    let two_minutes_ago =
+        jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 120).expect("time");
+    cj["status"] = json!({"lastScheduleTime": keel_api::time::format_rfc3339(two_minutes_ago)});
+    let rt_cj = support::rt("batch", "cronjobs");
+    for _ in 0..20 {
+        let mut fresh = c.get("batch", "cronjobs", "default", "tick").await;
+        fresh["status"] = cj["status"].clone();
+        if c.client
+            .update(
+                rt_cj,
+                Some("default".into()),
+                fresh,
+                Some("status".into()),
+                keel_api::client::WriteOptions::default(),
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    let job = wait_for(20, "the due job", || async {
+        c.list("batch", "jobs", "default").await.into_iter().next()
+    })
+    .await;
+    let minutes: i64 = job["metadata"]["name"]
+        .as_str()
+        .and_then(|n| n.strip_prefix("tick-"))
+        .and_then(|m| m.parse().ok())
+        .expect("job named tick-<minutes>");
+    assert!(
+        minutes * 60 > two_minutes_ago.as_second(),
+        "the most recent missed time"
+    );
+    assert!(job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"].is_string());
+    wait_for(20, "the job listed as active", || async {
+        let cj = c.get("batch", "cronjobs", "default", "tick").await;
+        (cj["status"]["active"][0]["name"] == job["metadata"]["name"]).then_some(())
+    })
+    .await;
+}
