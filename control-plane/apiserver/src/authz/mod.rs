@@ -893,6 +893,79 @@ mod tests {
         );
     }
 
+    /// Objects over an embedded store in a fresh directory (removed when dropped).
+    struct TempObjects {
+        dir: std::path::PathBuf,
+        objects: Arc<Objects>,
+    }
+
+    impl Drop for TempObjects {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn temp_objects(name: &str) -> TempObjects {
+        let dir = std::env::temp_dir().join(format!("keel-authz-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = keel_store::embedded::EmbeddedStore::open(&dir, Default::default()).expect("store");
+        let objects = Arc::new(Objects::new(Arc::new(store), Arc::new(crate::Config::default())));
+        TempObjects { dir, objects }
+    }
+
+    #[tokio::test]
+    async fn the_index_follows_the_store_and_bootstraps_the_policy() {
+        let t = temp_objects("follow");
+        crate::bootstrap::ensure(&t.objects).await.expect("namespaces");
+        let authz = Authorizer::start(t.objects.clone()).await;
+        let jane = UserInfo::authenticated("jane", "", vec![]);
+        let list = request_attributes(&jane, &Method::GET, "/api/v1/namespaces/default/pods", &[]);
+        assert!(!authz.authorize(&list).allowed);
+        let discovery = request_attributes(&jane, &Method::GET, "/apis", &[]);
+        assert!(
+            authz.authorize(&discovery).allowed,
+            "the bootstrap policy is loaded"
+        );
+
+        // A binding written behind the API's back (in process) arrives through the watch.
+        let rb = rbac_type("rolebindings").expect("rolebindings");
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "jane-view", "namespace": "default"},
+            "subjects": [{"kind": "User", "name": "jane"}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        });
+        let mut ctx = crate::objects::WriteCtx::default();
+        t.objects
+            .create(rb, Some("default"), binding, &mut ctx)
+            .await
+            .expect("create");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !authz.authorize(&list).allowed {
+            assert!(std::time::Instant::now() < deadline, "the grant never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The aggregated view role was written back with its rules.
+        let view = t
+            .objects
+            .get(rbac_type("clusterroles").expect("clusterroles"), None, "view")
+            .await
+            .expect("view");
+        assert!(view["rules"].as_array().is_some_and(|r| !r.is_empty()), "{view}");
+
+        t.objects
+            .delete(rb, Some("default"), "jane-view", &serde_json::json!({}), &mut ctx)
+            .await
+            .expect("delete");
+        while authz.authorize(&list).allowed {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the revocation never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[test]
     fn review_specs_become_attributes() {
         let spec = json!({"resourceAttributes": {"namespace": "d", "verb": "get", "resource": "pods", "subresource": "log", "name": "p"}});
