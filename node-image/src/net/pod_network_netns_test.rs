@@ -238,6 +238,35 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
         .expect("service answered the node")
         .expect("read");
     assert_eq!(text, "from the node");
+    // Same node: a second pod on node a reaches pod a over the bridge, directly and through a
+    // Service (the reply is bridged back and un-NATed by conntrack: bridge netfilter).
+    let pod_a2 = ns().expect("pod a2");
+    let ip_a2 = in_netns(&node_a.path, || {
+        a.attach(&pod_a2.path, "uid-a2").map_err(io::Error::other)
+    })
+    .expect("attach a2");
+    assert_eq!(ip_a2.ip, ip("10.244.1.3"));
+    let rx = serve_once(&pod_a, SocketAddr::from((ip_a.ip, 7781)));
+    send_from(&pod_a2, SocketAddr::from((ip_a.ip, 7781)), "neighbour").expect("pod a2 → pod a");
+    let (peer, _) = rx.recv_timeout(DEADLINE).expect("pod a answered").expect("read");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(ip_a2.ip));
+    let local = services::ServicePort {
+        cluster_ip: ip("10.96.0.21"),
+        protocol: services::Protocol::Tcp,
+        port: 81,
+        endpoints: vec![(ip_a.ip, 7782)],
+    };
+    in_netns(&node_a.path, || services::apply(&[web.clone(), local])).expect("services");
+    let rx = serve_once(&pod_a, SocketAddr::from((ip_a.ip, 7782)));
+    send_from(&pod_a2, SocketAddr::from((ip("10.96.0.21"), 81)), "same node")
+        .expect("pod a2 → service → pod a");
+    let (peer, text) = rx
+        .recv_timeout(DEADLINE)
+        .expect("local service answered")
+        .expect("read");
+    assert_eq!(text, "same node");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(ip_a2.ip));
+
     // No endpoints: the rule goes, and the ClusterIP answers nothing.
     in_netns(&node_a.path, || services::apply(&[])).expect("services emptied");
 
