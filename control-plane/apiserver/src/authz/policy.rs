@@ -4,7 +4,10 @@
 //! `cluster-admin` for `system:masters`; discovery, public info and self reviews for every
 //! authenticated user; the user-facing `admin`, `edit` and `view` (aggregated from the
 //! `system:aggregate-to-*` roles, so added roles can extend them); `system:node` for nodes and
-//! `system:node-bootstrapper` for bootstrap tokens (which may ask for node certificates).
+//! `system:node-bootstrapper` for bootstrap tokens (which may ask for node certificates); and
+//! upstream's component roles people bind to (`system:auth-delegator`, `system:monitoring`,
+//! `system:heapster`, `system:kube-dns`, `system:node-proxier`, metrics-server's
+//! `system:aggregated-metrics-reader`).
 //! Created at start when missing, never overwritten: an operator's change to a default sticks,
 //! as with upstream's `rbac.authorization.kubernetes.io/autoupdate: "false"`.
 
@@ -293,8 +296,13 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["networking.k8s.io"],
                     &["ingresses", "ingresses/status", "networkpolicies"],
                 ),
-                rule(READ, &["metrics.k8s.io"], &["pods", "nodes"]),
             ],
+        ),
+        // What metrics-server ships, for the metrics.k8s.io API keel serves itself.
+        cluster_role(
+            "system:aggregated-metrics-reader",
+            &[(AGG_VIEW, "true"), (AGG_EDIT, "true"), (AGG_ADMIN, "true")],
+            vec![rule(READ, &["metrics.k8s.io"], &["pods", "nodes"])],
         ),
         cluster_role(
             "system:node",
@@ -351,6 +359,50 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
         ),
         cluster_role(
+            "system:monitoring",
+            &[],
+            vec![url_rule(
+                &["get"],
+                &[
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
+                ],
+            )],
+        ),
+        cluster_role(
+            "system:heapster",
+            &[],
+            vec![
+                rule(READ, &[""], &["events", "namespaces", "nodes", "pods"]),
+                rule(READ, &["extensions"], &["deployments"]),
+            ],
+        ),
+        cluster_role(
+            "system:kube-dns",
+            &[],
+            vec![rule(&["list", "watch"], &[""], &["endpoints", "services"])],
+        ),
+        cluster_role(
+            "system:node-proxier",
+            &[],
+            vec![
+                rule(&["list", "watch"], &[""], &["endpoints", "services"]),
+                rule(&["get", "list", "watch"], &[""], &["nodes"]),
+                rule(
+                    &["create", "patch", "update"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
+                rule(&["list", "watch"], &["discovery.k8s.io"], &["endpointslices"]),
+            ],
+        ),
+        cluster_role(
             "system:auth-delegator",
             &[],
             vec![
@@ -376,6 +428,7 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:public-info-viewer",
             &["system:authenticated", "system:unauthenticated"],
         ),
+        binding("system:monitoring", "system:monitoring", &["system:monitoring"]),
         binding("system:node", "system:node", &["system:nodes"]),
         binding(
             "system:node-bootstrapper",
@@ -479,6 +532,9 @@ mod tests {
             .authorize(&res(&u("v"), "list", "apps", "deployments", "team"))
             .is_ok());
         assert!(ix.authorize(&res(&u("v"), "get", "", "secrets", "team")).is_err());
+        assert!(ix
+            .authorize(&res(&u("v"), "list", "metrics.k8s.io", "pods", "team"))
+            .is_ok());
         assert!(ix.authorize(&res(&u("e"), "get", "", "secrets", "team")).is_ok());
         assert!(ix
             .authorize(&res(&u("e"), "list", "apps", "deployments", "team"))
