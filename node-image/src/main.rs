@@ -6,8 +6,9 @@
 //! * `/init` (PID 1): brings the system up and supervises the agent ([`init`]).
 //! * `/sbin/modprobe` (called by the kernel to autoload modules) or `keel-node modprobe NAME…`.
 //! * `keel-node agent`: the node agent, a child of PID 1 that it restarts if it dies ([`agent`]).
-//! * `keel-node container CONFIG` and `keel-node sandbox HOSTNAME`: the runtime's helpers, which
-//!   the agent starts for each container and pod sandbox ([`runtime`]).
+//! * `keel-node container CONFIG`, `keel-node sandbox HOSTNAME` and `keel-node exec PID -- CMD`:
+//!   the runtime's helpers, which the agent starts for each container, pod sandbox and command
+//!   run in a container ([`runtime`]).
 //! * `keel-node selfcheck pivot` and `keel-node guestinfo`: PID 1's helpers for what could
 //!   crash or must not touch PID 1's own mount namespace (the pivot_root boot check, the VMware
 //!   backdoor query).
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         Some("agent") => agent::main(&rest[1..]),
         Some("container") => runtime::container::helper_main(&rest[1..]),
         Some("sandbox") => runtime::sandbox::helper_main(&rest[1..]),
+        Some("exec") => runtime::exec::helper_main(&rest[1..]),
         Some("modprobe") => init::modprobe_main(&rest[1..]),
         Some("selfcheck") => init::selfcheck_main(&rest[1..]),
         Some("guestinfo") => init::guestinfo_main(),

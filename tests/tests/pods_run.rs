@@ -151,6 +151,11 @@ fn pod_manifest(name: &str, image: &str, script: &str, restart: &str) -> String 
     let mut pod: serde_json::Value =
         serde_json::from_str(&pod_json(name, image, script, restart)).expect("pod JSON");
     let c = &mut pod["spec"]["containers"][0];
+    if name == "hello" {
+        // Ready only once an exec probe ran in the container (its env, its PATH).
+        c["readinessProbe"] = serde_json::json!({"exec": {"command": ["sh", "-c", "test $GREETING = hello"]},
+            "periodSeconds": 1});
+    }
     if name == "web" {
         c["ports"] = serde_json::json!([{"name": "http", "containerPort": 8080}]);
         c["readinessProbe"] =
@@ -242,7 +247,8 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
         std::thread::sleep(Duration::from_millis(250));
     }
 
-    // A long-running pod: pulled from the mirror, Running 1/1 with an IP.
+    // A long-running pod: pulled from the mirror, Running 1/1 (its exec readiness probe passed)
+    // with an IP.
     let created = Instant::now();
     s.apply(
         &k,

@@ -233,6 +233,10 @@ impl ContainerTask {
                 c.liveness_probe.clone(),
                 self.ctx.pod_ip(),
                 c.ports.clone(),
+                self.ctx
+                    .container_dir(&c.name, run_number)
+                    .join("bundle")
+                    .join(container::PID_FILE),
                 probe_tx,
             ));
             let mut stop = self.stop.clone();

@@ -1,5 +1,5 @@
-//! Readiness and liveness probes, `tcpSocket` and `httpGet` (first slice; `exec` probes need
-//! entering the container and come with `kubectl exec`).
+//! Readiness and liveness probes: `tcpSocket`, `httpGet` and `exec` (through the
+//! `keel-node exec` helper, [`crate::runtime::exec`]).
 //!
 //! While a container runs, [`run`] probes it from the agent (the host's network namespace
 //! reaches every pod address through `cni0`) with the kubelet's timing: `initialDelaySeconds`,
@@ -8,6 +8,7 @@
 //! readiness flips (the container's `ready`, hence the pod's Ready condition and the Service
 //! endpoints) and liveness failures (the container is killed and restarted by its policy).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,6 +16,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+use crate::runtime::exec;
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
@@ -75,7 +78,7 @@ pub fn resolve_port(port: &Value, ports: &[ContainerPort]) -> Option<u16> {
 }
 
 /// One try. `Ok(())` is success; the error says what failed, in the kubelet's words.
-pub async fn check(p: &Probe, pod_ip: &str, ports: &[ContainerPort]) -> Result<(), String> {
+pub async fn check(p: &Probe, pod_ip: &str, ports: &[ContainerPort], pid_file: &Path) -> Result<(), String> {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1));
     if let Some(t) = &p.tcp_socket {
         let port = resolve_port(&t.port, ports).ok_or_else(|| format!("invalid port {}", t.port))?;
@@ -132,9 +135,28 @@ pub async fn check(p: &Probe, pod_ip: &str, ports: &[ContainerPort]) -> Result<(
             Err(_) => Err(format!("Get \"{url}\": context deadline exceeded")),
         };
     }
-    if p.exec.is_some() {
-        // Not run yet: counted as success so such pods still become Ready.
-        return Ok(());
+    if let Some(e) = &p.exec {
+        let cmd: Vec<String> = e
+            .get("command")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        if cmd.is_empty() {
+            return Err("exec probe without a command".into());
+        }
+        let pid: i32 = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .ok_or_else(|| "the container is not running".to_string())?;
+        return match exec::run(pid, &cmd, timeout).await {
+            Ok(o) if o.code == 0 => Ok(()),
+            Ok(o) => Err(format!(
+                "command {cmd:?} exited with {}: {}",
+                o.code,
+                String::from_utf8_lossy(&o.output).trim()
+            )),
+            Err(e) => Err(format!("command {cmd:?}: {e}")),
+        };
     }
     Err("the probe has no handler".into())
 }
@@ -187,16 +209,17 @@ pub async fn run(
     liveness: Option<Probe>,
     pod_ip: String,
     ports: Vec<ContainerPort>,
+    pid_file: PathBuf,
     tx: mpsc::Sender<ProbeEvent>,
 ) {
     let mut jobs = Vec::new();
     if let Some(p) = readiness {
-        let (tx, ip, ports) = (tx.clone(), pod_ip.clone(), ports.clone());
+        let (tx, ip, ports, pid_file) = (tx.clone(), pod_ip.clone(), ports.clone(), pid_file.clone());
         jobs.push(tokio::spawn(async move {
             let mut t = Tracker::new(&p, false);
             tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0))).await;
             loop {
-                let ok = check(&p, &ip, &ports).await.is_ok();
+                let ok = check(&p, &ip, &ports, &pid_file).await.is_ok();
                 if let Some(state) = t.record(ok) {
                     if tx.send(ProbeEvent::Ready(state)).await.is_err() {
                         return;
@@ -212,7 +235,7 @@ pub async fn run(
             let mut t = Tracker::new(&p, true);
             tokio::time::sleep(Duration::from_secs(p.initial_delay_seconds.unwrap_or(0))).await;
             loop {
-                let result = check(&p, &ip, &ports).await;
+                let result = check(&p, &ip, &ports, &pid_file).await;
                 if t.record(result.is_ok()) == Some(false) {
                     let msg = result.err().unwrap_or_default();
                     let _ = tx.send(ProbeEvent::Unhealthy(msg)).await;
@@ -287,17 +310,30 @@ mod tests {
         });
         let probe = |v: Value| -> Probe { serde_json::from_value(v).unwrap() };
         let tcp = probe(json!({"tcpSocket": {"port": port}}));
-        assert_eq!(check(&tcp, "127.0.0.1", &[]).await, Ok(()));
+        assert_eq!(
+            check(&tcp, "127.0.0.1", &[], Path::new("/nonexistent")).await,
+            Ok(())
+        );
         let ok = probe(json!({"httpGet": {"path": "/healthz", "port": port}}));
-        assert_eq!(check(&ok, "127.0.0.1", &[]).await, Ok(()));
+        assert_eq!(
+            check(&ok, "127.0.0.1", &[], Path::new("/nonexistent")).await,
+            Ok(())
+        );
         let bad = probe(json!({"httpGet": {"path": "/other", "port": port}}));
         assert_eq!(
-            check(&bad, "127.0.0.1", &[]).await,
+            check(&bad, "127.0.0.1", &[], Path::new("/nonexistent")).await,
             Err("HTTP probe failed with statuscode: 503".into())
         );
         // A closed port: connection refused.
         drop(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
         let closed = probe(json!({"tcpSocket": {"port": 1}}));
-        assert!(check(&closed, "127.0.0.1", &[]).await.is_err());
+        assert!(check(&closed, "127.0.0.1", &[], Path::new("/nonexistent"))
+            .await
+            .is_err());
+        let exec = probe(json!({"exec": {"command": ["true"]}}));
+        assert_eq!(
+            check(&exec, "127.0.0.1", &[], Path::new("/nonexistent")).await,
+            Err("the container is not running".into())
+        );
     }
 }

@@ -133,7 +133,8 @@ pub fn helper_main(args: &[String]) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    match run(&cfg) {
+    let pid_file = Path::new(path).with_file_name(PID_FILE);
+    match run(&cfg, &pid_file) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             // The log is in CRI format; so is this last word.
@@ -146,7 +147,10 @@ pub fn helper_main(args: &[String]) -> ExitCode {
     }
 }
 
-fn run(cfg: &ContainerConfig) -> io::Result<i32> {
+/// In the bundle: the host PID of the container's PID 1 (for `keel-node exec`).
+pub const PID_FILE: &str = "pid";
+
+fn run(cfg: &ContainerConfig, pid_file: &Path) -> io::Result<i32> {
     sys::set_parent_death_signal(libc::SIGKILL)?;
     if let Some(cg) = &cfg.cgroup {
         fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
@@ -198,6 +202,7 @@ fn run(cfg: &ContainerConfig) -> io::Result<i32> {
         sys::Fork::Parent(pid) => {
             drop((out_w, err_w));
             sys::forward_signals_to(pid);
+            let _ = fs::write(pid_file, pid.to_string());
             pump_logs(out_r, err_r);
             let status = sys::wait_pid(pid)?;
             Ok(sys::exit_code(status))

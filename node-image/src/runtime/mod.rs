@@ -8,6 +8,7 @@
 //! * [`container`]: the `keel-node container` helper that builds a container's mount and PID
 //!   namespaces over an overlayfs root and execs its command;
 //! * [`logs`]: container output as CRI log lines;
+//! * [`exec`]: the `keel-node exec` helper that runs a command inside a running container;
 //! * [`cgroup`]: cgroup v2 limits under `/sys/fs/cgroup/kubepods/<pod uid>/<container>`;
 //! * [`sys`]: the syscall wrappers, the only `unsafe` of the runtime.
 //!
@@ -15,6 +16,7 @@
 
 pub mod cgroup;
 pub mod container;
+pub mod exec;
 pub mod image;
 pub mod logs;
 pub mod reference;
