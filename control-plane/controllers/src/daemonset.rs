@@ -255,8 +255,9 @@ fn daemon_pod(ctx: &Context, ds: &Value, node: &str, hash: &str) -> Value {
 
 /// Makes sure a ControllerRevision of the current template exists and is the newest; prunes old
 /// ones beyond `revisionHistoryLimit`.
-async fn sync_revisions(
+pub(crate) async fn sync_revisions(
     ctx: &Context,
+    owner_rt: &'static keel_api::registry::ResourceType,
     ds: &Value,
     hash: &str,
     in_use: &HashSet<String>,
@@ -303,7 +304,7 @@ async fn sync_revisions(
                 "apiVersion": "apps/v1",
                 "kind": "ControllerRevision",
                 "metadata": {"name": name, "namespace": ns, "labels": labels,
-                             "ownerReferences": [pods::owner_reference(ctx.kinds.daemon_sets, ds)]},
+                             "ownerReferences": [pods::owner_reference(owner_rt, ds)]},
                 "data": {"spec": {"template": template}},
                 "revision": max + 1,
             });
@@ -394,7 +395,7 @@ pub async fn reconcile(ds: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Erro
                 .map(str::to_string)
         })
         .collect();
-    sync_revisions(&ctx, &ds, &hash, &in_use).await?;
+    sync_revisions(&ctx, ctx.kinds.daemon_sets, &ds, &hash, &in_use).await?;
 
     let now = jiff::Timestamp::now();
     let min_ready = ds

@@ -10,6 +10,7 @@
 //! * [`replicaset`]: ReplicaSets and ReplicationControllers (pods from a template).
 //! * [`deployment`]: Deployments (ReplicaSets per template, rolling update and recreate,
 //!   revisions, history cleanup, rollout status conditions).
+//! * [`statefulset`]: StatefulSets (ordered pods with stable names and claims, rolling update).
 //! * [`daemonset`]: DaemonSets (a pod per eligible node, ControllerRevisions, rolling update).
 //! * [`endpoints`]: the Endpoints of Services with selectors.
 //! * [`job`]: Jobs (completions, parallelism, backoff limit, deadline, suspend).
@@ -34,6 +35,7 @@ pub mod namespace_defaults;
 pub mod pods;
 pub mod replicaset;
 pub mod runner;
+pub mod statefulset;
 pub mod taint_eviction;
 pub mod volume_binder;
 
@@ -217,6 +219,11 @@ pub async fn run_all_with(
         Controller::new("cronjob", &informers, k.cron_jobs)
             .owns(k.jobs)
             .run(cronjob::reconcile, ctx.clone(), stopped()),
+    );
+    tasks.spawn(
+        Controller::new("statefulset", &informers, k.stateful_sets)
+            .owns(k.pods)
+            .run(statefulset::reconcile, ctx.clone(), stopped()),
     );
     // Every controller has subscribed: now the watches may begin.
     informers.start();

@@ -591,3 +591,98 @@ async fn cronjob_starts_the_missed_run_and_tracks_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_keeps_names_claims_and_order() {
+    let c = Cluster::start().await;
+    c.run_controllers();
+    c.run_fake_kubelet();
+    let sts = c
+        .create(
+            "apps",
+            "statefulsets",
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "default"},
+                   "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                            "template": {"metadata": {"labels": {"app": "db"}},
+                                         "spec": {"containers": [{"name": "db", "image": "postgres:1"}]}},
+                            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+        )
+        .await;
+    let pods_now = wait_for(30, "db-0, db-1, db-2 ready", || async {
+        let mut p = active_pods_of(&c, &sts).await;
+        p.sort_by_key(|p| pods::name(p).to_string());
+        let names: Vec<&str> = p.iter().map(pods::name).collect();
+        (names == ["db-0", "db-1", "db-2"] && p.iter().all(pods::is_ready)).then_some(p)
+    })
+    .await;
+    // Ordered: each pod was created after the previous one.
+    let created: Vec<String> = pods_now
+        .iter()
+        .map(|p| {
+            p["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] <= w[1]), "{created:?}");
+    assert_eq!(pods_now[1]["spec"]["hostname"], "db-1");
+    assert_eq!(pods_now[1]["spec"]["subdomain"], "db");
+    assert_eq!(
+        pods_now[1]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data-db-1"
+    );
+    let claims: Vec<String> = c
+        .list("", "persistentvolumeclaims", "default")
+        .await
+        .iter()
+        .map(|p| pods::name(p).to_string())
+        .collect();
+    for n in ["data-db-0", "data-db-1", "data-db-2"] {
+        assert!(claims.iter().any(|c| c == n), "{claims:?}");
+    }
+
+    // A new image replaces the pods (highest first) until all run it.
+    c.patch(
+        "apps",
+        "statefulsets",
+        "default",
+        "db",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "db", "image": "postgres:2"}]}}}}),
+    )
+    .await;
+    wait_for(30, "every pod on the new image", || async {
+        let p = active_pods_of(&c, &sts).await;
+        (p.len() == 3
+            && p.iter()
+                .all(|p| p["spec"]["containers"][0]["image"] == "postgres:2" && pods::is_ready(p)))
+        .then_some(())
+    })
+    .await;
+    wait_for(20, "the status", || async {
+        let s = c.get("apps", "statefulsets", "default", "db").await;
+        let st = &s["status"];
+        (st["updatedReplicas"] == 3
+            && st["readyReplicas"] == 3
+            && st["currentRevision"] == st["updateRevision"])
+            .then_some(())
+    })
+    .await;
+
+    // Scale down removes the highest ordinals; the claims stay.
+    c.patch(
+        "apps",
+        "statefulsets",
+        "default",
+        "db",
+        json!({"spec": {"replicas": 1}}),
+    )
+    .await;
+    wait_for(30, "only db-0 left", || async {
+        let p = active_pods_of(&c, &sts).await;
+        (p.len() == 1 && pods::name(&p[0]) == "db-0").then_some(())
+    })
+    .await;
+    assert_eq!(c.list("", "persistentvolumeclaims", "default").await.len(), 3);
+}
