@@ -193,4 +193,36 @@ async fn rollout_commands_work() {
     assert_eq!(ready, "5");
     let rs = s.kubectl(&["get", "replicasets", "-o", "name"]).await;
     assert_eq!(rs.lines().count(), 2, "{rs}");
+
+    // A StatefulSet from a manifest: rolled out in order, with its history.
+    let manifest = s._dir.path().join("sts.json");
+    let sts = serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "postgres:1"}]}}}});
+    std::fs::write(&manifest, sts.to_string()).expect("manifest");
+    s.kubectl(&["apply", "-f", manifest.to_str().unwrap_or_default()])
+        .await;
+    // (The API server defaults `partition: 0`, so kubectl reports a partitioned roll out.)
+    let out = s
+        .kubectl(&["rollout", "status", "statefulset/db", "--timeout=60s"])
+        .await;
+    assert!(
+        out.contains("roll out complete: 2 new pods") || out.contains("rolling update complete 2 pods"),
+        "{out}"
+    );
+    s.kubectl(&["set", "image", "statefulset/db", "db=postgres:2"])
+        .await;
+    let out = s
+        .kubectl(&["rollout", "status", "statefulset/db", "--timeout=60s"])
+        .await;
+    assert!(
+        out.contains("roll out complete: 2 new pods") || out.contains("rolling update complete 2 pods"),
+        "{out}"
+    );
+    let image = s
+        .kubectl(&["get", "pod", "db-0", "-o", "jsonpath={.spec.containers[0].image}"])
+        .await;
+    assert_eq!(image, "postgres:2");
+    let history = s.kubectl(&["rollout", "history", "statefulset/db"]).await;
+    assert!(history.lines().any(|l| l.starts_with('2')), "{history}");
 }
