@@ -91,7 +91,12 @@ impl ContainerTask {
         loop {
             let started = Instant::now();
             let result = {
-                let mut puller = self.ctx.shared.puller.lock().await;
+                // A pod stopped while its image is pulled (or waits to be) does not wait for it.
+                let mut stop = self.stop.clone();
+                let mut puller = tokio::select! {
+                    p = self.ctx.shared.puller.lock() => p,
+                    _ = stop.wait_for(Option::is_some) => return None,
+                };
                 let waited = started.elapsed();
                 let needs_pull = match Reference::parse(&c.image) {
                     Ok(r) => {
@@ -105,9 +110,10 @@ impl ContainerTask {
                 }
                 let registries = self.ctx.shared.settings.registries.clone();
                 let creds = spec::registry_credentials(&self.ctx.desired().pod);
-                let r = puller
-                    .ensure(&c.image, c.image_pull_policy.as_deref(), &registries, creds)
-                    .await;
+                let r = tokio::select! {
+                    r = puller.ensure(&c.image, c.image_pull_policy.as_deref(), &registries, creds) => r,
+                    _ = stop.wait_for(Option::is_some) => return None,
+                };
                 (r, waited)
             };
             match result {

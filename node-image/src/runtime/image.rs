@@ -22,7 +22,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -462,7 +461,7 @@ impl Store {
         let mut file = fs::File::create(&blob).map_err(io_err(format!("creating {}", blob.display())))?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = super::registry::next_frame(&mut body, &url).await? {
             let frame = frame.map_err(|e| RegistryError::Http {
                 url: url.to_string(),
                 detail: e.to_string(),

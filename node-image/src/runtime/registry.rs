@@ -24,6 +24,9 @@ use tokio::net::TcpStream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REDIRECTS: usize = 5;
+/// A body that sends nothing for this long is given up (a stalled registry must not hold the
+/// node's pulls forever).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Manifests, indexes and configs are small; anything bigger is refused.
 pub const MAX_SMALL_BODY: usize = 4 << 20;
 
@@ -442,10 +445,23 @@ where
     sender.send_request(req).await.map_err(http_err)
 }
 
+/// The next frame of a body, or an error if none comes within [`STALL_TIMEOUT`].
+pub async fn next_frame(
+    body: &mut Incoming,
+    url: &Url,
+) -> Result<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>, RegistryError> {
+    tokio::time::timeout(STALL_TIMEOUT, body.frame())
+        .await
+        .map_err(|_| RegistryError::Http {
+            url: url.to_string(),
+            detail: format!("no data for {STALL_TIMEOUT:?}"),
+        })
+}
+
 /// Reads a body whole, refusing more than `limit` bytes.
 pub async fn read_limited(mut body: Incoming, limit: usize, url: &Url) -> Result<Bytes, RegistryError> {
     let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = next_frame(&mut body, url).await? {
         let frame = frame.map_err(|e| RegistryError::Http {
             url: url.to_string(),
             detail: e.to_string(),
