@@ -4,9 +4,9 @@
 //!
 //! The boot, in order, each phase printed with its time since power-on:
 //!
-//! 1. stage 1 (on the initramfs): /dev, /proc, /sys, console, copy the image into a tmpfs and
-//!    re-exec there ([`mounts`]);
-//! 2. stage 2: cgroup2, devpts, tmpfs on /run /tmp /var, `/` read-only;
+//! 1. /dev, /proc, /sys, the console, and the root switched to a bind mount of the initramfs
+//!    ([`mounts`]);
+//! 2. cgroup2, devpts, tmpfs on /run /tmp /var, `/` read-only;
 //! 3. network drivers by coldplug (PCI network/virtio modaliases), entropy from virtio-rng;
 //! 4. configuration ([`sources`]): kernel command line, appended archive, config disk, guestinfo;
 //! 5. network ([`crate::net`]): loopback, NIC 0 by DHCP or static, NIC 1 `keel.ip2`, others up;
@@ -87,19 +87,16 @@ pub fn main() -> ExitCode {
 }
 
 fn boot_and_supervise() -> PowerAction {
-    let stage2 = std::env::args().any(|a| a == mounts::STAGE2_ARG);
-    if !stage2 {
-        let errors = mounts::mount_kernel_fs();
-        if let Err(e) = console::open_console() {
-            // Nowhere to print it but the kernel log.
-            let _ = std::fs::write("/dev/kmsg", format!("keel: opening /dev/console: {e}\n"));
-        }
-        for e in errors {
-            say!("{e}");
-        }
-        say!("stage 1: moving the image into a tmpfs root");
-        let e = mounts::switch_to_tmpfs_root();
-        say!("switching to a tmpfs root failed: {e}; continuing on the initramfs (writable)");
+    let errors = mounts::mount_kernel_fs();
+    if let Err(e) = console::open_console() {
+        // Nowhere to print it but the kernel log.
+        let _ = std::fs::write("/dev/kmsg", format!("keel: opening /dev/console: {e}\n"));
+    }
+    for e in errors {
+        say!("{e}");
+    }
+    if let Err(e) = mounts::switch_root() {
+        say!("switching the root failed: {e}; continuing on the initramfs (writable, no pivot_root)");
     }
     console::open_mirrors();
     let _ = sys::disable_ctrl_alt_del();

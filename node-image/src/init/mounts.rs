@@ -1,30 +1,29 @@
 //! The file systems of a running node, and how the root becomes read-only.
 //!
-//! The kernel unpacks the initramfs into "rootfs", a special tmpfs that can neither be remounted
-//! read-only nor used with pivot_root(2) (containers need pivot_root). So PID 1 starts in two
-//! stages, like a classic `switch_root`:
+//! The kernel unpacks the initramfs into "rootfs", the namespace's first mount: it has no
+//! parent, so pivot_root(2) refuses to run under it (containers need pivot_root), and its
+//! superblock cannot be remounted read-only. Rather than copying the image into a tmpfs (a
+//! classic `switch_root`), PID 1:
 //!
-//! 1. On rootfs: mount /dev, /proc and /sys, open the console, copy the image into a fresh tmpfs
-//!    at /newroot, delete the originals (giving the memory back), move /dev, /proc and /sys
-//!    under the new root, move the new root onto `/`, chroot into it and exec `/init` again.
-//! 2. On the new root: mount the rest (cgroup2, devpts, /dev/shm, tmpfs on /run, /tmp and /var)
-//!    and remount `/` read-only. Only /run, /tmp and /var (and /dev) stay writable.
+//! 1. mounts /dev, /proc and /sys and opens the console;
+//! 2. bind-mounts rootfs on /newroot, moves /dev, /proc and /sys under it, moves it onto `/` and
+//!    chroots into it ([`switch_root`]). The root is now an ordinary mount with a parent: no
+//!    copy, no extra memory, and pivot_root works below it;
+//! 3. mounts the rest (cgroup2, devpts, /dev/shm, tmpfs on /run, /tmp and /var) and remounts
+//!    the bind mount read-only (a per-mount flag, which rootfs allows). Only /run, /tmp and
+//!    /var (and /dev) stay writable.
 //!
-//! If stage 1 fails half-way, the node keeps booting on rootfs (writable, no pivot_root) and
-//! says so: a degraded node is better than a kernel panic.
+//! If step 2 fails, the node keeps booting on rootfs (writable, no pivot_root) and says so: a
+//! degraded node is better than a kernel panic.
 
 use crate::sys;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::DirBuilderExt;
 
 const MS_NOSUID: libc::c_ulong = libc::MS_NOSUID;
 const MS_NODEV: libc::c_ulong = libc::MS_NODEV;
 const MS_NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
-
-/// The argument stage 1 passes to the re-executed `/init`.
-pub const STAGE2_ARG: &str = "--keel-stage2";
 
 fn mkdir(path: &str, mode: u32) {
     let _ = fs::DirBuilder::new().recursive(true).mode(mode).create(path);
@@ -39,7 +38,7 @@ fn mount_fs(fstype: &str, target: &str, flags: libc::c_ulong, data: Option<&str>
     }
 }
 
-/// The mounts every stage needs first: /dev (for the console), /proc and /sys.
+/// The first mounts: /dev (for the console), /proc and /sys.
 pub fn mount_kernel_fs() -> Vec<io::Error> {
     let mut errors = Vec::new();
     let steps: [(&str, &str, libc::c_ulong, Option<&str>); 3] = [
@@ -55,48 +54,17 @@ pub fn mount_kernel_fs() -> Vec<io::Error> {
     errors
 }
 
-/// Stage 1: copies the initramfs into a tmpfs, makes it the root and re-executes `/init` there.
-/// Returns only on failure (the caller continues on rootfs).
-pub fn switch_to_tmpfs_root() -> io::Error {
-    match prepare_new_root() {
-        Ok(()) => sys::exec("/init", &["/init", STAGE2_ARG]),
-        Err(e) => e,
-    }
-}
-
 const NEWROOT: &str = "/newroot";
-/// Mount points of stage 1 that are moved, not copied.
+/// Mount points moved under the new root.
 const MOVED: [&str; 3] = ["/dev", "/proc", "/sys"];
 
-fn prepare_new_root() -> io::Result<()> {
+/// Makes a bind mount of rootfs the root (see the module docs).
+pub fn switch_root() -> io::Result<()> {
     mkdir(NEWROOT, 0o755);
-    sys::mount(Some("root"), NEWROOT, Some("tmpfs"), 0, Some("mode=0755"))
-        .map_err(|e| io::Error::new(e.kind(), format!("mount tmpfs on {NEWROOT}: {e}")))?;
-    // Copy everything first: if any copy fails, the initramfs is still whole and boot goes on
-    // from it.
-    let mut copied = Vec::new();
-    for entry in fs::read_dir("/")? {
-        let entry = entry?;
-        let path = entry.path();
-        let name = path.to_string_lossy().into_owned();
-        if name == NEWROOT || MOVED.contains(&name.as_str()) {
-            continue;
-        }
-        let dest = Path::new(NEWROOT).join(entry.file_name());
-        if let Err(e) = copy_tree(&path, &dest) {
-            let _ = sys::umount(NEWROOT, libc::MNT_DETACH);
-            return Err(io::Error::new(e.kind(), format!("copy {name}: {e}")));
-        }
-        copied.push((path, entry.file_type()?.is_dir()));
-    }
-    // Then free the rootfs copy: the image would otherwise live in memory twice.
-    for (path, is_dir) in copied {
-        let _ = if is_dir {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-    }
+    // A bind mount of rootfs is an ordinary mount with a parent: once it is the root,
+    // pivot_root works under it and it can be made read-only on its own, with no copy.
+    sys::mount(Some("/"), NEWROOT, None, libc::MS_BIND, None)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind / on {NEWROOT}: {e}")))?;
     for m in MOVED {
         let dest = format!("{NEWROOT}{m}");
         mkdir(&dest, 0o755);
@@ -108,31 +76,11 @@ fn prepare_new_root() -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("move new root onto /: {e}")))?;
     sys::chroot(".")?;
     std::env::set_current_dir("/")?;
+    let _ = fs::remove_dir(NEWROOT);
     Ok(())
 }
 
-fn copy_tree(src: &Path, dest: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(src)?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(src)?, dest)
-    } else if ft.is_dir() {
-        fs::DirBuilder::new()
-            .mode(meta.permissions().mode() & 0o7777)
-            .create(dest)?;
-        for entry in fs::read_dir(src)? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &dest.join(entry.file_name()))?;
-        }
-        Ok(())
-    } else if ft.is_file() {
-        fs::copy(src, dest).map(drop)
-    } else {
-        Ok(()) // device nodes, fifos: none in the image; devtmpfs provides /dev
-    }
-}
-
-/// Stage 2: the remaining mounts, then `/` read-only. Returns errors to print; never fails hard.
+/// The remaining mounts, then `/` read-only. Returns errors to print; never fails hard.
 pub fn mount_runtime_fs() -> Vec<io::Error> {
     let mut errors = Vec::new();
     let mut step = |r: io::Result<()>| {
@@ -169,8 +117,14 @@ pub fn mount_runtime_fs() -> Vec<io::Error> {
         mkdir(d, 0o755);
     }
     step(
-        sys::mount(None, "/", None, libc::MS_REMOUNT | libc::MS_RDONLY, None)
-            .map_err(|e| io::Error::new(e.kind(), format!("remount / read-only: {e}"))),
+        sys::mount(
+            None,
+            "/",
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            None,
+        )
+        .map_err(|e| io::Error::new(e.kind(), format!("remount / read-only: {e}"))),
     );
     errors
 }
@@ -190,7 +144,7 @@ pub fn root_is_read_only() -> Result<(), String> {
 
 /// The boot self-check that containers will be able to pivot_root: in a private mount namespace
 /// (this runs in a child, `/init selfcheck pivot`), pivot into a fresh tmpfs and detach the old
-/// root. Fails on rootfs (EINVAL), which is why stage 1 exists.
+/// root. Fails on rootfs itself (EINVAL), which is why [`switch_root`] exists.
 pub fn pivot_root_check() -> io::Result<()> {
     sys::unshare(libc::CLONE_NEWNS)?;
     sys::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
