@@ -91,6 +91,8 @@ pub(crate) struct Scheduler {
     active: VecDeque<PodKey>,
     /// Placed pods with required anti-affinity (every attempt must respect them).
     anti_pods: usize,
+    /// The cluster changed: unschedulable pods get another chance at the next tick.
+    flush: bool,
     synced_pods: bool,
     synced_nodes: bool,
     binds: Arc<Semaphore>,
@@ -171,6 +173,7 @@ impl Scheduler {
             pending: HashMap::new(),
             active: VecDeque::new(),
             anti_pods: 0,
+            flush: false,
             synced_pods: false,
             synced_nodes: false,
             binds,
@@ -458,17 +461,18 @@ impl Scheduler {
     }
 
     /// Every unschedulable pod gets another chance (after its backoff).
+    /// (Done at the next tick, so that a burst of changes costs one pass over the pending pods.)
     fn flush_unschedulable(&mut self) {
-        for p in self.pending.values_mut() {
-            if p.wait == Wait::Unschedulable {
-                p.wait = Wait::Backoff;
-            }
-        }
+        self.flush = true;
     }
 
     fn tick(&mut self, now: Instant) {
+        let flush = std::mem::take(&mut self.flush);
         let mut due = Vec::new();
         for (k, p) in self.pending.iter_mut() {
+            if flush && p.wait == Wait::Unschedulable {
+                p.wait = Wait::Backoff;
+            }
             let retry = match p.wait {
                 Wait::Backoff => p.not_before <= now,
                 Wait::Unschedulable => now.duration_since(p.since) >= RETRY_UNSCHEDULABLE,
