@@ -5,6 +5,7 @@
 //!   chain egress {
 //!     type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade
+//!     meta mark & 0x4000 != 0 masquerade      (hairpin: a pod through its own Service)
 //!   }
 //! }
 //! ```
@@ -18,6 +19,7 @@ use std::io;
 
 use super::cidr::Cidr;
 use super::nlmsg::{with_ack, Conn, Msg, NLM_F_CREATE};
+use super::services::HAIRPIN_MARK;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -55,6 +57,9 @@ const NFTA_BITWISE_XOR: u16 = 5;
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFT_META_MARK: u32 = 3;
 
 const NF_INET_POST_ROUTING: u32 = 4;
 const NF_ACCEPT: u32 = 1;
@@ -162,6 +167,46 @@ fn batch(conn: &mut Conn, cluster: Cidr) -> (Vec<u8>, Vec<u32>) {
     let rule = match_addr(rule, IPV4_DADDR, cluster, NFT_CMP_NEQ);
     let rule = rule.begin(NFTA_LIST_ELEM).str(NFTA_EXPR_NAME, "masq").end().end();
     push(conn, rule, true);
+    let hairpin = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | super::nlmsg::NLM_F_APPEND)
+        .str(NFTA_RULE_TABLE, TABLE)
+        .str(NFTA_RULE_CHAIN, CHAIN)
+        .begin(NFTA_RULE_EXPRESSIONS)
+        .begin(NFTA_LIST_ELEM)
+        .str(NFTA_EXPR_NAME, "meta")
+        .begin(NFTA_EXPR_DATA)
+        .be32(NFTA_META_KEY, NFT_META_MARK)
+        .be32(NFTA_META_DREG, NFT_REG_1)
+        .end()
+        .end()
+        .begin(NFTA_LIST_ELEM)
+        .str(NFTA_EXPR_NAME, "bitwise")
+        .begin(NFTA_EXPR_DATA)
+        .be32(NFTA_BITWISE_SREG, NFT_REG_1)
+        .be32(NFTA_BITWISE_DREG, NFT_REG_1)
+        .be32(NFTA_BITWISE_LEN, 4)
+        .begin(NFTA_BITWISE_MASK)
+        .attr(NFTA_DATA_VALUE, &HAIRPIN_MARK.to_ne_bytes())
+        .end()
+        .begin(NFTA_BITWISE_XOR)
+        .attr(NFTA_DATA_VALUE, &[0u8; 4])
+        .end()
+        .end()
+        .end()
+        .begin(NFTA_LIST_ELEM)
+        .str(NFTA_EXPR_NAME, "cmp")
+        .begin(NFTA_EXPR_DATA)
+        .be32(NFTA_CMP_SREG, NFT_REG_1)
+        .be32(NFTA_CMP_OP, NFT_CMP_NEQ)
+        .begin(NFTA_CMP_DATA)
+        .attr(NFTA_DATA_VALUE, &[0u8; 4])
+        .end()
+        .end()
+        .end()
+        .begin(NFTA_LIST_ELEM)
+        .str(NFTA_EXPR_NAME, "masq")
+        .end()
+        .end();
+    push(conn, hairpin, true);
     push(conn, batch_marker(NFNL_MSG_BATCH_END), false);
     (bytes, acked)
 }
@@ -187,10 +232,10 @@ mod tests {
         let types: Vec<u16> = replies(&bytes).map(|r| r.ty).collect();
         assert_eq!(
             types,
-            [0x10, 0x0a00, 0x0a02, 0x0a00, 0x0a03, 0x0a06, 0x11],
-            "begin, table, delete, table, chain, rule, end"
+            [0x10, 0x0a00, 0x0a02, 0x0a00, 0x0a03, 0x0a06, 0x0a06, 0x11],
+            "begin, table, delete, table, chain, egress rule, hairpin rule, end"
         );
-        assert_eq!(acked.len(), 5);
+        assert_eq!(acked.len(), 6);
         // The rule carries both address matches: the cluster network twice, its mask twice.
         let rule = replies(&bytes).nth(5).unwrap().payload.to_vec();
         let count = |needle: &[u8]| rule.windows(needle.len()).filter(|w| *w == needle).count();

@@ -188,6 +188,8 @@ impl NodeNet {
             .ok_or(NetError::NotReady)?;
         rtnl.set_link(link.index, None, Some(br.index))
             .ctx(|| format!("attaching {host} to {BRIDGE}"))?;
+        rtnl.set_hairpin(link.index)
+            .ctx(|| format!("hairpin mode on {host}"))?;
 
         let (prefix, gateway) = (self.pod_cidr.prefix, self.gateway());
         in_netns(netns, move || {

@@ -1,9 +1,10 @@
 //! The pod network between two "nodes" on this host, each a network namespace of the test's own
 //! joined by a veth "segment" (192.168.50.11/.12), each with a "pod" namespace attached: TCP
 //! from pod to pod across VXLAN keeps the pod's address; TCP from a pod to the other node's
-//! segment address is masqueraded; a ClusterIP reaches the pod behind it; a peer that leaves takes its route along; a detached pod's
-//! veth and address go. Needs root (namespaces are created with unshare and vanish with the
-//! test); without it the test says so and passes vacuously.
+//! segment address is masqueraded; a ClusterIP reaches the pod behind it (across nodes, on the
+//! same node, and from the pod itself through hairpin); a peer that leaves takes its route
+//! along; a detached pod's veth and address go. Needs root (namespaces are created with unshare
+//! and vanish with the test); without it the test says so and passes vacuously.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -266,6 +267,21 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
         .expect("read");
     assert_eq!(text, "same node");
     assert_eq!(peer.ip(), std::net::IpAddr::V4(ip_a2.ip));
+
+    // Hairpin: pod a through a Service whose endpoint is pod a itself (masqueraded, so the
+    // answer comes back through the node).
+    let rx = serve_once(&pod_a, SocketAddr::from((ip_a.ip, 7782)));
+    send_from(&pod_a, SocketAddr::from((ip("10.96.0.21"), 81)), "hairpin").expect("pod a → service → pod a");
+    let (peer, text) = rx
+        .recv_timeout(DEADLINE)
+        .expect("hairpin answered")
+        .expect("read");
+    assert_eq!(text, "hairpin");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(a.gateway()),
+        "hairpin traffic is masqueraded"
+    );
 
     // No endpoints: the rule goes, and the ClusterIP answers nothing.
     in_netns(&node_a.path, || services::apply(&[])).expect("services emptied");

@@ -12,6 +12,7 @@ use super::nlmsg::{attr, attr_u32, Conn, Msg, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EX
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
+const RTM_SETLINK: u16 = 19;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
 const RTM_NEWROUTE: u16 = 24;
@@ -25,6 +26,8 @@ const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
+const IFLA_PROTINFO: u16 = 12;
+const IFLA_BRPORT_MODE: u16 = 4;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
@@ -260,6 +263,19 @@ impl Rtnl {
         if let Some(master) = master {
             m = m.u32(IFLA_MASTER, master as u32);
         }
+        self.conn.request(m)
+    }
+
+    /// Hairpin mode on a bridge port: frames may leave by the port they came in by (a pod
+    /// reaching itself through its own Service, which bridge netfilter DNATs at bridge level).
+    pub fn set_hairpin(&mut self, index: i32) -> io::Result<()> {
+        let mut fixed = ifinfomsg(index, 0, 0);
+        fixed[0] = AF_BRIDGE;
+        let m = Msg::new(RTM_SETLINK, 0)
+            .fixed(&fixed)
+            .begin(IFLA_PROTINFO)
+            .u8(IFLA_BRPORT_MODE, 1)
+            .end();
         self.conn.request(m)
     }
 

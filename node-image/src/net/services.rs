@@ -7,7 +7,8 @@
 //!   chain output     { type nat hook output priority dstnat; … }       (from the node itself)
 //!   # per service port, per endpoint i of n:
 //!   ip daddr 10.96.0.20 meta l4proto tcp th dport 80 numgen random mod (n-i) 0 dnat to EP_i
-//!   # (the last endpoint without the numgen test)
+//!   # (the last endpoint without the numgen test); in prerouting, first, per endpoint:
+//!   ip daddr 10.96.0.20 meta l4proto tcp th dport 80 ip saddr EP_i meta mark set 0x4000
 //! }
 //! ```
 //!
@@ -53,6 +54,7 @@ const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFTA_META_DREG: u16 = 1;
 const NFTA_META_KEY: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
 const NFTA_NG_DREG: u16 = 1;
 const NFTA_NG_MODULUS: u16 = 2;
 const NFTA_NG_TYPE: u16 = 3;
@@ -70,12 +72,16 @@ const NF_IP_PRI_NAT_DST: i32 = -100;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_META_L4PROTO: u32 = 16;
+const NFT_META_MARK: u32 = 3;
 const NFT_NG_RANDOM: u32 = 1;
 const NFT_NAT_DNAT: u32 = 1;
 const NFT_REG_1: u32 = 1;
 const NFT_REG_2: u32 = 2;
 const NFT_CMP_EQ: u32 = 0;
+const IPV4_SADDR: u32 = 12;
 const IPV4_DADDR: u32 = 16;
+/// The packet mark of hairpin connections (kube-proxy's masquerade bit).
+pub const HAIRPIN_MARK: u32 = 0x4000;
 
 pub const TABLE: &str = "keel-services";
 
@@ -162,10 +168,8 @@ fn immediate(m: Msg, reg: u32, value: &[u8]) -> Msg {
     })
 }
 
-/// The rule sending endpoint `i` of `p` its share of new connections.
-fn endpoint_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
-    let n = p.endpoints.len();
-    let (ip, port) = p.endpoints[i];
+/// `ip daddr CLUSTER_IP meta l4proto P th dport PORT`, the start of every rule of `p`.
+fn match_service(chain: &str, p: &ServicePort) -> Msg {
     let m = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
         .str(NFTA_RULE_TABLE, TABLE)
         .str(NFTA_RULE_CHAIN, chain)
@@ -178,7 +182,29 @@ fn endpoint_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
     });
     let m = cmp_eq(m, &[p.protocol.number()]);
     let m = payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
-    let mut m = cmp_eq(m, &p.port.to_be_bytes());
+    cmp_eq(m, &p.port.to_be_bytes())
+}
+
+/// Hairpin: a connection from endpoint `i` of `p` to its own Service is marked, and
+/// masqueraded on the way out ([`super::masquerade`]), or the endpoint would get a packet
+/// from itself and answer it directly.
+fn hairpin_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
+    let m = match_service(chain, p);
+    let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_SADDR, 4);
+    let m = cmp_eq(m, &p.endpoints[i].0.octets());
+    let m = immediate(m, NFT_REG_1, &HAIRPIN_MARK.to_ne_bytes());
+    let m = expr(m, "meta", |m| {
+        m.be32(NFTA_META_KEY, NFT_META_MARK)
+            .be32(NFTA_META_SREG, NFT_REG_1)
+    });
+    m.end()
+}
+
+/// The rule sending endpoint `i` of `p` its share of new connections.
+fn endpoint_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
+    let n = p.endpoints.len();
+    let (ip, port) = p.endpoints[i];
+    let mut m = match_service(chain, p);
     if i + 1 < n {
         m = expr(m, "numgen", |m| {
             m.be32(NFTA_NG_DREG, NFT_REG_1)
@@ -235,6 +261,11 @@ fn batch(conn: &mut Conn, ports: &[ServicePort]) -> (Vec<u8>, Vec<u32>) {
             .str(NFTA_CHAIN_TYPE, "nat");
         push(conn, c, true);
         for p in ports {
+            if chain == "prerouting" {
+                for i in 0..p.endpoints.len() {
+                    push(conn, hairpin_rule(chain, p, i), true);
+                }
+            }
             for i in 0..p.endpoints.len() {
                 push(conn, endpoint_rule(chain, p, i), true);
             }
@@ -302,11 +333,13 @@ mod tests {
         };
         let (bytes, acked) = batch(&mut conn, &[port(3), port(0)]);
         let msgs: Vec<Vec<u8>> = replies(&bytes).map(|r| r.payload.to_vec()).collect();
-        // begin, table, delete, table, (chain + 3 rules) × 2, end
-        assert_eq!(msgs.len(), 4 + 2 * 4 + 1);
+        // begin, table, delete, table, prerouting (chain, 3 hairpin marks, 3 rules),
+        // output (chain, 3 rules), end
+        assert_eq!(msgs.len(), 4 + 7 + 4 + 1);
         assert_eq!(acked.len(), msgs.len() - 2);
         let has = |m: &[u8], needle: &[u8]| m.windows(needle.len()).any(|w| w == needle);
-        let rules: Vec<&Vec<u8>> = msgs[5..8].iter().collect();
+        assert!(msgs[5..8].iter().all(|m| !has(m, b"nat\0") && has(m, b"meta\0")));
+        let rules: Vec<&Vec<u8>> = msgs[8..11].iter().collect();
         assert!(has(rules[0], b"numgen\0") && has(rules[1], b"numgen\0"));
         assert!(!has(rules[2], b"numgen\0"));
         assert!(has(rules[2], &[10, 244, 1, 4]));
