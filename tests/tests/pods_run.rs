@@ -391,6 +391,28 @@ fn pods_bound_to_a_node_run_complete_fail_to_pull_and_delete() {
         Duration::from_secs(60),
         |r| r.get(1).map(String::as_str) == Some("1/1") && r.get(2).map(String::as_str) == Some("Running"),
     );
+    // A new image for a running pod's container: the container is restarted with it.
+    s.ok(&k, &["set", "image", "pod/web", "main=keel/echo:latest"]);
+    wait_pod(
+        &s,
+        &k,
+        &vm,
+        "web",
+        "restarted with the new image",
+        Duration::from_secs(60),
+        |r| r.get(1).map(String::as_str) == Some("1/1") && r.get(3).is_some_and(|n| n.starts_with('1')),
+    );
+    let web = s.ok(
+        &k,
+        &[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].image}",
+        ],
+    );
+    assert_eq!(web, "docker.io/keel/echo:latest");
     let row = wait_pod(
         &s,
         &k,

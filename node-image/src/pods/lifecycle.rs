@@ -30,6 +30,8 @@ use crate::runtime::sys;
 const BACKOFF_MIN: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// How often a running container's image is compared with the desired one.
+const SPEC_CHECK: Duration = Duration::from_secs(1);
 
 /// `None` while the pod should run; `Some(grace)` once its containers must stop.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
@@ -246,11 +248,18 @@ impl ContainerTask {
                 probe_tx,
             ));
             let mut stop = self.stop.clone();
+            // The image is the one field of a running pod's containers that may change.
+            let mut spec_check = tokio::time::interval(SPEC_CHECK);
             let outcome = loop {
                 tokio::select! {
                     status = child.wait() => break Outcome::Exited(status.map(exit_code).unwrap_or(255)),
                     g = stop.wait_for(Option::is_some) => {
                         break Outcome::Stop(g.ok().and_then(|g| *g).unwrap_or_default())
+                    }
+                    _ = spec_check.tick() => {
+                        if self.spec().image != c.image {
+                            break Outcome::SpecChanged;
+                        }
                     }
                     Some(ev) = probe_rx.recv() => match ev {
                         ProbeEvent::Ready(r) => self.publish(|v| v.probe_ready = Some(r)),
@@ -273,6 +282,19 @@ impl ContainerTask {
                     let grace = Duration::from_secs(self.ctx.desired().pod.grace_seconds());
                     let code = stop_process(&mut child, &cgroup, grace).await;
                     self.finished(&c, code, &cgroup, &id, started_wall, run_number);
+                }
+                Outcome::SpecChanged => {
+                    self.ctx.event(
+                        "Normal",
+                        "Killing",
+                        format!("Container {} definition changed, will be restarted", c.name),
+                    );
+                    let grace = Duration::from_secs(self.ctx.desired().pod.grace_seconds());
+                    let code = stop_process(&mut child, &cgroup, grace).await;
+                    self.finished(&c, code, &cgroup, &id, started_wall, run_number);
+                    self.publish(|v| v.last_state = Some(v.state.clone()));
+                    run_number += 1;
+                    continue;
                 }
                 Outcome::Stop(grace) => {
                     self.ctx
@@ -439,6 +461,7 @@ enum Outcome {
     Exited(i32),
     Stop(Duration),
     Unhealthy,
+    SpecChanged,
 }
 
 /// The exit code, or 128 + the signal that ended the process.
