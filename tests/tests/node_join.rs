@@ -93,3 +93,36 @@ fn node_reconnects_after_a_control_plane_restart_and_goes_not_ready_when_killed(
     let taints = s.ok(&k, &["get", "node", "n1", "-o", "jsonpath={.spec.taints[*].key}"]);
     assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
 }
+
+#[test]
+fn pid_1_restarts_a_killed_agent_and_the_node_stays_ready() {
+    let s = Server::start_with(&["--san", "10.0.2.100", "--node-grace-period", "20s"]);
+    let k = s.kubectl();
+    let (token, pin) = join_args(&s);
+    let vm = boot_kernel(
+        s.dir.path(),
+        "n2",
+        s.node_port,
+        &format!(
+            "keel.server=https://10.0.2.100:9443 keel.token={token} keel.ca-hash={pin} keel.name=n2 keel.selftest=kill-agent"
+        ),
+    );
+    vm.wait_console("selftest: killing the agent", Duration::from_secs(90));
+    vm.wait_console("agent exited (signal 9)", Duration::from_secs(30));
+    // PID 1 starts it again; the new agent reuses the stored identity and reconnects.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vm.console_text().matches("keel: connected to").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not come back:\n{}",
+            vm.console_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !vm.console_text()[vm.console_text().find("selftest: killing").unwrap_or(0)..]
+            .contains("keel: joined as"),
+        "a restarted agent reuses its certificate instead of joining again"
+    );
+    wait_status(&s, &k, &vm, "n2", "Ready", Duration::from_secs(30));
+}

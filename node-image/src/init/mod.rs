@@ -19,7 +19,8 @@
 //!    self-check;
 //! 10. the agent, supervised ([`supervise`]) until poweroff or reboot.
 //!
-//! Kernel switches for PID 1 itself: `keel.selftest=poweroff` powers off once the agent has been
+//! Kernel switches for PID 1 itself: `keel.selftest=kill-agent` kills the agent once when it
+//! first connects (tests watch PID 1 restart it); `keel.selftest=poweroff` powers off once the agent has been
 //! started (boot tests); `keel.nic=none` skips network setup.
 
 pub mod clock;
@@ -199,6 +200,13 @@ fn boot_and_supervise() -> PowerAction {
             }
         }
     };
+    if cmdline
+        .split_whitespace()
+        .any(|w| w == "keel.selftest=kill-agent")
+    {
+        sup.kill_agent_once_connected();
+    }
+
     // The agent starts joining now; the datapath modules load meanwhile (anything it needs
     // sooner is autoloaded through /sbin/modprobe), then MODULES_READY tells it they are in.
     phase("agent", "starting the agent");

@@ -68,6 +68,9 @@ pub struct Supervisor {
     backoff: Backoff,
     config_path: String,
     buttons: Vec<File>,
+    /// `keel.selftest=kill-agent`: SIGKILL the agent once it first reports a session, so tests
+    /// can watch PID 1 restart it (the image has no shell to do it from).
+    kill_agent_once: bool,
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -104,6 +107,7 @@ impl Supervisor {
             backoff: Backoff::default(),
             config_path: config_path.to_string(),
             buttons: Vec::new(),
+            kill_agent_once: false,
         })
     }
 
@@ -111,6 +115,11 @@ impl Supervisor {
     /// from then on powers the node off.
     pub fn watch_power_buttons(&mut self) {
         self.buttons = power_buttons();
+    }
+
+    /// Arms the `keel.selftest=kill-agent` switch.
+    pub fn kill_agent_once_connected(&mut self) {
+        self.kill_agent_once = true;
     }
 
     /// Starts the agent now (the loop restarts it when it exits).
@@ -175,6 +184,14 @@ impl Supervisor {
         if let Ok(n) = self.out_r.read(&mut buf) {
             if n > 0 {
                 super::console::write_raw(&buf[..n]);
+                let connected = buf[..n].windows(19).any(|w| w == b"keel: connected to ");
+                if self.kill_agent_once && connected {
+                    if let Some((pid, _)) = self.agent {
+                        self.kill_agent_once = false;
+                        say!("selftest: killing the agent (pid {pid})");
+                        let _ = sys::kill(pid, libc::SIGKILL);
+                    }
+                }
             }
         }
     }
