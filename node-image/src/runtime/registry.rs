@@ -1,9 +1,10 @@
 //! A small client for the OCI distribution API: `GET` with `Accept`, bearer-token auth when the
-//! registry asks for it, redirects, plain HTTP or HTTPS (rustls with ring, Mozilla's roots).
+//! registry asks for it, redirects, plain HTTP or HTTPS (rustls with ring).
 //!
 //! It is hyper's HTTP/1.1 client connection over a tokio socket — one connection per request,
 //! which is what pulling a handful of blobs needs — rather than a full HTTP client crate, to
-//! keep the node binary small. Token auth follows the Docker registry spec: a `401` with
+//! keep the node binary small. HTTPS trusts the image's CA bundle ([`CA_BUNDLE`], or
+//! `SSL_CERT_FILE`) rather than roots compiled in. Token auth follows the Docker registry spec: a `401` with
 //! `WWW-Authenticate: Bearer realm=…,service=…,scope=…` is answered by fetching a token from the
 //! realm and retrying once; tokens are cached per realm, scope and credentials. Credentials
 //! come from the pod's `imagePullSecrets` ([`Client::set_credentials`]): HTTP Basic for the
@@ -18,12 +19,16 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REDIRECTS: usize = 5;
+/// The image's CA bundle (Debian's `ca-certificates`, shipped by `boot/build-image.sh`).
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// A body that sends nothing for this long is given up (a stalled registry must not hold the
 /// node's pulls forever).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -204,7 +209,12 @@ pub fn normalize_host(s: &str) -> String {
 impl Client {
     pub fn new() -> Result<Client, RegistryError> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let bundle = std::env::var_os("SSL_CERT_FILE")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| CA_BUNDLE.into());
+        if let Ok(iter) = CertificateDer::pem_file_iter(&bundle) {
+            roots.add_parsable_certificates(iter.flatten());
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
