@@ -771,7 +771,6 @@ fn authentication_by_certificate_token_file_and_bootstrap_token() {
         "{denied:?}"
     );
 
-
     // A bootstrap token from `keel-server token create` authenticates as system:bootstrap:<id>.
     let out = std::process::Command::new(common::server_binary())
         .arg("--data-dir")
