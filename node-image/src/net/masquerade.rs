@@ -18,72 +18,22 @@
 use std::io;
 
 use super::cidr::Cidr;
+use super::nft::*;
 use super::nlmsg::{with_ack, Conn, Msg, NLM_F_CREATE};
 use super::services::HAIRPIN_MARK;
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFPROTO_IPV4: u8 = 2;
-
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
 const NFTA_BITWISE_SREG: u16 = 1;
 const NFTA_BITWISE_DREG: u16 = 2;
 const NFTA_BITWISE_LEN: u16 = 3;
 const NFTA_BITWISE_MASK: u16 = 4;
 const NFTA_BITWISE_XOR: u16 = 5;
-const NFTA_CMP_SREG: u16 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFT_META_MARK: u32 = 3;
 
 const NF_INET_POST_ROUTING: u32 = 4;
-const NF_ACCEPT: u32 = 1;
 const NF_IP_PRI_NAT_SRC: i32 = 100;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_REG_1: u32 = 1;
-const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
-/// Offsets of the source and destination address in the IPv4 header.
-const IPV4_SADDR: u32 = 12;
-const IPV4_DADDR: u32 = 16;
 
 pub const TABLE: &str = "keel-pods";
 const CHAIN: &str = "egress";
-
-fn nft(cmd: u16, flags: u16) -> Msg {
-    Msg::new((NFNL_SUBSYS_NFTABLES << 8) | cmd, flags).fixed(&[NFPROTO_IPV4, 0, 0, 0])
-}
-
-fn batch_marker(ty: u16) -> Msg {
-    let mut nfgen = [0u8, 0, 0, 0];
-    nfgen[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-    Msg::new(ty, 0).fixed(&nfgen)
-}
 
 /// `[payload load 4b @ network + offset => reg 1] [bitwise reg 1 & mask] [cmp op reg 1 net]`.
 fn match_addr(m: Msg, offset: u32, range: Cidr, op: u32) -> Msg {

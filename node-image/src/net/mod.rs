@@ -17,6 +17,7 @@ pub mod cidr;
 pub mod dns;
 pub mod masquerade;
 pub mod network_agent;
+mod nft;
 pub mod nlmsg;
 pub mod nlsock;
 pub mod overlay;

@@ -19,41 +19,9 @@
 use std::io;
 use std::net::Ipv4Addr;
 
+use super::nft::*;
 use super::nlmsg::{with_ack, Conn, Msg, NLM_F_APPEND, NLM_F_CREATE};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_NEWRULE: u16 = 6;
-const NFPROTO_IPV4: u8 = 2;
-
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
-const NFTA_CMP_SREG: u16 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
 const NFTA_META_SREG: u16 = 3;
 const NFTA_NG_DREG: u16 = 1;
 const NFTA_NG_MODULUS: u16 = 2;
@@ -67,19 +35,12 @@ const NFTA_NAT_REG_PROTO_MIN: u16 = 5;
 
 const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_LOCAL_OUT: u32 = 3;
-const NF_ACCEPT: u32 = 1;
 const NF_IP_PRI_NAT_DST: i32 = -100;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_META_L4PROTO: u32 = 16;
-const NFT_META_MARK: u32 = 3;
 const NFT_NG_RANDOM: u32 = 1;
 const NFT_NAT_DNAT: u32 = 1;
-const NFT_REG_1: u32 = 1;
 const NFT_REG_2: u32 = 2;
-const NFT_CMP_EQ: u32 = 0;
-const IPV4_SADDR: u32 = 12;
-const IPV4_DADDR: u32 = 16;
 /// The packet mark of hairpin connections (kube-proxy's masquerade bit).
 pub const HAIRPIN_MARK: u32 = 0x4000;
 
@@ -118,16 +79,6 @@ pub struct ServicePort {
     pub port: u16,
     /// Ready endpoints: (pod IP, target port).
     pub endpoints: Vec<(Ipv4Addr, u16)>,
-}
-
-fn nft(cmd: u16, flags: u16) -> Msg {
-    Msg::new((NFNL_SUBSYS_NFTABLES << 8) | cmd, flags).fixed(&[NFPROTO_IPV4, 0, 0, 0])
-}
-
-fn batch_marker(ty: u16) -> Msg {
-    let mut nfgen = [0u8, 0, 0, 0];
-    nfgen[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-    Msg::new(ty, 0).fixed(&nfgen)
 }
 
 fn expr(m: Msg, name: &str, body: impl FnOnce(Msg) -> Msg) -> Msg {
