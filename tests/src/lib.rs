@@ -112,7 +112,8 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<HttpResponse> {
     let mut conn = TcpStream::connect_timeout(&addr, timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: `write!` on an unbuffered stream sends each formatted piece separately.
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -140,9 +141,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut c, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = c.read(&mut buf).unwrap();
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /x HTTP/1.0\r\n"));
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "connection closed mid-request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            assert!(String::from_utf8_lossy(&request).starts_with("GET /x HTTP/1.0\r\n"));
             c.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope\n")
                 .unwrap();
         });
