@@ -11,7 +11,7 @@ NODE_BIN := target/$(MUSL)/node/keel-node
 export KEEL_OUT := $(abspath $(OUT))
 
 .PHONY: all deps build node-bin image iso qemu-cluster qemu-cluster-down qemu-cluster-status \
-        test test-unit test-e2e fmt lint bench-store bench-api bench-boot bench-lab clean
+        test test-unit test-e2e fmt lint bench-scheduler bench-store bench-api bench-boot bench-lab clean
 
 all: build
 
@@ -58,6 +58,11 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Scheduler throughput with 1,000 nodes on the in-process API (KEEL_BENCH_NODES, KEEL_BENCH_PODS):
+# the two benchmarks are ignored tests, run only here.
+bench-scheduler: deps
+	$(CARGO) test --release -p keel-scheduler --test scheduling -- --ignored --nocapture --test-threads=1
 
 bench-store: deps
 	$(CARGO) run --release -p keel-store --bin store-bench
