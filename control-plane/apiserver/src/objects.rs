@@ -151,12 +151,16 @@ impl Objects {
         }
         let page = self
             .store
-            .list(&prefix, ListOptions { revision, start_after, limit: limit.and_then(NonZeroUsize::new) })
+            .list(
+                &prefix,
+                ListOptions {
+                    revision,
+                    start_after,
+                    limit: limit.and_then(NonZeroUsize::new),
+                },
+            )
             .await
-            .map_err(|e| match e {
-                StoreError::Compacted { .. } => ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."),
-                other => store_error(other),
-            })?;
+            .map_err(list_error)?;
         let mut meta = json!({"resourceVersion": page.revision.to_string()});
         if page.more {
             if let Some(last) = page.items.last() {
@@ -219,15 +223,14 @@ impl Objects {
                 .store
                 .list(
                     &prefix,
-                    ListOptions { revision, start_after: start_after.clone(), limit: batch.and_then(NonZeroUsize::new) },
+                    ListOptions {
+                        revision,
+                        start_after: start_after.clone(),
+                        limit: batch.and_then(NonZeroUsize::new),
+                    },
                 )
                 .await
-                .map_err(|e| match e {
-                    StoreError::Compacted { .. } => ApiError::expired(
-                        "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
-                    ),
-                    other => store_error(other),
-                })?;
+                .map_err(list_error)?;
             revision = Some(page.revision);
             for kv in &page.items {
                 if limit.is_some_and(|l| items.len() >= l) {
@@ -964,6 +967,14 @@ pub(crate) fn splice_resource_version(stored: &[u8], rev: u64) -> Option<Vec<u8>
     out.extend_from_slice(field.as_bytes());
     out.extend_from_slice(&stored[insert..]);
     Some(out)
+}
+
+/// A list read's store error: reading at a compacted revision means the continue token expired.
+fn list_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Compacted { .. } => ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."),
+        other => store_error(other),
+    }
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
