@@ -203,6 +203,14 @@ pub fn subsets(svc: &Value, all_pods: &[Value]) -> Vec<Value> {
         {
             address["nodeName"] = json!(node);
         }
+        // A pod whose subdomain is this Service gets its own DNS name through it.
+        let hostname = pod
+            .pointer("/spec/hostname")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !hostname.is_empty() && pod.pointer("/spec/subdomain") == svc.pointer("/metadata/name") {
+            address["hostname"] = json!(hostname);
+        }
         let key = Value::Array(ports.clone()).to_string();
         let entry = groups.entry(key).or_insert_with(|| Subset {
             ports,
@@ -336,5 +344,21 @@ mod tests {
         );
         assert_eq!(s[0]["addresses"][0]["targetRef"]["name"], "a");
         assert_eq!(s[0]["addresses"][0]["nodeName"], "n1");
+        assert!(s[0]["addresses"][0].get("hostname").is_none());
+    }
+
+    #[test]
+    fn pods_of_the_service_subdomain_carry_their_hostname() {
+        let svc = json!({"metadata": {"name": "db", "namespace": "ns"},
+            "spec": {"clusterIP": "None", "selector": {"app": "db"}}});
+        let mut member = pod("db-0", "10.0.0.1", true, "db");
+        member["spec"]["hostname"] = json!("db-0");
+        member["spec"]["subdomain"] = json!("db");
+        let mut elsewhere = pod("db-x", "10.0.0.2", true, "db");
+        elsewhere["spec"]["hostname"] = json!("db-x");
+        elsewhere["spec"]["subdomain"] = json!("other");
+        let s = subsets(&svc, &[member, elsewhere]);
+        assert_eq!(s[0]["addresses"][0]["hostname"], "db-0");
+        assert!(s[0]["addresses"][1].get("hostname").is_none());
     }
 }
