@@ -6,6 +6,8 @@
 //! * `/init` (PID 1): brings the system up and supervises the agent ([`init`]).
 //! * `/sbin/modprobe` (called by the kernel to autoload modules) or `keel-node modprobe NAME…`.
 //! * `keel-node agent`: the node agent, a child of PID 1 that it restarts if it dies ([`agent`]).
+//! * `keel-node hollow --count N …`: N simulated nodes in one process for scale tests
+//!   ([`agent::hollow`]).
 //! * `keel-node container CONFIG`, `keel-node sandbox HOSTNAME` and `keel-node exec PID -- CMD`:
 //!   the runtime's helpers, which the agent starts for each container, pod sandbox and command
 //!   run in a container ([`runtime`]).
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     }
     match rest.first().map(String::as_str) {
         Some("agent") => agent::main(&rest[1..]),
+        Some("hollow") => agent::hollow::main(&rest[1..]),
         Some("container") => runtime::container::helper_main(&rest[1..]),
         Some("sandbox") => runtime::sandbox::helper_main(&rest[1..]),
         Some("exec") => runtime::exec::helper_main(&rest[1..]),

@@ -15,8 +15,10 @@
 //! Console lines (stderr, which PID 1 connects to the console) start with `keel:` and say what
 //! happened in words an operator can act on; the token is never printed.
 //!
-//! For tests on a host: `keel-node agent --config FILE --state-dir DIR`.
+//! For tests on a host: `keel-node agent --config FILE --state-dir DIR`. For measuring the control
+//! plane at scale: `keel-node hollow` ([`hollow`]), many simulated nodes over this same code.
 
+pub mod hollow;
 mod host;
 mod identity;
 mod join;
@@ -180,6 +182,7 @@ async fn run(opts: Options) -> ExitCode {
                 millis_since_boot: (p.at * 1000.0).max(0.0) as u64,
             })
             .collect(),
+        simulated: None,
     };
 
     // The pod manager (crate::pods) takes the pod end and outlives sessions; the console also

@@ -27,10 +27,15 @@ pub struct Reporter {
     /// Listed first among the InternalIPs (the node-to-node address, if configured).
     pub preferred_ip: Option<Ipv4Addr>,
     pub boot_phases: Vec<BootPhase>,
+    /// A hollow node's report (`keel-node hollow`): sent as is instead of this machine's facts.
+    pub simulated: Option<NodeReport>,
 }
 
 impl Reporter {
     pub fn report(&self) -> NodeReport {
+        if let Some(r) = &self.simulated {
+            return r.clone();
+        }
         let mut ips: Vec<Ipv4Addr> = host::ipv4_addresses()
             .into_iter()
             .filter(|a| !crate::net::pod_network::is_pod_interface(&a.interface))
@@ -136,6 +141,7 @@ mod tests {
             machine_id: "0123456789abcdef0123456789abcdef".into(),
             preferred_ip: None,
             boot_phases: vec![],
+            simulated: None,
         }
         .report();
         assert_eq!(r.addresses.last().unwrap().address, "n1");
