@@ -11,6 +11,8 @@
 //!   ([`peers`](crate::peers)).
 //! * And the service table: every ClusterIP with its ready endpoints, which nodes program as
 //!   nftables DNAT ([`service_table`](crate::service_table)).
+//! * And the NetworkPolicy table: the node's pods that policies isolate, with the peer
+//!   addresses and ports they may talk to ([`policy_table`](crate::policy_table)).
 //! * A lifecycle loop marks nodes with stale Leases unreachable and restores them when they
 //!   come back ([`lifecycle`](crate::lifecycle)).
 //!
@@ -26,6 +28,7 @@ mod lifecycle;
 mod node_status;
 mod peers;
 mod pods;
+mod policy_table;
 mod service;
 mod service_table;
 mod session;

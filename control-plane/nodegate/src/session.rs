@@ -99,6 +99,11 @@ pub(crate) async fn run(
         s.node.clone(),
         out.clone(),
     ));
+    let policies = tokio::spawn(crate::policy_table::feed(
+        s.gate.clone(),
+        s.node.clone(),
+        out.clone(),
+    ));
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -123,6 +128,7 @@ pub(crate) async fn run(
     feeder.abort();
     peers.abort();
     services.abort();
+    policies.abort();
 }
 
 impl NodeSession {

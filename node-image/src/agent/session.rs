@@ -144,6 +144,7 @@ pub async fn run(
                 }
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Welcome(w)) })) => link.set_pod_cidr(&w.pod_cidr),
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Services(t)) })) => crate::net::network_agent::offer_services(t),
+                Ok(Some(ControlMessage { msg: Some(ControlMsg::Policies(t)) })) => crate::net::netpol::offer(t),
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Peers(p)) })) => {
                     link.peers.send_replace(Some(std::sync::Arc::new(p)));
                 }

@@ -16,6 +16,9 @@ pub mod netlink;
 pub mod cidr;
 pub mod dns;
 pub mod masquerade;
+pub mod netpol;
+#[cfg(test)]
+mod netpol_netns_test;
 pub mod network_agent;
 mod nft;
 pub mod nlmsg;

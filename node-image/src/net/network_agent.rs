@@ -134,6 +134,7 @@ pub async fn serve(
     };
     wait_for_modules().await;
     tokio::spawn(serve_dns());
+    tokio::spawn(super::netpol::serve());
     let mut services_rx = SERVICES.subscribe();
     let mut last_problem = String::new();
     let mut last_peers: Option<Vec<Peer>> = None;
