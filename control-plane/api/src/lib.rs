@@ -16,6 +16,7 @@ pub mod client;
 pub mod defaults;
 pub mod discovery;
 pub mod managed;
+pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;

@@ -265,7 +265,7 @@ async fn dispatch(server: &ApiServer, route: Route, r: &Req) -> ApiResult<Respon
             ))
         }
     };
-    let metrics = server.objects.config.metrics;
+    let metrics = server.objects.config.metrics.is_some();
     match route {
         Route::Version => {
             get_only(r)?;
@@ -341,9 +341,41 @@ async fn dispatch(server: &ApiServer, route: Route, r: &Req) -> ApiResult<Respon
             }
             Ok(resp)
         }
-        Route::Metrics { .. } => Err(ApiError::service_unavailable(
-            "the server is currently unable to handle the request (metrics are not available yet)",
-        )),
+        Route::Metrics {
+            namespace,
+            plural,
+            name,
+        } => {
+            get_only(r)?;
+            let source = server.objects.config.metrics.as_deref().ok_or_else(|| {
+                ApiError::service_unavailable(
+                    "the server is currently unable to handle the request (metrics are not available yet)",
+                )
+            })?;
+            let params = r.list_params();
+            match crate::metrics::get(
+                &server.objects,
+                source,
+                namespace.as_deref(),
+                &plural,
+                name.as_deref(),
+                &params,
+            )
+            .await?
+            {
+                crate::metrics::Answer::Object(rt, obj) => object_response(rt, StatusCode::OK, &obj, r, &[]),
+                crate::metrics::Answer::List(rt, items) => list_response(
+                    rt,
+                    crate::objects::ListResult {
+                        items,
+                        resource_version: 0,
+                        continue_token: None,
+                        remaining: None,
+                    },
+                    r,
+                ),
+            }
+        }
         Route::Resource(p) => resource(server, p, r).await,
         Route::NotFound => Err(ApiError::no_such_path()),
     }

@@ -23,6 +23,7 @@ pub mod client;
 pub mod gc;
 pub mod http;
 mod machinery;
+mod metrics; // metrics.k8s.io from a MetricsSource
 pub mod objects;
 mod protobuf;
 mod reviews;
@@ -44,8 +45,8 @@ pub struct Config {
     pub service_cidr: Cidr,
     pub node_port_range: (u16, u16),
     pub cluster_domain: String,
-    /// Whether `metrics.k8s.io` is served (nodes report usage).
-    pub metrics: bool,
+    /// Where `metrics.k8s.io` comes from (the node gate's usage samples); not served if `None`.
+    pub metrics: Option<Arc<dyn keel_api::metrics::MetricsSource>>,
 }
 
 impl Default for Config {
@@ -58,7 +59,7 @@ impl Default for Config {
             }),
             node_port_range: (30000, 32767),
             cluster_domain: "cluster.local".into(),
-            metrics: false,
+            metrics: None,
         }
     }
 }

@@ -81,7 +81,7 @@ pub fn parse(path: &str) -> Route {
             version: v.to_string(),
         },
         ["apis", g] => Route::DiscoveryGroup { group: g.to_string() },
-        ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] => metrics(rest),
+        ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] if !rest.is_empty() => metrics(rest),
         ["apis", g, v] => Route::DiscoveryGroupVersion {
             group: g.to_string(),
             version: v.to_string(),
@@ -206,6 +206,21 @@ mod tests {
         assert_eq!(parse("/api/v1/pods/x"), Route::NotFound);
         assert_eq!(parse("/apis/nope/v1/things"), Route::NotFound);
         assert_eq!(parse("/api"), Route::DiscoveryRoot { core: true });
+        assert_eq!(
+            parse("/apis/metrics.k8s.io/v1beta1"),
+            Route::DiscoveryGroupVersion {
+                group: "metrics.k8s.io".into(),
+                version: "v1beta1".into()
+            }
+        );
+        assert_eq!(
+            parse("/apis/metrics.k8s.io/v1beta1/namespaces/d/pods/p"),
+            Route::Metrics {
+                namespace: Some("d".into()),
+                plural: "pods".into(),
+                name: Some("p".into())
+            }
+        );
         assert_eq!(
             parse("/openapi/v3/apis/apps/v1"),
             Route::OpenApiV3Document {

@@ -49,6 +49,8 @@ pub(crate) struct Gate {
     /// Node pod CIDR allocation, if the gate does it; the lock serialises allocations.
     pub pod_cidrs: Option<PodCidrs>,
     pub ipam_lock: tokio::sync::Mutex<()>,
+    /// The nodes' latest usage samples.
+    pub usage: Arc<crate::UsageStore>,
     /// Becomes `true` when the gate shuts down; sessions and loops end on it.
     pub shutdown: watch::Receiver<bool>,
     /// Nodes whose status the lifecycle loop overwrote; their sessions post it again.
@@ -74,6 +76,7 @@ impl Gate {
             cluster_name,
             pod_cidrs,
             ipam_lock: tokio::sync::Mutex::new(()),
+            usage: Arc::default(),
             shutdown,
             repost: Mutex::new(HashSet::new()),
         })

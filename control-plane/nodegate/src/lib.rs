@@ -33,6 +33,7 @@ mod service;
 mod service_table;
 mod session;
 mod tls;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use ipam::{CidrError, PodCidrs};
 pub use tls::PeerInfo;
+pub use usage::UsageStore;
 
 /// Errors that stop the gate.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,8 @@ pub struct NodeGateConfig {
     pub cluster_name: String,
     /// Where node pod CIDRs come from; `None` if something else assigns `spec.podCIDR`.
     pub pod_cidrs: Option<PodCidrs>,
+    /// Where nodes' usage reports go (the API server's `metrics.k8s.io` reads it).
+    pub usage: Arc<UsageStore>,
 }
 
 impl NodeGateConfig {
@@ -88,6 +92,7 @@ impl NodeGateConfig {
             heartbeat_seconds: 10,
             cluster_name: "keel".to_string(),
             pod_cidrs: Some(PodCidrs::flannel_default()),
+            usage: Arc::new(UsageStore::new()),
         }
     }
 }
@@ -100,15 +105,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let gate = Arc::new(gate::Gate::new(
-        config.pki,
-        config.client,
-        config.heartbeat_seconds.max(1),
-        config.grace_period,
-        config.cluster_name,
-        config.pod_cidrs,
-        stop_rx.clone(),
-    )?);
+    let gate = Arc::new(
+        gate::Gate::new(
+            config.pki,
+            config.client,
+            config.heartbeat_seconds.max(1),
+            config.grace_period,
+            config.cluster_name,
+            config.pod_cidrs,
+            stop_rx.clone(),
+        )
+        .map(|mut g| {
+            g.usage = config.usage;
+            g
+        })?,
+    );
     let mut tls = (*config.tls).clone();
     tls.alpn_protocols = vec![b"h2".to_vec()];
     if let Ok(addr) = listener.local_addr() {

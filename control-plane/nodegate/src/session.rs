@@ -138,6 +138,10 @@ impl NodeSession {
             NodeMsg::Heartbeat(_) => self.on_heartbeat().await,
             NodeMsg::PodStatus(p) => self.on_pod_status(p).await,
             NodeMsg::Event(e) => self.on_event(e).await,
+            NodeMsg::Usage(u) => {
+                self.gate.usage.record(&self.node, &u);
+                Ok(())
+            }
         };
         if let Err(e) = result {
             tracing::warn!(node = %self.node, error = %e, "node session: API write failed");

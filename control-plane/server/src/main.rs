@@ -204,7 +204,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("opening the store in {}", store_dir(&args.data_dir).display()))?;
     let service_cidr =
         Cidr::parse(&args.service_cidr).with_context(|| format!("--service-cidr {:?}", args.service_cidr))?;
+    // Nodes' usage reports, kept by the node gate, served as metrics.k8s.io.
+    let usage = Arc::new(keel_nodegate::UsageStore::new());
     let config = Config {
+        metrics: Some(usage.clone()),
         advertise: args.listen,
         service_cidr,
         ..Config::default()
@@ -250,6 +253,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Arc::new(keel_apiserver::client::InProcessClient::new(objects.clone()));
     let mut gate = keel_nodegate::NodeGateConfig::new(pki.server_tls_config(&[b"h2"]), pki.clone(), client);
     gate.grace_period = args.node_grace_period;
+    gate.usage = usage.clone();
     let gate_task = tokio::spawn(keel_nodegate::serve(node_listener, gate, stopped()));
     tracing::info!(listen = %args.node_listen, "serving the node gate");
 

@@ -202,6 +202,13 @@ async fn run(opts: Options) -> ExitCode {
             pod_link.overlay.clone(),
         ));
         let pod_settings = crate::pods::Settings::from_config(&cfg, &name, &opts.state_dir);
+        // Usage for `kubectl top` and the HPA, sampled from the pods' cgroups.
+        tokio::spawn(crate::pods::usage::serve(
+            pod_settings.cgroup_root.clone(),
+            crate::pods::usage::INTERVAL,
+            pod_link.desired.clone(),
+            pod_link.up.clone(),
+        ));
         tokio::spawn(crate::pods::manager::serve(
             pod_settings,
             pod_link.desired.clone(),

@@ -10,7 +10,8 @@
 //! * [`status`]: the PodStatus as the kubelet computes it (pure, tested);
 //! * [`probes`]: readiness and liveness probes (tcpSocket, httpGet);
 //! * [`volumes`]: emptyDir, configMap and secret volumes and the containers' mounts of them;
-//! * [`outbox`]: statuses and events waiting for the session to send them.
+//! * [`outbox`]: statuses and events waiting for the session to send them;
+//! * [`usage`]: the node's and its containers' CPU and memory, sampled for `kubectl top`.
 //!
 //! Not yet: exec and startup probes, sidecar (restartable) init containers, other volume kinds, `kubectl logs`/`exec` streaming, re-adopting
 //! containers after an agent restart (they die with it and the pods start again).
@@ -21,6 +22,7 @@ pub mod outbox;
 pub mod probes;
 pub mod spec;
 pub mod status;
+pub mod usage;
 pub mod volumes;
 pub mod worker;
 

@@ -10,6 +10,7 @@
 //! * [`logs`]: container output as CRI log lines;
 //! * [`exec`]: the `keel-node exec` helper that runs a command inside a running container;
 //! * [`cgroup`]: cgroup v2 limits under `/sys/fs/cgroup/kubepods/<pod uid>/<container>`;
+//! * [`stats`]: CPU and memory counters of the node and of container cgroups;
 //! * [`sys`]: the syscall wrappers, the only `unsafe` of the runtime.
 //!
 //! Policy (what to run, when to restart, what to report) is not here but in [`crate::pods`].
@@ -22,5 +23,6 @@ pub mod logs;
 pub mod reference;
 pub mod registry;
 pub mod sandbox;
+pub mod stats;
 pub mod sys;
 pub mod unpack;
