@@ -21,6 +21,7 @@ mod init;
 mod net;
 mod pods;
 mod runtime;
+mod streams;
 mod sys;
 
 use std::process::ExitCode;

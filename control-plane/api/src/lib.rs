@@ -24,6 +24,7 @@ pub mod registry;
 pub mod schema;
 pub mod selector;
 pub mod status;
+pub mod streams;
 pub mod table;
 pub mod time;
 pub mod validation;

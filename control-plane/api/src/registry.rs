@@ -316,6 +316,13 @@ pub static RESOURCES: &[ResourceType] = &[
                 verbs: CREATE,
             },
             Subresource {
+                name: "attach",
+                group: "",
+                version: "",
+                kind: "PodAttachOptions",
+                verbs: &["create", "get"],
+            },
+            Subresource {
                 name: "exec",
                 group: "",
                 version: "",

@@ -102,6 +102,8 @@ struct Req {
     /// The RBAC authorizer (access reviews answer from it).
     authz: Arc<crate::authz::Authorizer>,
     body: Bytes,
+    /// A WebSocket upgrade (exec, attach, port-forward), taken before the body was read.
+    upgrade: Option<crate::streams::Upgrade>,
 }
 
 impl Req {
@@ -136,6 +138,14 @@ impl Req {
             resource_version: self.q("resourceVersion").map(str::to_string),
             timeout_seconds: self.q("timeoutSeconds").and_then(|t| t.parse().ok()),
             allow_bookmarks: self.flag("allowWatchBookmarks"),
+        }
+    }
+
+    fn streams<'a>(&'a self, server: &'a ApiServer) -> crate::streams::StreamRequest<'a> {
+        crate::streams::StreamRequest {
+            streams: server.streams.as_ref(),
+            query: &self.query,
+            upgrade: self.upgrade.as_ref(),
         }
     }
 
@@ -176,7 +186,7 @@ async fn handle(
     server: Arc<ApiServer>,
     authz: Arc<crate::authz::Authorizer>,
     cert_user: Option<UserInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
@@ -219,6 +229,7 @@ async fn handle(
         Some(Err(e)) => return error_response(&e),
         None => None,
     };
+    let upgrade = crate::streams::Upgrade::of(&mut req);
     let body = match http_body_util::Limited::new(req.into_body(), 8 << 20)
         .collect()
         .await
@@ -242,6 +253,7 @@ async fn handle(
         user,
         authz,
         body,
+        upgrade,
     };
     let resp = match dispatch(&server, route, &r).await {
         Ok(resp) => resp,
@@ -663,6 +675,15 @@ async fn subresource(
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 &[],
             ))
+        // Streams to the pod's node (crate::streams).
+        ("log", &Method::GET) if rt.group.is_empty() && rt.plural == "pods" => {
+            crate::streams::logs::get(objects, ns.unwrap_or_default(), name, &r.streams(server)).await
+        }
+        ("exec" | "attach", &Method::GET | &Method::POST) if rt.group.is_empty() && rt.plural == "pods" => {
+            let attach = sub == "attach";
+            crate::streams::remote::open(objects, ns.unwrap_or_default(), name, &r.streams(server), attach)
+                .await
+        }
         }
         ("log" | "exec" | "attach" | "portforward" | "proxy" | "token", _) => {
             Err(ApiError::service_unavailable(format!(
@@ -821,6 +842,10 @@ fn delete_options(r: &Req) -> ApiResult<Value> {
 fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
+pub(crate) fn empty_body() -> Body {
+    full(Bytes::new())
+}
+
 
 fn full(b: Bytes) -> Body {
     Full::new(b)

@@ -30,6 +30,7 @@ mod reviews;
 pub mod route;
 mod strategy;
 mod watch;
+pub mod streams; // pods/log, exec, attach, portforward through the node gate
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,3 +70,5 @@ pub struct ApiServer {
     pub objects: Arc<Objects>,
     pub authn: authn::Authenticator,
 }
+    /// Reaches pods' nodes for `pods/log`, `exec`, `attach`, `portforward` (the node gate).
+    pub streams: Option<Arc<dyn keel_api::streams::PodStreams>>,

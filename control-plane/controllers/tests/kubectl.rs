@@ -50,6 +50,7 @@ async fn start() -> Server {
     let server = Arc::new(keel_apiserver::ApiServer {
         objects: objects.clone(),
         authn: keel_apiserver::authn::Authenticator::new(None, objects.clone()),
+        streams: None,
     });
     let (stop, _) = watch::channel(false);
     let stopped = |stop: &watch::Sender<bool>| {

@@ -51,6 +51,8 @@ pub(crate) struct Gate {
     pub ipam_lock: tokio::sync::Mutex<()>,
     /// The nodes' latest usage samples.
     pub usage: Arc<crate::UsageStore>,
+    /// Pending and open streams to nodes (logs, exec, attach, port-forward).
+    pub streams: Arc<crate::streams::Streams>,
     /// Becomes `true` when the gate shuts down; sessions and loops end on it.
     pub shutdown: watch::Receiver<bool>,
     /// Nodes whose status the lifecycle loop overwrote; their sessions post it again.
@@ -77,6 +79,7 @@ impl Gate {
             pod_cidrs,
             ipam_lock: tokio::sync::Mutex::new(()),
             usage: Arc::default(),
+            streams: Arc::default(),
             shutdown,
             repost: Mutex::new(HashSet::new()),
         })

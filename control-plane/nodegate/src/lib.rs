@@ -13,6 +13,8 @@
 //!   nftables DNAT ([`service_table`](crate::service_table)).
 //! * And the NetworkPolicy table: the node's pods that policies isolate, with the peer
 //!   addresses and ports they may talk to ([`policy_table`](crate::policy_table)).
+//! * Streams for logs, exec, attach and port-forward: a request down the session, answered by
+//!   the node with a `Stream` RPC it opens ([`streams`](crate::streams)).
 //! * A lifecycle loop marks nodes with stale Leases unreachable and restores them when they
 //!   come back ([`lifecycle`](crate::lifecycle)).
 //!
@@ -32,6 +34,7 @@ mod policy_table;
 mod service;
 mod service_table;
 mod session;
+pub mod streams;
 mod tls;
 mod usage;
 
@@ -47,6 +50,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use ipam::{CidrError, PodCidrs};
+pub use streams::Streams;
 pub use tls::PeerInfo;
 pub use usage::UsageStore;
 
@@ -78,6 +82,8 @@ pub struct NodeGateConfig {
     pub pod_cidrs: Option<PodCidrs>,
     /// Where nodes' usage reports go (the API server's `metrics.k8s.io` reads it).
     pub usage: Arc<UsageStore>,
+    /// Streams to nodes for logs, exec, attach and port-forward; give the API server a clone.
+    pub streams: Arc<Streams>,
 }
 
 impl NodeGateConfig {
@@ -93,6 +99,7 @@ impl NodeGateConfig {
             cluster_name: "keel".to_string(),
             pod_cidrs: Some(PodCidrs::flannel_default()),
             usage: Arc::new(UsageStore::new()),
+            streams: Streams::new(),
         }
     }
 }
@@ -117,6 +124,7 @@ pub async fn serve(
         )
         .map(|mut g| {
             g.usage = config.usage;
+            g.streams = config.streams;
             g
         })?,
     );

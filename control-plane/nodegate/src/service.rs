@@ -6,7 +6,8 @@ use std::sync::Arc;
 use futures::Stream;
 use keel_proto::node_gate_server::NodeGate;
 use keel_proto::{
-    ClusterInfo, ClusterInfoRequest, ControlMessage, JoinRequest, JoinResponse, NodeMessage, RenewRequest,
+    stream_frame, ClusterInfo, ClusterInfoRequest, ControlMessage, JoinRequest, JoinResponse, NodeMessage,
+    RenewRequest, StreamFrame,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -80,6 +81,27 @@ impl NodeGate for Service {
             ca_pem: self.gate.pki.ca_pem().to_string(),
             node_name: node,
         }))
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<StreamFrame, Status>> + Send + 'static>>;
+
+    /// A node answers a `StreamRequest` of its session: the first frame names the request.
+    async fn stream(
+        &self,
+        req: Request<Streaming<StreamFrame>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let node = node_identity(&req)?;
+        let mut inbound = req.into_inner();
+        let id = match tokio::time::timeout(crate::streams::ANSWER_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(StreamFrame {
+                frame: Some(stream_frame::Frame::Open(id)),
+            }))) => id,
+            Ok(Err(s)) => return Err(s),
+            _ => return Err(Status::invalid_argument("a stream starts with `open`")),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        self.gate.streams.answer(&node, &id, inbound, tx)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type SessionStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send + 'static>>;

@@ -92,6 +92,7 @@ pub(crate) async fn run(
         overlay_written: None,
     };
     tracing::info!(node = %s.node, "node session opened");
+    let stream_generation = s.gate.streams.attach(&s.node, out.clone());
     let feeder = tokio::spawn(crate::pods::feed(s.gate.clone(), s.node.clone(), out.clone()));
     let peers = tokio::spawn(crate::peers::feed(s.gate.clone(), s.node.clone(), out.clone()));
     let services = tokio::spawn(crate::service_table::feed(
@@ -125,6 +126,7 @@ pub(crate) async fn run(
             }
         }
     }
+    s.gate.streams.detach(&s.node, stream_generation);
     feeder.abort();
     peers.abort();
     services.abort();

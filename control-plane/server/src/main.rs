@@ -249,9 +249,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
 
     let pki = Arc::new(pki);
+    // Logs, exec, attach and port-forward reach nodes through the node gate's streams.
+    let streams = keel_nodegate::Streams::new();
     let client: Arc<dyn keel_api::client::ApiClient> =
         Arc::new(keel_apiserver::client::InProcessClient::new(objects.clone()));
     let mut gate = keel_nodegate::NodeGateConfig::new(pki.server_tls_config(&[b"h2"]), pki.clone(), client);
+        streams: Some(streams.clone()),
     gate.grace_period = args.node_grace_period;
     gate.usage = usage.clone();
     let gate_task = tokio::spawn(keel_nodegate::serve(node_listener, gate, stopped()));
@@ -278,6 +281,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
         tracing::info!("running the scheduler and the controllers");
+    gate.streams = streams;
     }
 
     let api_task = tokio::spawn(keel_apiserver::http::serve(server, listener, tls, stopped()));

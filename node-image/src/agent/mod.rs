@@ -203,6 +203,10 @@ async fn run(opts: Options) -> ExitCode {
         ));
         let pod_settings = crate::pods::Settings::from_config(&cfg, &name, &opts.state_dir);
         // Usage for `kubectl top` and the HPA, sampled from the pods' cgroups.
+        crate::streams::configure(crate::streams::Paths {
+            pods_dir: pod_settings.pods_dir.clone(),
+            log_dir: pod_settings.log_dir.clone(),
+        });
         tokio::spawn(crate::pods::usage::serve(
             pod_settings.cgroup_root.clone(),
             crate::pods::usage::INTERVAL,

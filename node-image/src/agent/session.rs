@@ -80,6 +80,7 @@ pub async fn run(
             established: false,
         };
     }
+    let streams_channel = channel.clone();
     let mut inbound = match NodeGateClient::new(channel)
         .session(ReceiverStream::new(rx))
         .await
@@ -143,6 +144,8 @@ pub async fn run(
                     link.desired.send_replace(Some(std::sync::Arc::new(set)));
                 }
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Welcome(w)) })) => link.set_pod_cidr(&w.pod_cidr),
+                // logs / exec / attach / port-forward: answered on a Stream of their own.
+                Ok(Some(ControlMessage { msg: Some(ControlMsg::StreamRequest(r)) })) => crate::streams::spawn(streams_channel.clone(), r),
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Services(t)) })) => crate::net::network_agent::offer_services(t),
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Policies(t)) })) => crate::net::netpol::offer(t),
                 Ok(Some(ControlMessage { msg: Some(ControlMsg::Peers(p)) })) => {

@@ -16,8 +16,12 @@ use std::time::Duration;
 use super::container::resolve;
 use super::sys;
 
-/// `keel-node exec PID -- CMD…`.
+/// `keel-node exec [--tty] PID -- CMD…`.
 pub fn helper_main(args: &[String]) -> ExitCode {
+    let (tty, args) = match args.split_first() {
+        Some((flag, rest)) if flag == "--tty" => (true, rest),
+        _ => (false, args),
+    };
     let (Some(pid), Some(sep)) = (args.first().and_then(|p| p.parse::<i32>().ok()), args.get(1)) else {
         eprintln!("usage: keel-node exec PID -- CMD [ARGS…]");
         return ExitCode::from(2);
@@ -26,7 +30,7 @@ pub fn helper_main(args: &[String]) -> ExitCode {
         eprintln!("usage: keel-node exec PID -- CMD [ARGS…]");
         return ExitCode::from(2);
     }
-    match enter_and_run(pid, &args[2..]) {
+    match enter_and_run(pid, &args[2..], tty) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
             eprintln!("keel: exec in the container: {e}");
@@ -35,7 +39,7 @@ pub fn helper_main(args: &[String]) -> ExitCode {
     }
 }
 
-fn enter_and_run(pid: i32, cmd: &[String]) -> io::Result<i32> {
+fn enter_and_run(pid: i32, cmd: &[String], tty: bool) -> io::Result<i32> {
     sys::set_parent_death_signal(libc::SIGKILL)?;
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let env: Vec<String> = fs::read(proc_dir.join("environ"))?
@@ -64,9 +68,22 @@ fn enter_and_run(pid: i32, cmd: &[String]) -> io::Result<i32> {
     ] {
         sys::setns(&ns.join(name), flag)?;
     }
+    // With --tty, a terminal of the container's own devpts (opened once inside its mounts).
+    let terminal = if tty {
+        Some(super::pty::open_master()?)
+    } else {
+        None
+    };
     match sys::fork()? {
         sys::Fork::Child => {
             sys::reset_signals();
+            if let Some((master, slave)) = terminal {
+                drop(master);
+                if let Err(e) = super::pty::become_terminal_session(&slave) {
+                    eprintln!("keel: exec: {e}");
+                    std::process::exit(126);
+                }
+            }
             let _ = std::env::set_current_dir("/");
             let path_var = env
                 .iter()
@@ -85,8 +102,124 @@ fn enter_and_run(pid: i32, cmd: &[String]) -> io::Result<i32> {
         }
         sys::Fork::Parent(child) => {
             sys::forward_signals_to(child);
+            if let Some((master, _)) = terminal {
+                pump_terminal(master);
+            }
             Ok(sys::exit_code(sys::wait_pid(child)?))
         }
+    }
+}
+
+// ---- --tty: the helper's stdin carries frames, so that resizes travel with the input ---------
+//
+// `[0, len_hi, len_lo, bytes…]` is input for the terminal, `[1, 0, 4, w_hi, w_lo, h_hi, h_lo]`
+// a new size; the helper copies the terminal's output to its stdout as it comes.
+
+const TTY_INPUT: u8 = 0;
+const TTY_RESIZE: u8 = 1;
+
+/// Input for the terminal, framed for `keel-node exec --tty`.
+pub fn tty_input(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 3 * (data.len() / 0xffff + 1));
+    for chunk in data.chunks(0xffff) {
+        out.push(TTY_INPUT);
+        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+/// A terminal size, framed for `keel-node exec --tty`.
+pub fn resize_message(width: u32, height: u32) -> Vec<u8> {
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX).to_be_bytes();
+    let mut out = vec![TTY_RESIZE, 0, 4];
+    out.extend_from_slice(&clamp(width));
+    out.extend_from_slice(&clamp(height));
+    out
+}
+
+/// Splits complete frames off the front of `buf`: (kind, payload).
+fn take_frames(buf: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while buf.len() - at >= 3 {
+        let len = usize::from(u16::from_be_bytes([buf[at + 1], buf[at + 2]]));
+        if buf.len() - at - 3 < len {
+            break;
+        }
+        frames.push((buf[at], buf[at + 3..at + 3 + len].to_vec()));
+        at += 3 + len;
+    }
+    buf.drain(..at);
+    frames
+}
+
+/// Copies framed stdin to the terminal and its output to stdout until the terminal closes
+/// (every process holding it has exited).
+fn pump_terminal(master: fs::File) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut stdin = io::stdin().lock();
+    let mut stdout = io::stdout().lock();
+    let mut term = &master;
+    let mut pending = Vec::new();
+    let mut stdin_open = true;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let fds: &[i32] = if stdin_open {
+            &[master.as_raw_fd(), 0]
+        } else {
+            &[master.as_raw_fd()]
+        };
+        let Ok(ready) = sys::poll_in(fds) else { return };
+        if ready[0] {
+            match term.read(&mut buf) {
+                Ok(0) | Err(_) => return, // EIO: no process holds the terminal any more
+                Ok(n) => {
+                    if stdout.write_all(&buf[..n]).and_then(|_| stdout.flush()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if stdin_open && ready.get(1).copied().unwrap_or(false) {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => stdin_open = false,
+                Ok(n) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    for (kind, payload) in take_frames(&mut pending) {
+                        match kind {
+                            TTY_INPUT => {
+                                let _ = term.write_all(&payload);
+                            }
+                            TTY_RESIZE if payload.len() == 4 => {
+                                let w = u16::from_be_bytes([payload[0], payload[1]]);
+                                let h = u16::from_be_bytes([payload[2], payload[3]]);
+                                let _ = super::pty::set_size(master.as_raw_fd(), w, h);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tty_tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_across_reads() {
+        let mut wire = tty_input(b"ls\r");
+        wire.extend(resize_message(80, 24));
+        let mut pending = wire[..4].to_vec();
+        assert!(take_frames(&mut pending).is_empty());
+        pending.extend_from_slice(&wire[4..]);
+        let frames = take_frames(&mut pending);
+        assert_eq!(frames, vec![(0, b"ls\r".to_vec()), (1, vec![0, 80, 0, 24])]);
+        assert!(pending.is_empty());
     }
 }
 

@@ -20,6 +20,7 @@ pub mod container;
 pub mod exec;
 pub mod image;
 pub mod logs;
+pub mod pty;
 pub mod reference;
 pub mod registry;
 pub mod sandbox;
