@@ -20,8 +20,10 @@
 //! 10. the agent, supervised ([`supervise`]) until poweroff or reboot.
 //!
 //! Kernel switches for PID 1 itself: `keel.selftest=kill-agent` kills the agent once when it
-//! first connects (tests watch PID 1 restart it); `keel.selftest=poweroff` powers off once the agent has been
-//! started (boot tests); `keel.nic=none` skips network setup.
+//! first connects (tests watch PID 1 restart it); `keel.selftest=kill-agent-on-request` kills it
+//! whenever it asks (a pod annotated `keel.dev/selftest-kill-agent`, once per value);
+//! `keel.selftest=poweroff` powers off once the agent has been started (boot tests);
+//! `keel.nic=none` skips network setup.
 
 pub mod clock;
 pub mod console;
@@ -205,6 +207,12 @@ fn boot_and_supervise() -> PowerAction {
         .any(|w| w == "keel.selftest=kill-agent")
     {
         sup.kill_agent_once_connected();
+    }
+    if cmdline
+        .split_whitespace()
+        .any(|w| w == "keel.selftest=kill-agent-on-request")
+    {
+        sup.kill_agent_on_request();
     }
 
     // The agent starts joining now; the datapath modules load meanwhile (anything it needs

@@ -53,6 +53,15 @@ impl Backoff {
     }
 }
 
+/// The token of a `keel: selftest: kill the agent (TOKEN)` line in the agent's output.
+fn kill_request(out: &[u8]) -> Option<String> {
+    const ASK: &[u8] = b"keel: selftest: kill the agent (";
+    let at = out.windows(ASK.len()).position(|w| w == ASK)? + ASK.len();
+    let rest = &out[at..];
+    let end = rest.iter().position(|b| *b == b')')?;
+    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+}
+
 /// Something that wants to run periodically inside the loop (DHCP renewal).
 pub trait Timer {
     fn due(&self) -> Option<Instant>;
@@ -71,6 +80,10 @@ pub struct Supervisor {
     /// `keel.selftest=kill-agent`: SIGKILL the agent once it first reports a session, so tests
     /// can watch PID 1 restart it (the image has no shell to do it from).
     kill_agent_once: bool,
+    /// `keel.selftest=kill-agent-on-request`: SIGKILL the agent when it prints
+    /// `keel: selftest: kill the agent (TOKEN)`, once per token (tests annotate a pod to kill
+    /// the agent while pods run); the tokens already honoured.
+    kill_on_request: Option<Vec<String>>,
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -108,6 +121,7 @@ impl Supervisor {
             config_path: config_path.to_string(),
             buttons: Vec::new(),
             kill_agent_once: false,
+            kill_on_request: None,
         })
     }
 
@@ -120,6 +134,11 @@ impl Supervisor {
     /// Arms the `keel.selftest=kill-agent` switch.
     pub fn kill_agent_once_connected(&mut self) {
         self.kill_agent_once = true;
+    }
+
+    /// Arms the `keel.selftest=kill-agent-on-request` switch.
+    pub fn kill_agent_on_request(&mut self) {
+        self.kill_on_request = Some(Vec::new());
     }
 
     /// Starts the agent now (the loop restarts it when it exits).
@@ -184,6 +203,13 @@ impl Supervisor {
         if let Ok(n) = self.out_r.read(&mut buf) {
             if n > 0 {
                 super::console::write_raw(&buf[..n]);
+                if let (Some(done), Some(token)) = (self.kill_on_request.as_mut(), kill_request(&buf[..n])) {
+                    if let (false, Some((pid, _))) = (done.contains(&token), self.agent) {
+                        say!("selftest: killing the agent (pid {pid}) as asked ({token})");
+                        let _ = sys::kill(pid, libc::SIGKILL);
+                        done.push(token);
+                    }
+                }
                 let connected = buf[..n].windows(19).any(|w| w == b"keel: connected to ");
                 if self.kill_agent_once && connected {
                     if let Some((pid, _)) = self.agent {
@@ -367,6 +393,16 @@ fn power_buttons() -> Vec<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kill_requests_name_their_token() {
+        assert_eq!(
+            kill_request(b"x\nkeel: selftest: kill the agent (t-1)\n").as_deref(),
+            Some("t-1")
+        );
+        assert_eq!(kill_request(b"keel: selftest: kill the agent (t-1"), None);
+        assert_eq!(kill_request(b"keel: connected to x"), None);
+    }
 
     #[test]
     fn backoff_doubles_caps_and_resets_after_a_healthy_run() {

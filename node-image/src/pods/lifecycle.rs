@@ -17,19 +17,23 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::probes::{self, ProbeEvent};
-use super::spec::{self, Downward, RestartPolicy};
+use super::record::RunRecord;
+use super::spec::{self, Downward, Hook, RestartPolicy};
 use super::status::{ContainerView, State};
 use super::volumes;
 use super::worker::PodCtx;
 use crate::runtime::cgroup::Cgroups;
 use crate::runtime::container::{self, ContainerConfig};
 use crate::runtime::image::{Image, ImageError};
+use crate::runtime::process::{Proc, ProcRef};
 use crate::runtime::reference::Reference;
-use crate::runtime::sys;
 
 const BACKOFF_MIN: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// How long a postStart hook may take (the kubelet sets no limit; a hung hook holds the
+/// container in ContainerCreating until then).
+const POST_START_BUDGET: Duration = Duration::from_secs(600);
 /// How often a running container's image is compared with the desired one.
 const SPEC_CHECK: Duration = Duration::from_secs(1);
 
@@ -63,6 +67,16 @@ fn human(d: Duration) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// What an earlier agent left of a container (see [`super::record`]).
+#[derive(Debug)]
+pub enum Resume {
+    Fresh,
+    /// It was running: adopt that run.
+    Adopt(RunRecord),
+    /// It had run and was not running (finished, or waiting to be restarted).
+    Continue(Box<ContainerView>),
 }
 
 pub struct ContainerTask {
@@ -190,51 +204,160 @@ impl ContainerTask {
     }
 
     /// The container's whole life. Returns when the pod stops it (or it finished for good and
-    /// the pod then stops).
-    pub async fn run(mut self) {
+    /// the pod then stops). `resume` is what an earlier agent left of it.
+    pub async fn run(mut self, resume: Resume) {
         let mut crash_backoff = BACKOFF_MIN;
         let mut run_number: u32 = 0;
+        let mut adopt = None;
+        let mut no_backoff = false;
+        match resume {
+            Resume::Fresh => {}
+            Resume::Adopt(r) => {
+                run_number = r.run;
+                adopt = Some(r);
+            }
+            Resume::Continue(view) => {
+                // Not running when the agent stopped: finished for good, or between runs.
+                if let State::Terminated { exit_code, .. } = view.state {
+                    let policy = self.ctx.desired().pod.restart_policy();
+                    let done = if self.init {
+                        exit_code == 0 || policy == RestartPolicy::Never
+                    } else {
+                        !policy.restarts(exit_code)
+                    };
+                    if done {
+                        if !self.init {
+                            let _ = self.stop.wait_for(Option::is_some).await;
+                        }
+                        return;
+                    }
+                    self.publish(|v| v.last_state = Some(v.state.clone()));
+                }
+                if !view.container_id.is_empty() {
+                    run_number = view.restart_count + 1;
+                }
+            }
+        }
         loop {
             if self.stop.borrow().is_some() {
                 return;
             }
-            let c = self.spec();
-            let Some(image) = self.pull(&c).await else {
-                return;
-            };
-            let image_ref = Reference::parse(&c.image)
-                .map(|r| r.to_string())
-                .unwrap_or_else(|_| c.image.clone());
-            self.publish(|v| {
-                v.image = image_ref.clone();
-                v.image_id = image.repo_digest.clone();
-            });
-            let started_wall = SystemTime::now();
-            let started = Instant::now();
-            let (mut child, cgroup, id) = match self.start(&c, &image, run_number).await {
-                Ok(x) => x,
-                Err((reason, msg)) => {
-                    self.ctx.event("Warning", "Failed", format!("Error: {msg}"));
-                    self.publish(|v| v.state = State::waiting(reason, Some(msg.clone())));
-                    if sleep_or_stop(crash_backoff, &mut self.stop).await {
+            let (c, started_wall, started, mut proc, cgroup, id) = match adopt.take() {
+                Some(r) => {
+                    // The run an earlier agent started: wait for it as if it were ours.
+                    let mut c = self.spec();
+                    c.image = r.image.clone();
+                    let exit_file = self
+                        .ctx
+                        .container_dir(&c.name, r.run)
+                        .join("bundle")
+                        .join(container::EXIT_FILE);
+                    let proc = Proc::adopt(r.helper, Some(exit_file));
+                    // One that died meanwhile restarts at once (the back-off died with the agent).
+                    no_backoff = proc.pid().is_none();
+                    let ran = SystemTime::now().duration_since(r.started_at).unwrap_or_default();
+                    let started = Instant::now().checked_sub(ran).unwrap_or_else(Instant::now);
+                    eprintln!(
+                        "keel: pod {}: container {} (run {}) {}",
+                        self.ctx.desired().pod.key(),
+                        c.name,
+                        r.run,
+                        if proc.pid().is_some() {
+                            "adopted"
+                        } else {
+                            "exited while the agent was away"
+                        }
+                    );
+                    (c, r.started_at, started, proc, r.cgroup, r.container_id)
+                }
+                None => {
+                    let c = self.spec();
+                    let Some(image) = self.pull(&c).await else {
                         return;
+                    };
+                    let image_ref = Reference::parse(&c.image)
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|_| c.image.clone());
+                    self.publish(|v| {
+                        v.image = image_ref.clone();
+                        v.image_id = image.repo_digest.clone();
+                    });
+                    let started_wall = SystemTime::now();
+                    let started = Instant::now();
+                    let (child, cgroup, id) = match self.start(&c, &image, run_number).await {
+                        Ok(x) => x,
+                        Err((reason, msg)) => {
+                            self.ctx.event("Warning", "Failed", format!("Error: {msg}"));
+                            self.publish(|v| v.state = State::waiting(reason, Some(msg.clone())));
+                            if sleep_or_stop(crash_backoff, &mut self.stop).await {
+                                return;
+                            }
+                            crash_backoff = next_backoff(crash_backoff);
+                            continue;
+                        }
+                    };
+                    if let Some(helper) = child.id().and_then(|p| ProcRef::of(p as i32)) {
+                        self.ctx.set_run(
+                            &c.name,
+                            Some(RunRecord {
+                                run: run_number,
+                                helper,
+                                image: c.image.clone(),
+                                started_at: started_wall,
+                                cgroup: cgroup.clone(),
+                                container_id: id.clone(),
+                            }),
+                        );
                     }
-                    crash_backoff = next_backoff(crash_backoff);
-                    continue;
+                    self.ctx
+                        .event("Normal", "Created", format!("Created container: {}", c.name));
+                    self.ctx
+                        .event("Normal", "Started", format!("Started container {}", c.name));
+                    let mut proc = Proc::Child(child);
+                    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+                        // The container counts as started once its postStart hook is done; a
+                        // failed hook kills it (and the restart policy decides), as the kubelet does.
+                        let pid_file = self
+                            .ctx
+                            .container_dir(&c.name, run_number)
+                            .join("bundle")
+                            .join(container::PID_FILE);
+                        if let Err(e) = self.run_hook(hook, &pid_file, POST_START_BUDGET).await {
+                            self.ctx.event(
+                                "Warning",
+                                "FailedPostStartHook",
+                                format!("PostStartHook failed: {e}"),
+                            );
+                            let grace = Duration::from_secs(self.ctx.desired().pod.grace_seconds());
+                            let code = self.kill(&c, run_number, &mut proc, &cgroup, grace).await;
+                            self.finished(&c, code, &cgroup, &id, started_wall, run_number);
+                            self.publish(|v| {
+                                if let State::Terminated { reason, message, .. } = &mut v.state {
+                                    *reason = "PostStartHookError".into();
+                                    *message = Some(e.clone());
+                                }
+                            });
+                            if self
+                                .after_exit(&c, started, &mut crash_backoff, &mut no_backoff)
+                                .await
+                            {
+                                return;
+                            }
+                            run_number += 1;
+                            continue;
+                        }
+                    }
+                    self.publish(|v| {
+                        v.container_id = id.clone();
+                        v.state = State::Running {
+                            started_at: started_wall,
+                        };
+                        v.restart_count = run_number;
+                        v.probe_ready = c.readiness_probe.as_ref().map(|_| false);
+                    });
+                    (c, started_wall, started, proc, cgroup, id)
                 }
             };
-            self.ctx
-                .event("Normal", "Created", format!("Created container: {}", c.name));
-            self.ctx
-                .event("Normal", "Started", format!("Started container {}", c.name));
-            self.publish(|v| {
-                v.container_id = id.clone();
-                v.state = State::Running {
-                    started_at: started_wall,
-                };
-                v.restart_count = run_number;
-                v.probe_ready = c.readiness_probe.as_ref().map(|_| false);
-            });
             let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel(4);
             let prober = tokio::spawn(probes::run(
                 c.readiness_probe.clone(),
@@ -252,7 +375,7 @@ impl ContainerTask {
             let mut spec_check = tokio::time::interval(SPEC_CHECK);
             let outcome = loop {
                 tokio::select! {
-                    status = child.wait() => break Outcome::Exited(status.map(exit_code).unwrap_or(255)),
+                    code = proc.wait() => break Outcome::Exited(code),
                     g = stop.wait_for(Option::is_some) => {
                         break Outcome::Stop(g.ok().and_then(|g| *g).unwrap_or_default())
                     }
@@ -280,7 +403,7 @@ impl ContainerTask {
                         format!("Container {} failed liveness probe, will be restarted", c.name),
                     );
                     let grace = Duration::from_secs(self.ctx.desired().pod.grace_seconds());
-                    let code = stop_process(&mut child, &cgroup, grace).await;
+                    let code = self.kill(&c, run_number, &mut proc, &cgroup, grace).await;
                     self.finished(&c, code, &cgroup, &id, started_wall, run_number);
                 }
                 Outcome::SpecChanged => {
@@ -290,7 +413,7 @@ impl ContainerTask {
                         format!("Container {} definition changed, will be restarted", c.name),
                     );
                     let grace = Duration::from_secs(self.ctx.desired().pod.grace_seconds());
-                    let code = stop_process(&mut child, &cgroup, grace).await;
+                    let code = self.kill(&c, run_number, &mut proc, &cgroup, grace).await;
                     self.finished(&c, code, &cgroup, &id, started_wall, run_number);
                     self.publish(|v| v.last_state = Some(v.state.clone()));
                     run_number += 1;
@@ -299,55 +422,134 @@ impl ContainerTask {
                 Outcome::Stop(grace) => {
                     self.ctx
                         .event("Normal", "Killing", format!("Stopping container {}", c.name));
-                    let code = stop_process(&mut child, &cgroup, grace).await;
+                    let code = self.kill(&c, run_number, &mut proc, &cgroup, grace).await;
                     self.finished(&c, code, &cgroup, &id, started_wall, run_number);
                     return;
                 }
             }
-            let code = match self.ctx.view(self.init, self.index).map(|v| v.state) {
-                Some(State::Terminated { exit_code, .. }) => exit_code,
-                _ => 0,
-            };
-            let policy = self.ctx.desired().pod.restart_policy();
-            if self.init && (code == 0 || policy == RestartPolicy::Never) {
-                // The pod worker goes on (or fails the pod) from here.
+            if self
+                .after_exit(&c, started, &mut crash_backoff, &mut no_backoff)
+                .await
+            {
                 return;
             }
-            if !self.init && !policy.restarts(code) {
-                // Done for good: wait for the pod to stop.
-                let _ = self.stop.wait_for(Option::is_some).await;
-                return;
-            }
-            if started.elapsed() >= BACKOFF_RESET_AFTER {
-                crash_backoff = BACKOFF_MIN;
-            }
-            let pod = &self.ctx.desired().pod;
-            let msg = format!(
-                "back-off {} restarting failed container={} pod={}_{}({})",
-                human(crash_backoff),
-                c.name,
-                pod.metadata.name,
-                pod.metadata.namespace,
-                pod.metadata.uid
-            );
-            self.publish(|v| {
-                v.last_state = Some(v.state.clone());
-                v.state = State::waiting("CrashLoopBackOff", Some(msg.clone()));
-            });
-            self.ctx.event(
-                "Warning",
-                "BackOff",
-                format!(
-                    "Back-off restarting failed container {} in pod {}_{}({})",
-                    c.name, pod.metadata.name, pod.metadata.namespace, pod.metadata.uid
-                ),
-            );
-            if sleep_or_stop(crash_backoff, &mut self.stop).await {
-                return;
-            }
-            crash_backoff = next_backoff(crash_backoff);
             run_number += 1;
         }
+    }
+
+    /// After a run ended: whether the container is done for good (true: return from `run`,
+    /// having waited for the pod to stop when that is the worker's job) or, after the back-off,
+    /// runs again (false).
+    async fn after_exit(
+        &mut self,
+        c: &spec::Container,
+        started: Instant,
+        crash_backoff: &mut Duration,
+        no_backoff: &mut bool,
+    ) -> bool {
+        let code = match self.ctx.view(self.init, self.index).map(|v| v.state) {
+            Some(State::Terminated { exit_code, .. }) => exit_code,
+            _ => 0,
+        };
+        let policy = self.ctx.desired().pod.restart_policy();
+        if self.init && (code == 0 || policy == RestartPolicy::Never) {
+            // The pod worker goes on (or fails the pod) from here.
+            return true;
+        }
+        if !self.init && !policy.restarts(code) {
+            // Done for good: wait for the pod to stop.
+            let _ = self.stop.wait_for(Option::is_some).await;
+            return true;
+        }
+        if started.elapsed() >= BACKOFF_RESET_AFTER {
+            *crash_backoff = BACKOFF_MIN;
+        }
+        let pod = &self.ctx.desired().pod;
+        let msg = format!(
+            "back-off {} restarting failed container={} pod={}_{}({})",
+            human(*crash_backoff),
+            c.name,
+            pod.metadata.name,
+            pod.metadata.namespace,
+            pod.metadata.uid
+        );
+        self.publish(|v| {
+            v.last_state = Some(v.state.clone());
+            v.state = State::waiting("CrashLoopBackOff", Some(msg.clone()));
+        });
+        self.ctx.event(
+            "Warning",
+            "BackOff",
+            format!(
+                "Back-off restarting failed container {} in pod {}_{}({})",
+                c.name, pod.metadata.name, pod.metadata.namespace, pod.metadata.uid
+            ),
+        );
+        if !std::mem::take(no_backoff) && sleep_or_stop(*crash_backoff, &mut self.stop).await {
+            return true;
+        }
+        *crash_backoff = next_backoff(*crash_backoff);
+        false
+    }
+
+    /// Runs a postStart or preStop hook in (or against) the running container, within `budget`.
+    async fn run_hook(&self, hook: &Hook, pid_file: &Path, budget: Duration) -> Result<(), String> {
+        if let Some(sleep) = &hook.sleep {
+            tokio::time::sleep(Duration::from_secs(sleep.seconds).min(budget)).await;
+            return Ok(());
+        }
+        if hook.exec.is_some() {
+            // The helper writes the container's pid as it forks it.
+            let deadline = Instant::now() + Duration::from_secs(10).min(budget);
+            while !pid_file.exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let c = self.spec();
+        let probe = probes::Probe {
+            exec: hook.exec.clone(),
+            http_get: hook.http_get.clone(),
+            timeout_seconds: Some(budget.as_secs().max(1)),
+            ..Default::default()
+        };
+        probes::check(&probe, &self.ctx.pod_ip(), &c.ports, pid_file).await
+    }
+
+    /// Stops a run: its preStop hook (within the grace period), SIGTERM, and SIGKILL to its
+    /// whole cgroup once the grace period is over (at least 2 s after the hook, as the kubelet
+    /// gives). Returns the exit code.
+    async fn kill(
+        &self,
+        c: &spec::Container,
+        run: u32,
+        proc: &mut Proc,
+        cgroup: &Path,
+        grace: Duration,
+    ) -> i32 {
+        let began = Instant::now();
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+            let pid_file = self
+                .ctx
+                .container_dir(&c.name, run)
+                .join("bundle")
+                .join(container::PID_FILE);
+            let hook_run = self.run_hook(hook, &pid_file, grace);
+            tokio::select! {
+                r = hook_run => if let Err(e) = r {
+                    self.ctx.event("Warning", "FailedPreStopHook", format!("PreStopHook failed: {e}"));
+                },
+                _ = tokio::time::sleep(grace) => {}
+                // A container that exits during its hook is done.
+                code = proc.wait() => return code,
+            }
+        }
+        let rest = grace.saturating_sub(began.elapsed());
+        let rest = if c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()) {
+            rest.max(Duration::from_secs(2))
+        } else {
+            rest
+        };
+        stop_process(proc, cgroup, rest).await
     }
 
     fn finished(
@@ -376,6 +578,7 @@ impl ContainerTask {
                 container_id: id.to_string(),
             };
         });
+        self.ctx.set_run(&c.name, None);
         let _ = std::fs::remove_dir(cgroup);
         let _ = std::fs::remove_dir_all(self.ctx.container_dir(&c.name, run));
     }
@@ -417,6 +620,22 @@ impl ContainerTask {
             .cgroups
             .create(&pod.metadata.uid, &c.name, &spec::limits(c))
             .map_err(|e| ("RunContainerError", format!("cgroup: {e}")))?;
+        // Never two of one container: leftovers of a run nobody recorded (an agent killed
+        // between starting it and recording it) go first.
+        if Cgroups::populated(&cgroup) {
+            eprintln!(
+                "keel: pod {}: container {}: killing unrecorded processes",
+                pod.key(),
+                c.name
+            );
+            let _ = Cgroups::kill(&cgroup);
+            for _ in 0..100 {
+                if !Cgroups::populated(&cgroup) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let dir = self.ctx.container_dir(&c.name, run);
         let _ = std::fs::remove_dir_all(&dir);
         let cwd = c
@@ -464,29 +683,15 @@ enum Outcome {
     SpecChanged,
 }
 
-/// The exit code, or 128 + the signal that ended the process.
-fn exit_code(s: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    s.code()
-        .or_else(|| s.signal().map(|sig| 128 + sig))
-        .unwrap_or(255)
-}
-
 /// SIGTERM, then SIGKILL to the whole cgroup after `grace`. Returns the exit code.
-async fn stop_process(child: &mut tokio::process::Child, cgroup: &Path, grace: Duration) -> i32 {
-    let code = exit_code;
-    if let Some(pid) = child.id() {
-        let _ = sys::kill(pid as i32, libc::SIGTERM);
-    }
-    if let Ok(Ok(s)) = tokio::time::timeout(grace, child.wait()).await {
-        return code(s);
+async fn stop_process(proc: &mut Proc, cgroup: &Path, grace: Duration) -> i32 {
+    proc.signal(libc::SIGTERM);
+    if let Ok(code) = tokio::time::timeout(grace, proc.wait()).await {
+        return code;
     }
     let _ = Cgroups::kill(cgroup);
-    let _ = child.start_kill();
-    match child.wait().await {
-        Ok(s) => code(s),
-        Err(_) => 137,
-    }
+    proc.signal(libc::SIGKILL);
+    proc.wait().await
 }
 
 #[cfg(test)]

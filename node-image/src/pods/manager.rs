@@ -6,10 +6,10 @@
 //! the snapshots it receives and drains its [`Outbox`] of statuses and events. A pod the node
 //! cannot understand is reported `Failed` with the reason, and never stops the others.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use keel_proto::node_message::Msg;
 use keel_proto::PodStatusReport;
@@ -18,12 +18,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::outbox::Outbox;
+use super::record::{self, PodRecord};
 use super::spec::{Pod, Resolved};
 use super::status::{self, PodView, Transitions};
 use crate::config::NodeConfig;
+use crate::net::network_agent;
 use crate::runtime::cgroup::{Cgroups, CGROUP_ROOT};
 use crate::runtime::image::{Image, ImageError, PullStats, Registries, Store};
+use crate::runtime::process::boot_id;
 use crate::runtime::registry::Client;
+use crate::runtime::sandbox::Sandbox;
 
 /// Where things live and what the node is.
 #[derive(Clone, Debug)]
@@ -121,7 +125,14 @@ pub struct Manager {
     shared: Arc<Shared>,
     pods: HashMap<String, Handle>,
     last_version: u64,
+    /// What an earlier agent of this boot left (pod records by uid), until the first snapshot
+    /// says which pods to adopt; the rest is then stopped.
+    records: Option<BTreeMap<String, PodRecord>>,
 }
+
+/// The annotation that makes the agent ask PID 1 (booted with `keel.selftest=kill-agent-on-request`)
+/// to kill it, once per value: how tests kill the agent while pods run (the image has no shell).
+pub const SELFTEST_KILL_ANNOTATION: &str = "keel.dev/selftest-kill-agent";
 
 impl Manager {
     pub fn new(settings: Settings) -> Manager {
@@ -134,10 +145,18 @@ impl Manager {
             cgroups: Cgroups::new(settings.cgroup_root.clone()),
             settings,
         });
+        let records = record::load_all(&shared.settings.pods_dir, &boot_id());
+        if !records.is_empty() {
+            eprintln!(
+                "keel: {} pods recorded by an earlier agent; adopting what still runs",
+                records.len()
+            );
+        }
         Manager {
             shared,
             pods: HashMap::new(),
             last_version: 0,
+            records: Some(records),
         }
     }
 
@@ -159,6 +178,16 @@ impl Manager {
             };
             let uid = pod.metadata.uid.clone();
             seen.insert(uid.clone());
+            if let Some(token) = json
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    SELFTEST_KILL_ANNOTATION.replace('/', "~1")
+                ))
+                .and_then(Value::as_str)
+            {
+                // PID 1 reads this line (and kills the agent once per token).
+                eprintln!("keel: selftest: kill the agent ({token})");
+            }
             let resolved = pod.resolved.clone();
             let desired = Arc::new(Desired { pod, resolved });
             match self.pods.get(&uid) {
@@ -166,8 +195,28 @@ impl Manager {
                     let _ = h.tx.send(Some(desired));
                 }
                 None => {
+                    let record = self.records.as_mut().and_then(|r| r.remove(&uid)).or_else(|| {
+                        // Not from this boot: what the control plane heard from the last one.
+                        let names: Vec<String> = desired
+                            .pod
+                            .spec
+                            .containers
+                            .iter()
+                            .map(|c| c.name.clone())
+                            .collect();
+                        let r = record::from_api_status(&desired.pod.status, &names, SystemTime::now())?;
+                        eprintln!(
+                            "keel: pod {}: ran before this boot; restarting it",
+                            desired.pod.key()
+                        );
+                        Some(PodRecord {
+                            uid: uid.clone(),
+                            init_views: Vec::new(),
+                            ..r
+                        })
+                    });
                     let (tx, rx) = watch::channel(Some(desired.clone()));
-                    let task = tokio::spawn(super::worker::run(self.shared.clone(), desired, rx));
+                    let task = tokio::spawn(super::worker::run(self.shared.clone(), desired, rx, record));
                     self.pods.insert(uid, Handle { tx, task });
                 }
             }
@@ -176,6 +225,11 @@ impl Manager {
             if !seen.contains(uid) {
                 let _ = h.tx.send(None);
             }
+        }
+        if let Some(left) = self.records.take() {
+            // The first snapshot: what an earlier agent ran and is no longer wanted goes.
+            let live: Vec<String> = seen.iter().cloned().collect();
+            tokio::spawn(remove_leftovers(self.shared.clone(), left, live));
         }
         if version != self.last_version {
             self.last_version = version;
@@ -223,6 +277,33 @@ impl Manager {
             status_json: serde_json::to_vec(&status).unwrap_or_default(),
             gone: deleting,
         });
+    }
+}
+
+/// Stops and removes what an earlier agent left of pods that are no longer desired: their
+/// recorded sandboxes, every process in their cgroups (also of pods nobody recorded), their
+/// addresses and files.
+async fn remove_leftovers(shared: Arc<Shared>, records: BTreeMap<String, PodRecord>, live: Vec<String>) {
+    let mut uids: std::collections::BTreeSet<String> = records.keys().cloned().collect();
+    uids.extend(shared.cgroups.pods());
+    for uid in uids.into_iter().filter(|u| !live.contains(u)) {
+        eprintln!("keel: pod {uid}: no longer desired; removing what an earlier agent left");
+        shared.cgroups.kill_pod(&uid);
+        if let Some(r) = records.get(&uid) {
+            if let Some(s) = r.sandbox.and_then(|s| Sandbox::adopt(s.proc, s.netns)) {
+                s.stop().await;
+            }
+            let _ = network_agent::detach(uid.clone()).await;
+        }
+        // The killed processes leave their cgroups in a moment.
+        for _ in 0..50 {
+            shared.cgroups.remove(&uid, None);
+            if !shared.cgroups.pod_dir(&uid).exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = std::fs::remove_dir_all(shared.settings.pods_dir.join(&uid));
     }
 }
 
@@ -291,7 +372,6 @@ pub trait Snapshot: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn unusable_pods_are_reported_failed_and_others_untouched() {

@@ -11,15 +11,17 @@
 //! * [`probes`]: readiness and liveness probes (tcpSocket, httpGet);
 //! * [`volumes`]: emptyDir, configMap and secret volumes and the containers' mounts of them;
 //! * [`outbox`]: statuses and events waiting for the session to send them;
+//! * [`record`]: each pod's record on disk, from which an agent that restarted adopts the
+//!   sandboxes and containers still running (same container IDs and restart counts);
 //! * [`usage`]: the node's and its containers' CPU and memory, sampled for `kubectl top`.
 //!
-//! Not yet: exec and startup probes, sidecar (restartable) init containers, other volume kinds, `kubectl logs`/`exec` streaming, re-adopting
-//! containers after an agent restart (they die with it and the pods start again).
+//! Not yet: exec and startup probes, sidecar (restartable) init containers, other volume kinds.
 
 pub mod lifecycle;
 pub mod manager;
 pub mod outbox;
 pub mod probes;
+pub mod record;
 pub mod spec;
 pub mod status;
 pub mod usage;

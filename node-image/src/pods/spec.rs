@@ -21,6 +21,8 @@ pub struct Pod {
     /// What the control plane resolved for the pod (a side field of the JSON it sends).
     #[serde(rename = "keelResolved")]
     pub resolved: Resolved,
+    /// The status the control plane holds (what an earlier boot of this node reported).
+    pub status: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -32,6 +34,7 @@ pub struct Meta {
     pub deletion_timestamp: Option<String>,
     pub deletion_grace_period_seconds: Option<i64>,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -44,6 +47,8 @@ pub struct PodSpec {
     pub host_network: bool,
     pub hostname: Option<String>,
     pub subdomain: Option<String>,
+    pub dns_policy: Option<String>,
+    pub dns_config: Option<crate::net::dns::PodDnsConfig>,
     pub node_name: Option<String>,
     pub service_account_name: Option<String>,
     pub security_context: Option<SecurityContext>,
@@ -68,6 +73,30 @@ pub struct Container {
     pub ports: Vec<super::probes::ContainerPort>,
     pub readiness_probe: Option<super::probes::Probe>,
     pub liveness_probe: Option<super::probes::Probe>,
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// `postStart` and `preStop` hooks.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Lifecycle {
+    pub post_start: Option<Hook>,
+    pub pre_stop: Option<Hook>,
+}
+
+/// A hook's handler: exec, httpGet (as a probe's) or sleep.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Hook {
+    pub exec: Option<serde_json::Value>,
+    pub http_get: Option<super::probes::HttpGet>,
+    pub sleep: Option<SleepAction>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SleepAction {
+    pub seconds: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -91,6 +120,60 @@ pub struct EnvSource {
     pub config_map_key_ref: Option<KeyRef>,
     pub secret_key_ref: Option<KeyRef>,
     pub field_ref: Option<FieldRef>,
+    pub resource_field_ref: Option<ResourceFieldRef>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ResourceFieldRef {
+    pub container_name: Option<String>,
+    pub resource: String,
+    pub divisor: Option<serde_json::Value>,
+}
+
+/// A container's resource for the downward API (`limits.cpu`, `requests.memory`, …) divided by
+/// `divisor` and rounded up, as the kubelet does; an unset limit is the node's capacity, an
+/// unset request 0 (cpu) or the limit's.
+pub fn resource_field(pod: &Pod, container: &str, r: &ResourceFieldRef) -> Result<String, String> {
+    let c = pod
+        .spec
+        .containers
+        .iter()
+        .chain(&pod.spec.init_containers)
+        .find(|c| c.name == container)
+        .ok_or_else(|| format!("container {container:?} not found in the pod"))?;
+    let get = |m: &BTreeMap<String, serde_json::Value>, k: &str| m.get(k).and_then(quantity);
+    let (cpus, memory) = node_capacity();
+    let value = match r.resource.as_str() {
+        "limits.cpu" => get(&c.resources.limits, "cpu").unwrap_or(cpus),
+        "limits.memory" => get(&c.resources.limits, "memory").unwrap_or(memory),
+        "requests.cpu" => get(&c.resources.requests, "cpu").unwrap_or(0.0),
+        "requests.memory" => get(&c.resources.requests, "memory")
+            .or_else(|| get(&c.resources.limits, "memory"))
+            .unwrap_or(0.0),
+        other => return Err(format!("unsupported container resource : {other:?}")),
+    };
+    let divisor = r
+        .divisor
+        .as_ref()
+        .and_then(quantity)
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    Ok(format!("{}", (value / divisor - 1e-9).ceil().max(0.0) as u64))
+}
+
+/// (CPUs, memory bytes) of the node.
+fn node_capacity() -> (f64, f64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb * 1024.0);
+    (cpus, memory)
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -360,6 +443,13 @@ pub fn environment(
                 } else if let Some(f) = &src.field_ref {
                     field(pod, facts, &f.field_path)
                         .ok_or_else(|| format!("unsupported fieldRef {:?}", f.field_path))?
+                } else if let Some(r) = &src.resource_field_ref {
+                    let name = r
+                        .container_name
+                        .clone()
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or_else(|| c.name.clone());
+                    resource_field(pod, &name, r)?
                 } else {
                     String::new()
                 }
@@ -370,7 +460,7 @@ pub fn environment(
     Ok(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
 }
 
-fn field(pod: &Pod, facts: &Downward, path: &str) -> Option<String> {
+pub fn field(pod: &Pod, facts: &Downward, path: &str) -> Option<String> {
     Some(match path {
         "metadata.name" => pod.metadata.name.clone(),
         "metadata.namespace" => pod.metadata.namespace.clone(),
@@ -379,11 +469,26 @@ fn field(pod: &Pod, facts: &Downward, path: &str) -> Option<String> {
         "spec.serviceAccountName" => pod.spec.service_account_name.clone().unwrap_or_default(),
         "status.podIP" | "status.podIPs" => facts.pod_ip.clone(),
         "status.hostIP" | "status.hostIPs" => facts.host_ip.clone(),
+        "metadata.labels" => key_values(&pod.metadata.labels),
+        "metadata.annotations" => key_values(&pod.metadata.annotations),
         p => {
+            if let Some(a) = p.strip_prefix("metadata.annotations['") {
+                let a = a.strip_suffix("']")?;
+                return Some(pod.metadata.annotations.get(a).cloned().unwrap_or_default());
+            }
             let label = p.strip_prefix("metadata.labels['")?.strip_suffix("']")?;
             pod.metadata.labels.get(label).cloned().unwrap_or_default()
         }
     })
+}
+
+/// Labels or annotations as a downward API file: `key="value"` lines, sorted, values quoted
+/// as Go's `%q` would for plain text.
+fn key_values(m: &BTreeMap<String, String>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Registry credentials from the pod's `imagePullSecrets` (`.dockerconfigjson` or the older

@@ -26,7 +26,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Waiting {
         reason: String,
@@ -89,8 +89,9 @@ impl State {
     }
 }
 
-/// What the node knows about one container.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the node knows about one container (also what the pod's record keeps of it across
+/// agent restarts).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerView {
     pub name: String,
     /// The image as the pod names it, normalised (`docker.io/library/busybox:1.35`).

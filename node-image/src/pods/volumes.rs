@@ -1,6 +1,6 @@
 //! Pod volumes, first slice: `emptyDir`, `configMap` and `secret` (from what the control plane
-//! resolved, `keelResolved`), mounted into containers by `volumeMounts` (with `readOnly` and
-//! `subPath`).
+//! resolved, `keelResolved`) and `hostPath` (with its `type` checks), mounted into containers by
+//! `volumeMounts` (with `readOnly` and `subPath`).
 //!
 //! Each volume is a directory under the pod's directory (`/var/lib/keel/pods/<uid>/volumes/
 //! <name>`), so an `emptyDir` lives as long as the pod and is shared by its containers and kept
@@ -26,6 +26,139 @@ pub struct Volume {
     pub empty_dir: Option<serde_json::Value>,
     pub config_map: Option<Projection>,
     pub secret: Option<Projection>,
+    pub host_path: Option<HostPath>,
+    #[serde(rename = "downwardAPI")]
+    pub downward_api: Option<DownwardApi>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DownwardApi {
+    pub items: Vec<DownwardFile>,
+    pub default_mode: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DownwardFile {
+    pub path: String,
+    pub field_ref: Option<super::spec::FieldRef>,
+    pub resource_field_ref: Option<super::spec::ResourceFieldRef>,
+    pub mode: Option<u32>,
+}
+
+/// A downwardAPI volume's files: metadata fields (labels and annotations as `key="value"`
+/// lines) and container resources.
+fn downward_files(
+    pod: &Pod,
+    c: &Container,
+    d: &DownwardApi,
+) -> Result<(BTreeMap<String, String>, Projection), String> {
+    let mut data = BTreeMap::new();
+    let mut items = Vec::new();
+    for (i, f) in d.items.iter().enumerate() {
+        let value = if let Some(r) = &f.field_ref {
+            if !r.field_path.starts_with("metadata.") {
+                return Err(format!(
+                    "downwardAPI: unsupported fieldRef {:?} in a volume",
+                    r.field_path
+                ));
+            }
+            super::spec::field(pod, &Default::default(), &r.field_path)
+                .ok_or_else(|| format!("downwardAPI: unsupported fieldRef {:?}", r.field_path))?
+        } else if let Some(r) = &f.resource_field_ref {
+            let name = r
+                .container_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| c.name.clone());
+            super::spec::resource_field(pod, &name, r)?
+        } else {
+            continue;
+        };
+        let key = format!("item-{i}");
+        data.insert(key.clone(), value);
+        items.push(KeyToPath {
+            key,
+            path: f.path.clone(),
+            mode: f.mode,
+        });
+    }
+    let p = Projection {
+        items,
+        default_mode: d.default_mode,
+        ..Default::default()
+    };
+    Ok((data, p))
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HostPath {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// A hostPath volume's directory or file on the node, checked (or created) by its `type` as
+/// the kubelet does; the error is the kubelet's `hostPath type check failed` wording.
+fn host_path(h: &HostPath) -> Result<PathBuf, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let path = PathBuf::from(&h.path);
+    if !path.is_absolute() {
+        return Err(format!("hostPath {:?} is not an absolute path", h.path));
+    }
+    let meta = fs::metadata(&path);
+    let failed = |what: &str| format!("hostPath type check failed: {} is not {what}", h.path);
+    match h.kind.as_deref().unwrap_or("") {
+        "" => {}
+        "DirectoryOrCreate" => {
+            if meta.is_err() {
+                fs::create_dir_all(&path).map_err(|e| format!("creating hostPath {}: {e}", h.path))?;
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o755));
+            } else if !meta.as_ref().is_ok_and(|m| m.is_dir()) {
+                return Err(failed("a directory"));
+            }
+        }
+        "Directory" => {
+            if !meta.is_ok_and(|m| m.is_dir()) {
+                return Err(failed("a directory"));
+            }
+        }
+        "FileOrCreate" => {
+            if meta.is_err() {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+                }
+                fs::write(&path, b"").map_err(|e| format!("creating hostPath {}: {e}", h.path))?;
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o644));
+            } else if !meta.as_ref().is_ok_and(|m| m.is_file()) {
+                return Err(failed("a file"));
+            }
+        }
+        "File" => {
+            if !meta.is_ok_and(|m| m.is_file()) {
+                return Err(failed("a file"));
+            }
+        }
+        "Socket" => {
+            if !meta.is_ok_and(|m| m.file_type().is_socket()) {
+                return Err(failed("a socket file"));
+            }
+        }
+        "CharDevice" => {
+            if !meta.is_ok_and(|m| m.file_type().is_char_device()) {
+                return Err(failed("a character device"));
+            }
+        }
+        "BlockDevice" => {
+            if !meta.is_ok_and(|m| m.file_type().is_block_device()) {
+                return Err(failed("a block device"));
+            }
+        }
+        other => return Err(format!("hostPath {}: unknown type {other:?}", h.path)),
+    }
+    Ok(path)
 }
 
 /// The shape ConfigMap and Secret volumes share (`name` vs `secretName`).
@@ -108,8 +241,11 @@ pub fn prepare(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Mount>, S
             .iter()
             .find(|v| v.name == m.name)
             .ok_or_else(|| format!("volume {:?} is not defined in the pod", m.name))?;
-        let dir = pod_dir.join("volumes").join(&v.name);
-        if let Some(p) = &v.config_map {
+        let mut dir = pod_dir.join("volumes").join(&v.name);
+        if let Some(h) = &v.host_path {
+            dir = host_path(h)
+                .map_err(|e| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name))?;
+        } else if let Some(p) = &v.config_map {
             let name = p.name.clone().unwrap_or_default();
             match pod.resolved.config_maps.get(&name) {
                 Some(data) => {
@@ -125,12 +261,15 @@ pub fn prepare(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Mount>, S
                 None if p.optional == Some(true) => write_projection(&dir, &BTreeMap::new(), p)?,
                 None => return Err(format!("secret \"{name}\" not found")),
             }
+        } else if let Some(d) = &v.downward_api {
+            let (data, p) = downward_files(pod, c, d)?;
+            write_projection(&dir, &data, &p)?;
         } else if v.empty_dir.is_some() {
             fs::create_dir_all(&dir).map_err(|e| format!("emptyDir {}: {e}", v.name))?;
             let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o777));
         } else {
             return Err(format!(
-                "volume {:?}: only emptyDir, configMap and secret volumes are supported",
+                "volume {:?}: only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported",
                 v.name
             ));
         }
@@ -152,7 +291,10 @@ pub fn prepare(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Mount>, S
         mounts.push(Mount {
             source,
             target: format!("/{target}"),
-            read_only: m.read_only || v.config_map.is_some() || v.secret.is_some(),
+            read_only: m.read_only
+                || v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some(),
         });
     }
     Ok(mounts)
@@ -219,6 +361,63 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn downward_api_volumes_hold_metadata_and_resources() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Pod::from_value(&json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u",
+                         "labels": {"b": "2", "a": "x\"y"}, "annotations": {"note": "hi"}},
+            "spec": {
+                "containers": [{"name": "c", "image": "busybox",
+                    "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}},
+                    "volumeMounts": [{"name": "info", "mountPath": "/info"}]}],
+                "volumes": [{"name": "info", "downwardAPI": {"items": [
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "note", "fieldRef": {"fieldPath": "metadata.annotations['note']"}},
+                    {"path": "mem", "resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+                    {"path": "cpu", "resourceFieldRef": {"containerName": "c", "resource": "limits.cpu", "divisor": "1m"}}
+                ]}}]
+            }
+        }))
+        .unwrap();
+        let mounts = prepare(&p, &p.spec.containers[0], dir.path()).unwrap();
+        assert!(mounts[0].read_only);
+        let read = |f: &str| fs::read_to_string(dir.path().join("volumes/info").join(f)).unwrap();
+        assert_eq!(read("name"), "p");
+        assert_eq!(read("labels"), "a=\"x\\\"y\"\nb=\"2\"");
+        assert_eq!(read("note"), "hi");
+        assert_eq!(read("mem"), "64");
+        assert_eq!(read("cpu"), "250");
+    }
+
+    #[test]
+    fn host_paths_are_checked_and_created_by_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let hp = |p: &Path, kind: &str| HostPath {
+            path: p.display().to_string(),
+            kind: Some(kind.to_string()),
+        };
+        let d = dir.path().join("made/here");
+        assert_eq!(host_path(&hp(&d, "DirectoryOrCreate")).unwrap(), d);
+        assert!(d.is_dir());
+        let f = dir.path().join("f/file");
+        host_path(&hp(&f, "FileOrCreate")).unwrap();
+        assert!(f.is_file());
+        assert!(host_path(&hp(&f, "File")).is_ok());
+        assert_eq!(
+            host_path(&hp(&f, "Directory")).unwrap_err(),
+            format!("hostPath type check failed: {} is not a directory", f.display())
+        );
+        assert!(host_path(&hp(&dir.path().join("none"), "Directory")).is_err());
+        assert!(host_path(&hp(&dir.path().join("none"), "")).is_ok());
+        assert!(host_path(&HostPath {
+            path: "rel".into(),
+            kind: None
+        })
+        .is_err());
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! from the node's pod CIDR) before its containers start; `hostNetwork` pods share the node's
 //! network and report the node's address as `podIP`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -20,10 +22,12 @@ use keel_proto::{NodeEvent, PodStatusReport};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::lifecycle::{sleep_or_stop, ContainerTask, StopSignal};
+use super::lifecycle::{sleep_or_stop, ContainerTask, Resume, StopSignal};
 use super::manager::{Desired, Shared};
+use super::record::{self, PodRecord, RunRecord, SandboxRecord};
 use super::status::{self, ContainerView, PodView, State, Transitions};
 use crate::net::network_agent;
+use crate::runtime::process::ProcRef;
 use crate::runtime::reference::Reference;
 use crate::runtime::sandbox::Sandbox;
 
@@ -36,8 +40,16 @@ pub struct PodCtx {
     init_views: Mutex<Vec<ContainerView>>,
     changed: Notify,
     sandbox: Mutex<Option<(i32, bool)>>,
+    /// The sandbox process as recorded for the next agent.
+    sandbox_ref: Mutex<Option<SandboxRecord>>,
     pod_ip: Mutex<String>,
     dir: PathBuf,
+    /// The running containers, by name, as recorded for the next agent.
+    runs: Mutex<BTreeMap<String, RunRecord>>,
+    start_time: SystemTime,
+    /// Set once the pod is torn down: nothing is recorded any more.
+    closed: AtomicBool,
+    boot_id: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,7 +80,41 @@ impl PodCtx {
         if let Some(v) = lock(self.views_of(init)).get_mut(i) {
             f(v);
         }
+        self.persist();
         self.changed.notify_one();
+    }
+
+    /// Records (or, with `None`, forgets) the running run of container `name`.
+    pub fn set_run(&self, name: &str, run: Option<RunRecord>) {
+        {
+            let mut runs = lock(&self.runs);
+            match run {
+                Some(r) => runs.insert(name.to_string(), r),
+                None => runs.remove(name),
+            };
+        }
+        self.persist();
+    }
+
+    /// Writes the pod's record for an agent that starts after this one.
+    fn persist(&self) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let r = PodRecord {
+            boot_id: self.boot_id.clone(),
+            uid: self.uid.clone(),
+            start_time: Some(self.start_time),
+            pod_ip: lock(&self.pod_ip).clone(),
+            sandbox: *lock(&self.sandbox_ref),
+            views: lock(&self.views).clone(),
+            init_views: lock(&self.init_views).clone(),
+            runs: lock(&self.runs).clone(),
+        };
+        let _ = std::fs::create_dir_all(&self.dir);
+        if let Err(e) = record::save(&self.dir, &r) {
+            eprintln!("keel: pod {}: recording its state: {e}", self.uid);
+        }
     }
 
     pub fn event(&self, kind: &str, reason: &str, message: String) {
@@ -154,13 +200,26 @@ impl PodCtx {
         }
         std::fs::write(etc.join("hosts"), hosts)?;
         std::fs::write(etc.join("hostname"), format!("{host}\n"))?;
-        let resolv = std::fs::read_to_string(&self.shared.settings.resolv_conf).unwrap_or_default();
+        let node_resolv = std::fs::read_to_string(&self.shared.settings.resolv_conf).unwrap_or_default();
+        let resolv = crate::net::dns::pod_resolv_conf(
+            d.pod.spec.dns_policy.as_deref(),
+            d.pod.spec.dns_config.as_ref(),
+            &d.pod.metadata.namespace,
+            d.pod.spec.host_network,
+            &node_resolv,
+        );
         std::fs::write(etc.join("resolv.conf"), resolv)
     }
 }
 
 /// The worker of one pod. `rx` carries the latest desired state, `None` once it left the set.
-pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiver<Option<Arc<Desired>>>) {
+/// `record` is what an earlier agent of this boot left of the pod: its processes are adopted.
+pub async fn run(
+    shared: Arc<Shared>,
+    first: Arc<Desired>,
+    mut rx: watch::Receiver<Option<Arc<Desired>>>,
+    record: Option<PodRecord>,
+) {
     let uid = first.pod.metadata.uid.clone();
     let view_of = |c: &super::spec::Container| {
         let image = Reference::parse(&c.image)
@@ -168,8 +227,35 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
             .unwrap_or_else(|_| c.image.clone());
         ContainerView::new(&c.name, &image)
     };
-    let views = first.pod.spec.containers.iter().map(view_of).collect();
-    let init_views: Vec<ContainerView> = first.pod.spec.init_containers.iter().map(view_of).collect();
+    let mut views: Vec<ContainerView> = first.pod.spec.containers.iter().map(view_of).collect();
+    let mut init_views: Vec<ContainerView> = first.pod.spec.init_containers.iter().map(view_of).collect();
+    // A record whose containers are not the pod's (same uid, so it cannot happen) is ignored.
+    let same = |a: &[ContainerView], b: &[ContainerView]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.name == y.name)
+    };
+    let record = record
+        .map(|mut r| {
+            // A record from the control plane's status (after a reboot) runs init containers
+            // again and may not know every image yet.
+            if r.init_views.is_empty() {
+                r.init_views = init_views.clone();
+            }
+            for (v, fresh) in r.views.iter_mut().zip(&views) {
+                if v.image.is_empty() {
+                    v.image = fresh.image.clone();
+                }
+            }
+            r
+        })
+        .filter(|r| same(&r.views, &views) && same(&r.init_views, &init_views));
+    if let Some(r) = &record {
+        views = r.views.clone();
+        init_views = r.init_views.clone();
+    }
+    let start_time = record
+        .as_ref()
+        .and_then(|r| r.start_time)
+        .unwrap_or_else(SystemTime::now);
     let ctx = Arc::new(PodCtx {
         dir: shared.settings.pods_dir.join(&uid),
         shared: shared.clone(),
@@ -179,14 +265,19 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
         init_views: Mutex::new(init_views),
         changed: Notify::new(),
         sandbox: Mutex::new(None),
+        sandbox_ref: Mutex::new(None),
         pod_ip: Mutex::new(String::new()),
+        runs: Mutex::new(BTreeMap::new()),
+        start_time,
+        closed: AtomicBool::new(false),
+        boot_id: crate::runtime::process::boot_id(),
     });
     let mut reporter = Reporter {
         transitions: Transitions::default(),
-        start_time: SystemTime::now(),
+        start_time,
     };
     let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
-    let mut setup = tokio::spawn(setup(ctx.clone(), stop_rx));
+    let mut setup = tokio::spawn(setup(ctx.clone(), stop_rx, record));
     let mut set_up: Option<(Option<Sandbox>, Vec<JoinHandle<()>>)> = None;
     let mut released = false;
     reporter.send(&ctx, false);
@@ -235,6 +326,7 @@ pub async fn run(shared: Arc<Shared>, first: Arc<Desired>, mut rx: watch::Receiv
     if !released {
         release(&ctx, sandbox).await;
     }
+    ctx.closed.store(true, Ordering::SeqCst);
     shared.cgroups.remove(&uid, None);
     let _ = std::fs::remove_dir_all(&ctx.dir);
     reporter.send(&ctx, deleting);
@@ -256,6 +348,8 @@ async fn release(ctx: &PodCtx, sandbox: Option<Sandbox>) {
         s.stop().await;
     }
     *lock(&ctx.sandbox) = None;
+    *lock(&ctx.sandbox_ref) = None;
+    ctx.persist();
     if ctx.wants_netns() {
         if let Err(e) = network_agent::detach(ctx.uid.clone()).await {
             eprintln!(
@@ -269,22 +363,84 @@ async fn release(ctx: &PodCtx, sandbox: Option<Sandbox>) {
 /// Brings the pod up: sandbox, its place on the pod network (retried with back-off until the
 /// network can take it, as the kubelet waits for CNI), /etc files, then the containers.
 /// Gives up when the pod is being stopped. Returns what the teardown must stop.
-async fn setup(ctx: Arc<PodCtx>, mut stop: StopSignal) -> (Option<Sandbox>, Vec<JoinHandle<()>>) {
-    if ctx.desired().pod.metadata.deletion_timestamp.is_some() {
-        return (None, Vec::new());
+///
+/// With a `record` from an earlier agent, the recorded sandbox (if it still runs) is adopted
+/// with its address and /etc files, and each container resumes from its record: a running one
+/// is adopted, a finished one stays finished, one between runs runs again. A pod whose sandbox
+/// is gone loses its containers (they cannot live without its namespaces) and gets a new one.
+async fn setup(
+    ctx: Arc<PodCtx>,
+    mut stop: StopSignal,
+    record: Option<PodRecord>,
+) -> (Option<Sandbox>, Vec<JoinHandle<()>>) {
+    if ctx.desired().pod.metadata.deletion_timestamp.is_none() && record.is_none() {
+        // A fresh pod: its record exists before any of its processes.
+        ctx.persist();
     }
     let key = ctx.desired().pod.key();
     let netns = ctx.wants_netns();
-    let sandbox = match Sandbox::start(&ctx.desired().pod.hostname(), netns).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            // Containers then run in the node's namespaces; say so, keep going.
-            ctx.event("Warning", "FailedCreatePodSandBox", e.to_string());
-            eprintln!("keel: pod {key}: {e}");
-            None
+    let adopted = record
+        .as_ref()
+        .and_then(|r| r.sandbox)
+        .and_then(|s| Sandbox::adopt(s.proc, s.netns));
+    let mut runs = record.as_ref().map(|r| r.runs.clone()).unwrap_or_default();
+    if record.is_some() && adopted.is_none() && !runs.is_empty() {
+        eprintln!("keel: pod {key}: its sandbox is gone; stopping its containers");
+        ctx.shared.cgroups.kill_pod(&ctx.uid);
+    }
+    if ctx.desired().pod.metadata.deletion_timestamp.is_some() {
+        // Being deleted: nothing starts; what still runs is adopted to be stopped.
+        if let Some(s) = &adopted {
+            *lock(&ctx.sandbox) = Some((s.pid, s.netns));
         }
+        let names: Vec<(bool, usize, String)> = {
+            let pod = &ctx.desired().pod;
+            let regular = pod
+                .spec
+                .containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (false, i, c.name.clone()));
+            pod.spec
+                .init_containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (true, i, c.name.clone()))
+                .chain(regular)
+                .collect()
+        };
+        let tasks = names
+            .into_iter()
+            .filter_map(|(init, index, name)| {
+                let r = runs.remove(&name)?;
+                let task = ContainerTask {
+                    ctx: ctx.clone(),
+                    index,
+                    init,
+                    stop: stop.clone(),
+                };
+                Some(tokio::spawn(task.run(Resume::Adopt(r))))
+            })
+            .collect();
+        return (adopted, tasks);
+    }
+    let sandbox = match adopted {
+        Some(s) => {
+            *lock(&ctx.pod_ip) = record.as_ref().map(|r| r.pod_ip.clone()).unwrap_or_default();
+            Some(s)
+        }
+        None => match Sandbox::start(&ctx.desired().pod.hostname(), netns).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                // Containers then run in the node's namespaces; say so, keep going.
+                ctx.event("Warning", "FailedCreatePodSandBox", e.to_string());
+                eprintln!("keel: pod {key}: {e}");
+                None
+            }
+        },
     };
-    if let (Some(s), true) = (&sandbox, netns) {
+    let attached = netns && !lock(&ctx.pod_ip).is_empty();
+    if let (Some(s), true, false) = (&sandbox, netns, attached) {
         let mut backoff = Duration::from_secs(1);
         let mut said = String::new();
         loop {
@@ -309,29 +465,41 @@ async fn setup(ctx: Arc<PodCtx>, mut stop: StopSignal) -> (Option<Sandbox>, Vec<
             }
         }
     }
-    if let Err(e) = ctx.write_etc() {
-        ctx.event(
-            "Warning",
-            "FailedCreatePodSandBox",
-            format!("writing the pod's /etc files: {e}"),
-        );
+    if !attached {
+        if let Err(e) = ctx.write_etc() {
+            ctx.event(
+                "Warning",
+                "FailedCreatePodSandBox",
+                format!("writing the pod's /etc files: {e}"),
+            );
+        }
     }
     if let Some(s) = &sandbox {
         *lock(&ctx.sandbox) = Some((s.pid, s.netns));
+        *lock(&ctx.sandbox_ref) = ProcRef::of(s.pid).map(|proc| SandboxRecord { proc, netns: s.netns });
+        ctx.persist();
         ctx.changed.notify_one();
     }
+    let resumed = record.is_some();
     // Init containers, one after the other, each to success (or the pod fails).
-    if !ctx.desired().pod.spec.init_containers.is_empty() {
+    let inits = ctx.desired().pod.spec.init_containers.clone();
+    if !inits.is_empty() && !resumed {
         ctx.set_waiting_all("PodInitializing");
     }
-    for index in 0..ctx.desired().pod.spec.init_containers.len() {
+    for (index, c) in inits.iter().enumerate() {
+        let resume = resume_of(&ctx, true, index, &c.name, &mut runs, resumed);
+        if let Resume::Continue(v) = &resume {
+            if matches!(v.state, State::Terminated { exit_code: 0, .. }) {
+                continue;
+            }
+        }
         let task = ContainerTask {
             ctx: ctx.clone(),
             index,
             init: true,
             stop: stop.clone(),
         };
-        let _ = tokio::spawn(task.run()).await;
+        let _ = tokio::spawn(task.run(resume)).await;
         let succeeded = matches!(
             ctx.view(true, index).map(|v| v.state),
             Some(State::Terminated { exit_code: 0, .. })
@@ -340,8 +508,48 @@ async fn setup(ctx: Arc<PodCtx>, mut stop: StopSignal) -> (Option<Sandbox>, Vec<
             return (sandbox, Vec::new());
         }
     }
-    let tasks = (0..ctx.desired().pod.spec.containers.len())
-        .map(|index| {
+    let tasks = resume_all(&ctx, &stop, runs, resumed);
+    (sandbox, tasks)
+}
+
+/// What container `name` resumes from.
+fn resume_of(
+    ctx: &PodCtx,
+    init: bool,
+    index: usize,
+    name: &str,
+    runs: &mut BTreeMap<String, RunRecord>,
+    resumed: bool,
+) -> Resume {
+    if let Some(r) = runs.remove(name) {
+        return Resume::Adopt(r);
+    }
+    match ctx.view(init, index) {
+        Some(v) if resumed && !v.container_id.is_empty() => Resume::Continue(Box::new(v)),
+        _ => Resume::Fresh,
+    }
+}
+
+/// Starts (or resumes) the task of every regular container.
+fn resume_all(
+    ctx: &Arc<PodCtx>,
+    stop: &StopSignal,
+    mut runs: BTreeMap<String, RunRecord>,
+    resumed: bool,
+) -> Vec<JoinHandle<()>> {
+    let names: Vec<String> = ctx
+        .desired()
+        .pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let resume = resume_of(ctx, false, index, name, &mut runs, resumed);
             tokio::spawn(
                 ContainerTask {
                     ctx: ctx.clone(),
@@ -349,11 +557,10 @@ async fn setup(ctx: Arc<PodCtx>, mut stop: StopSignal) -> (Option<Sandbox>, Vec<
                     init: false,
                     stop: stop.clone(),
                 }
-                .run(),
+                .run(resume),
             )
         })
-        .collect();
-    (sandbox, tasks)
+        .collect()
 }
 
 struct Reporter {

@@ -116,6 +116,36 @@ impl Cgroups {
         fs::write(dir.join("cgroup.kill"), "1")
     }
 
+    /// Kills every process of a pod (each container cgroup's `cgroup.kill`).
+    pub fn kill_pod(&self, pod_uid: &str) {
+        if let Ok(entries) = fs::read_dir(self.pod_dir(pod_uid)) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = Self::kill(&e.path());
+                }
+            }
+        }
+    }
+
+    /// Whether any process is in the cgroup (`populated 1` in `cgroup.events`).
+    pub fn populated(dir: &Path) -> bool {
+        fs::read_to_string(dir.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
+            .unwrap_or(false)
+    }
+
+    /// The pod uids that have a cgroup.
+    pub fn pods(&self) -> Vec<String> {
+        fs::read_dir(self.root.join("kubepods"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether the kernel's OOM killer struck in this cgroup.
     pub fn oom_killed(dir: &Path) -> bool {
         fs::read_to_string(dir.join("memory.events"))

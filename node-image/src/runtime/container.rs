@@ -4,7 +4,8 @@
 //! container through a helper, `keel-node container <bundle>/config.json`, a fresh
 //! single-threaded process (like `runc init`). The helper:
 //!
-//! 1. asks for SIGKILL when the agent dies (containers do not outlive the agent in this slice);
+//! 1. stays when the agent dies (it is reparented to PID 1; the next agent adopts it, see
+//!    [`super::process`]);
 //! 2. moves itself into the container's cgroup (so everything it forks is counted and limited);
 //! 3. joins the pod sandbox's UTS and IPC namespaces (and network namespace if it has one);
 //! 4. unshares a mount and a PID namespace, makes `/` private, mounts the overlayfs root
@@ -16,7 +17,8 @@
 //!    changes to the working directory and execs the command with the environment;
 //! 6. the helper stays as the container's parent: it forwards SIGTERM and friends to it and
 //!    exits with its status (the exit code, or 128 + the signal), which the agent reads as the
-//!    container's.
+//!    container's; it also writes that code into `<bundle>/exit` ([`EXIT_FILE`]) for an agent
+//!    that adopted it and so cannot wait for it.
 //!
 //! The container's stdout and stderr are pipes the helper copies into the container's log file
 //! (the helper's stdout, opened by the agent) in the CRI format `kubectl logs` reads
@@ -134,8 +136,12 @@ pub fn helper_main(args: &[String]) -> ExitCode {
         }
     };
     let pid_file = Path::new(path).with_file_name(PID_FILE);
+    let exit_file = Path::new(path).with_file_name(EXIT_FILE);
     match run(&cfg, &pid_file) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Ok(code) => {
+            let _ = super::process::write_exit_file(&exit_file, code);
+            ExitCode::from(u8::try_from(code).unwrap_or(255))
+        }
         Err(e) => {
             // The log is in CRI format; so is this last word.
             println!(
@@ -149,9 +155,10 @@ pub fn helper_main(args: &[String]) -> ExitCode {
 
 /// In the bundle: the host PID of the container's PID 1 (for `keel-node exec`).
 pub const PID_FILE: &str = "pid";
+/// In the bundle: the container's exit code, written by the helper as it exits.
+pub const EXIT_FILE: &str = "exit";
 
 fn run(cfg: &ContainerConfig, pid_file: &Path) -> io::Result<i32> {
-    sys::set_parent_death_signal(libc::SIGKILL)?;
     if let Some(cg) = &cfg.cgroup {
         fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
             .map_err(|e| io::Error::new(e.kind(), format!("joining cgroup {}: {e}", cg.display())))?;

@@ -9,6 +9,8 @@
 //!   namespaces over an overlayfs root and execs its command;
 //! * [`logs`]: container output as CRI log lines;
 //! * [`exec`]: the `keel-node exec` helper that runs a command inside a running container;
+//! * [`process`]: helper and sandbox processes that outlive the agent, found again by pid and
+//!   start time and waited for through a pidfd;
 //! * [`cgroup`]: cgroup v2 limits under `/sys/fs/cgroup/kubepods/<pod uid>/<container>`;
 //! * [`stats`]: CPU and memory counters of the node and of container cgroups;
 //! * [`sys`]: the syscall wrappers, the only `unsafe` of the runtime.
@@ -20,6 +22,7 @@ pub mod container;
 pub mod exec;
 pub mod image;
 pub mod logs;
+pub mod process;
 pub mod pty;
 pub mod reference;
 pub mod registry;

@@ -4,13 +4,15 @@
 //!
 //! It is `keel-node sandbox HOSTNAME [--netns]`: unshares, sets the hostname (the pod's name),
 //! prints `ready` on stdout so the agent knows the namespaces exist, then sleeps until a signal.
-//! It dies with the agent (parent-death signal), like the containers in this slice.
+//! It outlives the agent, like the containers: the next agent adopts it by pid and start time
+//! ([`super::process`]).
 
 use std::io::{self, Write};
 use std::process::{ExitCode, Stdio};
 
 use tokio::io::AsyncBufReadExt;
 
+use super::process::{Proc, ProcRef};
 use super::sys;
 
 /// `keel-node sandbox HOSTNAME [--netns]`.
@@ -38,7 +40,6 @@ pub fn helper_main(args: &[String]) -> ExitCode {
 }
 
 fn setup(hostname: &str, netns: bool) -> io::Result<()> {
-    sys::set_parent_death_signal(libc::SIGKILL)?;
     let mut flags = libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if netns {
         flags |= libc::CLONE_NEWNET;
@@ -61,7 +62,7 @@ pub enum SandboxError {
 
 /// A running sandbox process.
 pub struct Sandbox {
-    pub child: tokio::process::Child,
+    pub proc: Proc,
     pub pid: i32,
     pub netns: bool,
 }
@@ -105,12 +106,22 @@ impl Sandbox {
             let _ = child.start_kill();
             return Err(SandboxError::NotReady(err.trim().to_string()));
         }
-        Ok(Sandbox { child, pid, netns })
+        Ok(Sandbox {
+            proc: Proc::Child(child),
+            pid,
+            netns,
+        })
+    }
+
+    /// The sandbox an earlier agent started, if it still runs.
+    pub fn adopt(r: ProcRef, netns: bool) -> Option<Sandbox> {
+        let proc = Proc::adopt(r, None);
+        proc.pid().map(|pid| Sandbox { proc, pid, netns })
     }
 
     /// Ends the sandbox.
     pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        self.proc.signal(libc::SIGKILL);
+        let _ = self.proc.wait().await;
     }
 }

@@ -342,3 +342,24 @@ pub fn poll_in(fds: &[std::os::fd::RawFd]) -> io::Result<Vec<bool>> {
     }
     Ok(p.iter().map(|x| x.revents != 0).collect())
 }
+
+/// pidfd_open(2): a descriptor that becomes readable when the process `pid` exits, whoever its
+/// parent is (the agent watches containers it adopted after a restart this way).
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: integer arguments; the kernel returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open succeeded, so `fd` is an open descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// A pidfd registered with tokio, to await the process's exit as readability.
+pub fn pidfd_async(pid: libc::pid_t) -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = pidfd_open(pid)?;
+    // SAFETY: the AsyncFd owns the descriptor, so it stays open (and is the same file) for as
+    // long as it is registered; nothing else closes it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+}
