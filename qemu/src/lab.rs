@@ -550,6 +550,9 @@ impl Lab {
             .arg("--node-listen")
             .arg(format!("127.0.0.1:{}", self.state.gate_port))
             .args(["--san", crate::node::HOST_ALIAS])
+            // Every NodePort the server allocates is one the lab forwards to the host.
+            .arg("--service-node-port-range")
+            .arg(format!("{}-{}", NODEPORTS.start(), NODEPORTS.end()))
             .stdin(Stdio::null());
         if let Some(grace) = &self.options.node_grace_period {
             cmd.args(["--node-grace-period", grace]);

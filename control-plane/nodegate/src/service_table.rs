@@ -35,6 +35,8 @@ fn items(list: &Value) -> &[Value] {
 }
 
 /// The table for `services` and `endpoints` (list items), sorted by namespace and name.
+/// Headless services are listed for DNS (`headless`, no ClusterIP); ExternalName services carry
+/// their name and no ports.
 pub(crate) fn table(services: &[Value], endpoints: &[Value]) -> Vec<ClusterService> {
     let by_name: HashMap<(&str, &str), &Value> = endpoints
         .iter()
@@ -44,7 +46,13 @@ pub(crate) fn table(services: &[Value], endpoints: &[Value]) -> Vec<ClusterServi
         .iter()
         .filter_map(|s| {
             let ip = str_at(s, "/spec/clusterIP");
-            if ip.is_empty() || ip == "None" {
+            let external_name = if str_at(s, "/spec/type") == "ExternalName" {
+                str_at(s, "/spec/externalName").trim_end_matches('.').to_string()
+            } else {
+                String::new()
+            };
+            let headless = ip == "None";
+            if ip.is_empty() && external_name.is_empty() {
                 return None;
             }
             let (ns, name) = (str_at(s, "/metadata/namespace"), str_at(s, "/metadata/name"));
@@ -53,25 +61,70 @@ pub(crate) fn table(services: &[Value], endpoints: &[Value]) -> Vec<ClusterServi
                 .and_then(|e| e["subsets"].as_array())
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let ports = s["spec"]["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|p| ClusterServicePort {
-                    protocol: p["protocol"].as_str().unwrap_or("TCP").to_string(),
-                    port: p["port"].as_u64().unwrap_or(0) as u32,
-                    endpoints: endpoints_for(subsets, p["name"].as_str().unwrap_or_default()),
-                })
-                .collect();
+            let ports = if external_name.is_empty() {
+                s["spec"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        let port_name = p["name"].as_str().unwrap_or_default();
+                        ClusterServicePort {
+                            protocol: p["protocol"].as_str().unwrap_or("TCP").to_string(),
+                            port: p["port"].as_u64().unwrap_or(0) as u32,
+                            endpoints: endpoints_for(subsets, port_name),
+                            node_port: p["nodePort"].as_u64().unwrap_or(0) as u32,
+                            name: port_name.to_string(),
+                        }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let affinity_timeout_seconds = if str_at(s, "/spec/sessionAffinity") == "ClientIP" {
+                s.pointer("/spec/sessionAffinityConfig/clientIP/timeoutSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(10800) as u32
+            } else {
+                0
+            };
+            let addresses = if headless {
+                ready_addresses(subsets)
+            } else {
+                Vec::new()
+            };
             Some(ClusterService {
+                addresses,
                 namespace: ns.to_string(),
                 name: name.to_string(),
-                cluster_ip: ip.to_string(),
+                cluster_ip: if headless { String::new() } else { ip.to_string() },
                 ports,
+                external_traffic_local: str_at(s, "/spec/externalTrafficPolicy") == "Local",
+                affinity_timeout_seconds,
+                headless,
+                external_name,
             })
         })
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
+}
+
+/// Every ready address of `subsets` once, with port 0 (headless services' DNS records).
+fn ready_addresses(subsets: &[Value]) -> Vec<ServiceEndpoint> {
+    let mut out: Vec<ServiceEndpoint> = subsets
+        .iter()
+        .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+        .filter_map(|a| {
+            Some(ServiceEndpoint {
+                ip: a["ip"].as_str()?.to_string(),
+                port: 0,
+                node_name: a["nodeName"].as_str().unwrap_or_default().to_string(),
+                hostname: a["hostname"].as_str().unwrap_or_default().to_string(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.ip.cmp(&b.ip));
+    out.dedup_by(|a, b| a.ip == b.ip);
     out
 }
 
@@ -91,6 +144,8 @@ fn endpoints_for(subsets: &[Value], port_name: &str) -> Vec<ServiceEndpoint> {
                 out.push(ServiceEndpoint {
                     ip: ip.to_string(),
                     port: port as u32,
+                    node_name: a["nodeName"].as_str().unwrap_or_default().to_string(),
+                    hostname: a["hostname"].as_str().unwrap_or_default().to_string(),
                 });
             }
         }
@@ -199,8 +254,10 @@ mod tests {
         ];
         let t = table(&services, &endpoints);
         let names: Vec<&str> = t.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["solo", "web"]);
-        let web = &t[1];
+        assert_eq!(names, ["solo", "headless", "web"]);
+        assert!(t[1].headless && t[1].cluster_ip.is_empty());
+        assert!(t[1].addresses.is_empty(), "no Endpoints object, no addresses");
+        let web = &t[2];
         assert_eq!(web.cluster_ip, "10.96.0.20");
         let http: Vec<(&str, u32)> = web.ports[0]
             .endpoints
@@ -213,5 +270,53 @@ mod tests {
         // No Endpoints object yet: the port is there, with no endpoints.
         assert!(t[0].ports[0].endpoints.is_empty());
         assert_eq!(t[0].ports[0].port, 8080);
+    }
+    #[test]
+    fn node_ports_policies_and_endpoint_details_reach_the_table() {
+        let services = vec![
+            json!({"metadata": {"namespace": "default", "name": "np"}, "spec": {"clusterIP": "10.96.0.40",
+                "type": "NodePort", "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                "ports": [{"name": "http", "port": 80, "nodePort": 30001}]}}),
+            json!({"metadata": {"namespace": "default", "name": "ext"}, "spec": {"type": "ExternalName",
+                "externalName": "example.org."}}),
+            json!({"metadata": {"namespace": "default", "name": "plain"}, "spec": {"clusterIP": "10.96.0.41",
+                "sessionAffinity": "None", "ports": [{"port": 80}]}}),
+        ];
+        let mut services = services;
+        services
+            .push(json!({"metadata": {"namespace": "default", "name": "db"}, "spec": {"clusterIP": "None"}}));
+        let endpoints = vec![
+            json!({"metadata": {"namespace": "default", "name": "np"}, "subsets": [{
+                "addresses": [{"ip": "10.244.1.3", "nodeName": "keel-2", "hostname": "np-0"}],
+                "ports": [{"name": "http", "port": 8080}]}]}),
+            json!({"metadata": {"namespace": "default", "name": "db"}, "subsets": [{
+                "addresses": [{"ip": "10.244.2.5", "hostname": "db-1"}, {"ip": "10.244.1.5", "hostname": "db-0"}],
+                "notReadyAddresses": [{"ip": "10.244.3.5"}]}]}),
+        ];
+        let mut t = table(&services, &endpoints);
+        let db = t.remove(0);
+        assert!(db.headless && db.ports.is_empty());
+        let addrs: Vec<(&str, &str)> = db
+            .addresses
+            .iter()
+            .map(|a| (a.ip.as_str(), a.hostname.as_str()))
+            .collect();
+        assert_eq!(addrs, [("10.244.1.5", "db-0"), ("10.244.2.5", "db-1")]);
+        let names: Vec<&str> = t.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ext", "np", "plain"]);
+        assert_eq!(t[0].external_name, "example.org");
+        assert!(t[0].ports.is_empty() && t[0].cluster_ip.is_empty() && !t[0].headless);
+        let np = &t[1];
+        assert!(np.external_traffic_local);
+        assert_eq!(np.affinity_timeout_seconds, 60);
+        assert_eq!(
+            (np.ports[0].node_port, np.ports[0].name.as_str()),
+            (30001, "http")
+        );
+        let ep = &np.ports[0].endpoints[0];
+        assert_eq!((ep.node_name.as_str(), ep.hostname.as_str()), ("keel-2", "np-0"));
+        assert!(!t[2].external_traffic_local);
+        assert_eq!(t[2].affinity_timeout_seconds, 0);
     }
 }

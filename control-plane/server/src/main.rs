@@ -55,6 +55,9 @@ struct ServeArgs {
     /// The Service IP range.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// The NodePort range, `LOW-HIGH` (kube-apiserver's flag).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
     /// Serve the API and the node gate only: no scheduler, no controllers (for API tests and
     /// for running them out of process).
     #[arg(long)]
@@ -105,6 +108,17 @@ enum TokenAction {
         #[arg(long, default_value = "127.0.0.1:6443")]
         server: SocketAddr,
     },
+}
+
+/// `30000-32767` → (30000, 32767); the low end must not exceed the high one.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("invalid port range {s:?} (want LOW-HIGH, e.g. 30000-32767)");
+    let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -210,6 +224,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         metrics: Some(usage.clone()),
         advertise: args.listen,
         service_cidr,
+        node_port_range: args.service_node_port_range,
         ..Config::default()
     };
     let objects = Arc::new(Objects::new(Arc::new(store), Arc::new(config)));

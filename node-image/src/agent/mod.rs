@@ -196,17 +196,18 @@ async fn run(opts: Options) -> ExitCode {
             crate::net::network_agent::Settings {
                 preferred_ip: cfg.static_ip2.as_ref().map(|s| s.address),
                 state_dir: opts.state_dir.clone(),
+                node_name: name.clone(),
             },
             pod_link.pod_cidr.clone(),
             pod_link.peers.clone(),
             pod_link.overlay.clone(),
         ));
         let pod_settings = crate::pods::Settings::from_config(&cfg, &name, &opts.state_dir);
-        // Usage for `kubectl top` and the HPA, sampled from the pods' cgroups.
         crate::streams::configure(crate::streams::Paths {
             pods_dir: pod_settings.pods_dir.clone(),
             log_dir: pod_settings.log_dir.clone(),
         });
+        // Usage for `kubectl top` and the HPA, sampled from the pods' cgroups.
         tokio::spawn(crate::pods::usage::serve(
             pod_settings.cgroup_root.clone(),
             crate::pods::usage::INTERVAL,

@@ -40,6 +40,8 @@ pub struct Settings {
     pub preferred_ip: Option<Ipv4Addr>,
     /// `/var/lib/keel`: allocations go to `ipam/` below it.
     pub state_dir: PathBuf,
+    /// This node's name (its endpoints serve `externalTrafficPolicy: Local` NodePorts).
+    pub node_name: String,
 }
 
 #[derive(Default)]
@@ -246,7 +248,9 @@ async fn reconcile(
         underlay,
         ipam_root: settings.state_dir.join("ipam"),
     };
-    let (ports, bad) = table.map(services::from_proto).unwrap_or_default();
+    let (ports, bad) = table
+        .map(|t| services::from_proto(t, &settings.node_name))
+        .unwrap_or_default();
     if !bad.is_empty() {
         eprintln!(
             "keel: services: not served (malformed or not TCP/UDP): {}",

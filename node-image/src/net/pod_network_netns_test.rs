@@ -198,12 +198,12 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
     );
 
     // A Service on node a: ClusterIP 10.96.0.20:80 → pod b's 7780, from pod a and from node a.
-    let web = services::ServicePort {
-        cluster_ip: ip("10.96.0.20"),
-        protocol: services::Protocol::Tcp,
-        port: 80,
-        endpoints: vec![(ip_b.ip, 7780)],
-    };
+    let web = services::ServicePort::cluster_ip(
+        ip("10.96.0.20"),
+        services::Protocol::Tcp,
+        80,
+        vec![(ip_b.ip, 7780)],
+    );
     in_netns(&node_a.path, || {
         services::apply(std::slice::from_ref(&web))?;
         // The node's own connections need a route for the ClusterIP before the output hook
@@ -251,12 +251,12 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
     send_from(&pod_a2, SocketAddr::from((ip_a.ip, 7781)), "neighbour").expect("pod a2 → pod a");
     let (peer, _) = rx.recv_timeout(DEADLINE).expect("pod a answered").expect("read");
     assert_eq!(peer.ip(), std::net::IpAddr::V4(ip_a2.ip));
-    let local = services::ServicePort {
-        cluster_ip: ip("10.96.0.21"),
-        protocol: services::Protocol::Tcp,
-        port: 81,
-        endpoints: vec![(ip_a.ip, 7782)],
-    };
+    let local = services::ServicePort::cluster_ip(
+        ip("10.96.0.21"),
+        services::Protocol::Tcp,
+        81,
+        vec![(ip_a.ip, 7782)],
+    );
     in_netns(&node_a.path, || services::apply(&[web.clone(), local])).expect("services");
     let rx = serve_once(&pod_a, SocketAddr::from((ip_a.ip, 7782)));
     send_from(&pod_a2, SocketAddr::from((ip("10.96.0.21"), 81)), "same node")
@@ -281,6 +281,53 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
         peer.ip(),
         std::net::IpAddr::V4(a.gateway()),
         "hairpin traffic is masqueraded"
+    );
+
+    // NodePorts on node a, reached from node b at node a's segment address: policy Cluster
+    // sends to pod b (on node b) masqueraded as node a's overlay address, so the reply comes
+    // back through node a; policy Local sends to pod a (on node a) and keeps the client's
+    // address.
+    let mut np_cluster = web.clone();
+    np_cluster.node_port = 30080;
+    let mut np_local = services::ServicePort::cluster_ip(
+        ip("10.96.0.22"),
+        services::Protocol::Tcp,
+        82,
+        vec![(ip_a.ip, 7783), (ip_b.ip, 7783)],
+    );
+    np_local.node_port = 30081;
+    np_local.external_local = true;
+    np_local.local_endpoints = vec![(ip_a.ip, 7783)];
+    in_netns(&node_a.path, || services::apply(&[np_cluster, np_local])).expect("node ports");
+    let rx = serve_once(&pod_b, SocketAddr::from((ip_b.ip, 7780)));
+    send_from(
+        &node_b,
+        SocketAddr::from((ip("192.168.50.11"), 30080)),
+        "nodeport",
+    )
+    .expect("node b → node a's NodePort → pod b");
+    let (peer, text) = rx
+        .recv_timeout(DEADLINE)
+        .expect("NodePort answered")
+        .expect("read");
+    assert_eq!(text, "nodeport");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(a.pod_cidr.network),
+        "NodePort traffic (policy Cluster) is masqueraded to the overlay address"
+    );
+    let rx = serve_once(&pod_a, SocketAddr::from((ip_a.ip, 7783)));
+    send_from(&node_b, SocketAddr::from((ip("192.168.50.11"), 30081)), "local")
+        .expect("node b → node a's Local NodePort → pod a");
+    let (peer, text) = rx
+        .recv_timeout(DEADLINE)
+        .expect("Local NodePort answered")
+        .expect("read");
+    assert_eq!(text, "local");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(ip("192.168.50.12")),
+        "policy Local keeps the client's address"
     );
 
     // No endpoints: the rule goes, and the ClusterIP answers nothing.

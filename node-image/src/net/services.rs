@@ -1,5 +1,5 @@
-//! Services in the kernel datapath: ClusterIP → endpoints as nftables DNAT rules over netlink,
-//! kube-proxy's iptables mode redone in nftables without maps:
+//! Services in the kernel datapath: ClusterIP and NodePort → endpoints as nftables DNAT rules
+//! over netlink, kube-proxy's iptables mode redone in nftables without maps:
 //!
 //! ```text
 //! table ip keel-services {
@@ -9,12 +9,19 @@
 //!   ip daddr 10.96.0.20 meta l4proto tcp th dport 80 numgen random mod (n-i) 0 dnat to EP_i
 //!   # (the last endpoint without the numgen test); in prerouting, first, per endpoint:
 //!   ip daddr 10.96.0.20 meta l4proto tcp th dport 80 ip saddr EP_i meta mark set 0x4000
+//!   # NodePorts (prerouting only: any address of the node, from outside or from pods):
+//!   fib daddr type local meta l4proto tcp th dport 30000 meta mark set 0x4000   (policy Cluster)
+//!   fib daddr type local meta l4proto tcp th dport 30000 numgen … dnat to EP_i
 //! }
 //! ```
 //!
 //! Rule i is tried only when rules 0..i did not match, and matches with probability 1/(n-i), so
 //! every endpoint gets 1/n of new connections; conntrack keeps established ones where they
-//! are. The whole table is replaced in one atomic batch whenever the service table changes.
+//! are. NodePort connections with `externalTrafficPolicy: Cluster` are marked and so
+//! masqueraded on the way out ([`super::masquerade`]): the endpoint may be on another node, and
+//! its replies must come back through this one. With `Local` only this node's endpoints serve
+//! the NodePort and the client's address is kept. The whole table is replaced in one atomic
+//! batch whenever the service table changes.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -41,6 +48,12 @@ const NFT_META_L4PROTO: u32 = 16;
 const NFT_NG_RANDOM: u32 = 1;
 const NFT_NAT_DNAT: u32 = 1;
 const NFT_REG_2: u32 = 2;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const RTN_LOCAL: u32 = 2;
 /// The packet mark of hairpin connections (kube-proxy's masquerade bit).
 pub const HAIRPIN_MARK: u32 = 0x4000;
 
@@ -79,6 +92,50 @@ pub struct ServicePort {
     pub port: u16,
     /// Ready endpoints: (pod IP, target port).
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// The NodePort, 0 for none.
+    pub node_port: u16,
+    /// `externalTrafficPolicy: Local`: the NodePort serves only [`Self::local_endpoints`],
+    /// without masquerade.
+    pub external_local: bool,
+    /// The endpoints on this node.
+    pub local_endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+impl ServicePort {
+    /// A ClusterIP-only port.
+    #[cfg(test)]
+    pub fn cluster_ip(
+        cluster_ip: Ipv4Addr,
+        protocol: Protocol,
+        port: u16,
+        endpoints: Vec<(Ipv4Addr, u16)>,
+    ) -> ServicePort {
+        ServicePort {
+            cluster_ip,
+            protocol,
+            port,
+            endpoints,
+            node_port: 0,
+            external_local: false,
+            local_endpoints: Vec::new(),
+        }
+    }
+
+    /// The endpoints behind the NodePort.
+    fn node_port_endpoints(&self) -> &[(Ipv4Addr, u16)] {
+        if self.external_local {
+            &self.local_endpoints
+        } else {
+            &self.endpoints
+        }
+    }
+}
+
+/// What a rule's packets are addressed to.
+#[derive(Clone, Copy)]
+enum Dest {
+    ClusterIp,
+    NodePort,
 }
 
 fn expr(m: Msg, name: &str, body: impl FnOnce(Msg) -> Msg) -> Msg {
@@ -119,43 +176,65 @@ fn immediate(m: Msg, reg: u32, value: &[u8]) -> Msg {
     })
 }
 
-/// `ip daddr CLUSTER_IP meta l4proto P th dport PORT`, the start of every rule of `p`.
-fn match_service(chain: &str, p: &ServicePort) -> Msg {
+/// `ip daddr CLUSTER_IP meta l4proto P th dport PORT` (or, for the NodePort,
+/// `fib daddr type local meta l4proto P th dport NODE_PORT`), the start of every rule of `p`.
+fn match_service(chain: &str, p: &ServicePort, dest: Dest) -> Msg {
     let m = nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
         .str(NFTA_RULE_TABLE, TABLE)
         .str(NFTA_RULE_CHAIN, chain)
         .begin(NFTA_RULE_EXPRESSIONS);
-    let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_DADDR, 4);
-    let m = cmp_eq(m, &p.cluster_ip.octets());
+    let (m, port) = match dest {
+        Dest::ClusterIp => {
+            let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_DADDR, 4);
+            (cmp_eq(m, &p.cluster_ip.octets()), p.port)
+        }
+        Dest::NodePort => {
+            let m = expr(m, "fib", |m| {
+                m.be32(NFTA_FIB_DREG, NFT_REG_1)
+                    .be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
+                    .be32(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR)
+            });
+            (cmp_eq(m, &RTN_LOCAL.to_ne_bytes()), p.node_port)
+        }
+    };
     let m = expr(m, "meta", |m| {
         m.be32(NFTA_META_KEY, NFT_META_L4PROTO)
             .be32(NFTA_META_DREG, NFT_REG_1)
     });
     let m = cmp_eq(m, &[p.protocol.number()]);
     let m = payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
-    cmp_eq(m, &p.port.to_be_bytes())
+    cmp_eq(m, &port.to_be_bytes())
+}
+
+/// `… meta mark set 0x4000`: the rest of the rule's connection is masqueraded.
+fn set_mark(m: Msg) -> Msg {
+    let m = immediate(m, NFT_REG_1, &HAIRPIN_MARK.to_ne_bytes());
+    expr(m, "meta", |m| {
+        m.be32(NFTA_META_KEY, NFT_META_MARK)
+            .be32(NFTA_META_SREG, NFT_REG_1)
+    })
 }
 
 /// Hairpin: a connection from endpoint `i` of `p` to its own Service is marked, and
 /// masqueraded on the way out ([`super::masquerade`]), or the endpoint would get a packet
 /// from itself and answer it directly.
 fn hairpin_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
-    let m = match_service(chain, p);
+    let m = match_service(chain, p, Dest::ClusterIp);
     let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_SADDR, 4);
     let m = cmp_eq(m, &p.endpoints[i].0.octets());
-    let m = immediate(m, NFT_REG_1, &HAIRPIN_MARK.to_ne_bytes());
-    let m = expr(m, "meta", |m| {
-        m.be32(NFTA_META_KEY, NFT_META_MARK)
-            .be32(NFTA_META_SREG, NFT_REG_1)
-    });
-    m.end()
+    set_mark(m).end()
 }
 
-/// The rule sending endpoint `i` of `p` its share of new connections.
-fn endpoint_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
-    let n = p.endpoints.len();
-    let (ip, port) = p.endpoints[i];
-    let mut m = match_service(chain, p);
+/// NodePort connections (policy Cluster) are marked for masquerade.
+fn node_port_mark_rule(chain: &str, p: &ServicePort) -> Msg {
+    set_mark(match_service(chain, p, Dest::NodePort)).end()
+}
+
+/// The rule sending endpoint `i` of `endpoints` its share of new connections to `p` at `dest`.
+fn endpoint_rule(chain: &str, p: &ServicePort, dest: Dest, endpoints: &[(Ipv4Addr, u16)], i: usize) -> Msg {
+    let n = endpoints.len();
+    let (ip, port) = endpoints[i];
+    let mut m = match_service(chain, p, dest);
     if i + 1 < n {
         m = expr(m, "numgen", |m| {
             m.be32(NFTA_NG_DREG, NFT_REG_1)
@@ -218,7 +297,25 @@ fn batch(conn: &mut Conn, ports: &[ServicePort]) -> (Vec<u8>, Vec<u32>) {
                 }
             }
             for i in 0..p.endpoints.len() {
-                push(conn, endpoint_rule(chain, p, i), true);
+                push(
+                    conn,
+                    endpoint_rule(chain, p, Dest::ClusterIp, &p.endpoints, i),
+                    true,
+                );
+            }
+        }
+        if chain == "prerouting" {
+            for p in ports.iter().filter(|p| p.node_port != 0) {
+                let eps = p.node_port_endpoints();
+                if eps.is_empty() {
+                    continue;
+                }
+                if !p.external_local {
+                    push(conn, node_port_mark_rule(chain, p), true);
+                }
+                for i in 0..eps.len() {
+                    push(conn, endpoint_rule(chain, p, Dest::NodePort, eps, i), true);
+                }
             }
         }
     }
@@ -233,21 +330,32 @@ pub fn apply(ports: &[ServicePort]) -> io::Result<()> {
     conn.send_and_wait(&bytes, &acked)
 }
 
-/// The service ports of a control-plane table; malformed entries are named in the error list.
-pub fn from_proto(t: &keel_proto::ServiceTable) -> (Vec<ServicePort>, Vec<String>) {
+/// The service ports of a control-plane table as node `node` serves them (headless and
+/// ExternalName services have none); malformed entries are named in the error list.
+pub fn from_proto(t: &keel_proto::ServiceTable, node: &str) -> (Vec<ServicePort>, Vec<String>) {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    for s in &t.services {
+    for s in t
+        .services
+        .iter()
+        .filter(|s| !s.headless && !s.cluster_ip.is_empty())
+    {
         for p in &s.ports {
             let parsed = (|| {
+                let endpoint =
+                    |e: &keel_proto::ServiceEndpoint| Some((e.ip.parse().ok()?, u16::try_from(e.port).ok()?));
                 Some(ServicePort {
                     cluster_ip: s.cluster_ip.parse().ok()?,
                     protocol: Protocol::parse(&p.protocol)?,
                     port: u16::try_from(p.port).ok()?,
-                    endpoints: p
+                    endpoints: p.endpoints.iter().map(endpoint).collect::<Option<Vec<_>>>()?,
+                    node_port: u16::try_from(p.node_port).ok()?,
+                    external_local: s.external_traffic_local,
+                    local_endpoints: p
                         .endpoints
                         .iter()
-                        .map(|e| Some((e.ip.parse().ok()?, u16::try_from(e.port).ok()?)))
+                        .filter(|e| e.node_name == node)
+                        .map(endpoint)
                         .collect::<Option<Vec<_>>>()?,
                 })
             })();
@@ -267,14 +375,18 @@ mod tests {
     use crate::net::nlmsg::replies;
 
     fn port(n: usize) -> ServicePort {
-        ServicePort {
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 20),
-            protocol: Protocol::Tcp,
-            port: 80,
-            endpoints: (0..n)
+        ServicePort::cluster_ip(
+            Ipv4Addr::new(10, 96, 0, 20),
+            Protocol::Tcp,
+            80,
+            (0..n)
                 .map(|i| (Ipv4Addr::new(10, 244, 1, 2 + i as u8), 8080))
                 .collect(),
-        }
+        )
+    }
+
+    fn has(m: &[u8], needle: &[u8]) -> bool {
+        m.windows(needle.len()).any(|w| w == needle)
     }
 
     #[test]
@@ -288,7 +400,6 @@ mod tests {
         // output (chain, 3 rules), end
         assert_eq!(msgs.len(), 4 + 7 + 4 + 1);
         assert_eq!(acked.len(), msgs.len() - 2);
-        let has = |m: &[u8], needle: &[u8]| m.windows(needle.len()).any(|w| w == needle);
         assert!(msgs[5..8].iter().all(|m| !has(m, b"nat\0") && has(m, b"meta\0")));
         let rules: Vec<&Vec<u8>> = msgs[8..11].iter().collect();
         assert!(has(rules[0], b"numgen\0") && has(rules[1], b"numgen\0"));
@@ -299,33 +410,80 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_are_marked_for_masquerade_unless_local() {
+        let Ok(mut conn) = Conn::open(libc::NETLINK_NETFILTER) else {
+            return;
+        };
+        let mut cluster = port(2);
+        cluster.node_port = 30001;
+        let mut local = port(2);
+        local.cluster_ip = Ipv4Addr::new(10, 96, 0, 21);
+        local.node_port = 30002;
+        local.external_local = true;
+        local.local_endpoints = vec![(Ipv4Addr::new(10, 244, 1, 3), 8080)];
+        let (bytes, _) = batch(&mut conn, &[cluster, local]);
+        let msgs: Vec<Vec<u8>> = replies(&bytes).map(|r| r.payload.to_vec()).collect();
+        let fib: Vec<&Vec<u8>> = msgs.iter().filter(|m| has(m, b"fib\0")).collect();
+        // Cluster: a mark rule and two endpoint rules; Local: one endpoint rule, no mark.
+        assert_eq!(fib.len(), 4);
+        assert!(fib.iter().all(|m| has(m, b"prerouting\0")));
+        assert!(has(fib[0], &30001u16.to_be_bytes()) && !has(fib[0], b"nat\0"));
+        assert!(has(fib[1], b"nat\0") && has(fib[2], b"nat\0"));
+        assert!(has(fib[3], &30002u16.to_be_bytes()) && has(fib[3], &[10, 244, 1, 3]));
+        assert!(!has(fib[3], b"numgen\0"));
+    }
+
+    #[test]
     fn control_plane_tables_are_checked() {
+        let ep = |ip: &str, node: &str| keel_proto::ServiceEndpoint {
+            ip: ip.into(),
+            port: 8080,
+            node_name: node.into(),
+            hostname: String::new(),
+        };
         let t = keel_proto::ServiceTable {
             version: 1,
-            services: vec![keel_proto::ClusterService {
-                namespace: "default".into(),
-                name: "web".into(),
-                cluster_ip: "10.96.0.20".into(),
-                ports: vec![
-                    keel_proto::ClusterServicePort {
+            services: vec![
+                keel_proto::ClusterService {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                    cluster_ip: "10.96.0.20".into(),
+                    external_traffic_local: true,
+                    ports: vec![
+                        keel_proto::ClusterServicePort {
+                            protocol: "TCP".into(),
+                            port: 80,
+                            node_port: 30001,
+                            endpoints: vec![ep("10.244.1.2", "keel-1"), ep("10.244.2.2", "keel-2")],
+                            ..Default::default()
+                        },
+                        keel_proto::ClusterServicePort {
+                            protocol: "SCTP".into(),
+                            port: 9,
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                },
+                keel_proto::ClusterService {
+                    namespace: "default".into(),
+                    name: "headless".into(),
+                    headless: true,
+                    ports: vec![keel_proto::ClusterServicePort {
                         protocol: "TCP".into(),
                         port: 80,
-                        endpoints: vec![keel_proto::ServiceEndpoint {
-                            ip: "10.244.1.2".into(),
-                            port: 8080,
-                        }],
-                    },
-                    keel_proto::ClusterServicePort {
-                        protocol: "SCTP".into(),
-                        port: 9,
-                        endpoints: vec![],
-                    },
-                ],
-            }],
+                        endpoints: vec![ep("10.244.1.9", "keel-1")],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ],
         };
-        let (ok, bad) = from_proto(&t);
+        let (ok, bad) = from_proto(&t, "keel-1");
         assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].endpoints, vec![(Ipv4Addr::new(10, 244, 1, 2), 8080)]);
+        assert_eq!(ok[0].endpoints.len(), 2);
+        assert_eq!(ok[0].local_endpoints, vec![(Ipv4Addr::new(10, 244, 1, 2), 8080)]);
+        assert_eq!((ok[0].node_port, ok[0].external_local), (30001, true));
         assert_eq!(bad, ["default/web:9"]);
     }
 }

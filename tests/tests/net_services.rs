@@ -1,0 +1,326 @@
+//! Services and cluster DNS on a three-node lab, as a user sees them (one lab for every check):
+//!
+//! * the seed smoke test: `kubectl create deployment web --image=keel/echo --replicas=3`,
+//!   `kubectl expose deployment web --port=80 --target-port=8080 --type=NodePort`; every node's
+//!   NodePort answers from the host, and across the fetches every replica (one per node)
+//!   answers, whichever node was asked (externalTrafficPolicy Cluster: masqueraded);
+//! * a pod on keel-1 fetches a pod on keel-2 by its pod IP and the Service by its ClusterIP;
+//! * cluster DNS from pods (busybox `nslookup` through the pod's resolv.conf, dnsPolicy
+//!   ClusterFirst; names with a dot through the C library's resolver, as busybox's nslookup
+//!   skips the search path for them): `web`, `web.default`, `web.default.svc.cluster.local`,
+//!   `kubernetes.default`,
+//!   a headless Service (its pods' IPs), a StatefulSet pod's name through it, an SRV record of a
+//!   named port, NXDOMAIN for an unknown cluster name; dnsPolicy None takes only dnsConfig.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use keel_e2e::*;
+
+const NODES: [&str; 3] = ["keel-1", "keel-2", "keel-3"];
+
+fn jsonpath(lab: &Lab, args: &[&str]) -> String {
+    kubectl_ok(lab, args).trim().to_string()
+}
+
+/// The pods of `selector` that are Ready: name → (node, pod IP).
+fn ready_pods(lab: &Lab, selector: &str) -> BTreeMap<String, (String, String)> {
+    let out = jsonpath(
+        lab,
+        &[
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.status.podIP} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#,
+        ],
+    );
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[3] == "True").then(|| (f[0].to_string(), (f[1].to_string(), f[2].to_string())))
+        })
+        .collect()
+}
+
+/// Runs a `restartPolicy: Never` busybox pod `name` on `node` with `script`; its phase is the
+/// answer. Returns at once; see [`wait_checks`].
+fn start_check(lab: &Lab, name: &str, node: &str, script: &str) {
+    let script = script.replace('\\', "\\\\").replace('"', "\\\"");
+    apply(
+        lab,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{role: check}}\nspec:\n  \
+             nodeName: {node}\n  restartPolicy: Never\n  containers:\n  - name: check\n    \
+             image: busybox:1.35\n    command: [\"sh\", \"-c\", \"{script}\"]\n"
+        ),
+    );
+}
+
+/// Waits for every check pod of `names` to finish; panics naming those that failed.
+fn wait_checks(lab: &Lab, names: &[&str]) {
+    let mut failed = Vec::new();
+    for name in names {
+        let phase = wait_for(
+            &format!("check {name} to finish"),
+            POD_READY_TIMEOUT,
+            || match jsonpath(lab, &["get", "pod", name, "-o", "jsonpath={.status.phase}"]).as_str() {
+                p @ ("Succeeded" | "Failed") => Poll::Ready(p.to_string()),
+                other => Poll::Pending(other.to_string()),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        if phase != "Succeeded" {
+            failed.push(*name);
+        }
+    }
+    if !failed.is_empty() {
+        let consoles: String = NODES
+            .iter()
+            .map(|n| {
+                let text = lab.console(n).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- {n} ---\n{}\n",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect();
+        panic!("checks failed: {failed:?}\n{consoles}");
+    }
+}
+
+/// `nslookup` of `name` until an answer line holds `ip` (30 tries, a second apart).
+fn lookup(name: &str, ip: &str) -> String {
+    format!(
+        "for i in $(seq 30); do nslookup {name} | grep -qE '^Address:[[:space:]]+{ip}$' && exit 0; sleep 1; done; \
+         nslookup {name}; cat /etc/resolv.conf; exit 1"
+    )
+}
+
+/// Resolves `name` through the C library's resolver (busybox `wget`, which prints
+/// `Connecting to NAME (IP:80)` once resolved) until it gives `ip`: busybox's `nslookup` applies
+/// the search path only to names without a dot, the C library to names with fewer than ndots.
+fn resolve(name: &str, ip: &str) -> String {
+    format!(
+        "for i in $(seq 30); do timeout 5 wget -O /dev/null http://{name}/ 2>&1 | \
+         grep -qF 'Connecting to {name} ({ip}:80)' && exit 0; sleep 1; done; exit 1"
+    )
+}
+
+/// `wget` of `url` until its answer contains `needle` (60 tries, a second apart).
+fn fetch_until(url: &str, needle: &str) -> String {
+    format!("for i in $(seq 60); do wget -q -O- {url} | grep -q '{needle}' && exit 0; sleep 1; done; exit 1")
+}
+
+#[test]
+fn services_node_ports_and_dns_on_three_nodes() {
+    let lab = lab_with_ready_nodes(3);
+
+    // --- The seed smoke test ---
+    kubectl_ok(
+        &lab,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=keel/echo:latest",
+            "--replicas=3",
+        ],
+    );
+    kubectl_ok(
+        &lab,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--port=80",
+            "--target-port=8080",
+            "--type=NodePort",
+        ],
+    );
+    let node_port: u16 = jsonpath(
+        &lab,
+        &[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    )
+    .parse()
+    .expect("web has a nodePort");
+    let cluster_ip = jsonpath(
+        &lab,
+        &["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"],
+    );
+    let replicas = wait_for("three web replicas Ready", POD_READY_TIMEOUT, || {
+        let pods = ready_pods(&lab, "app=web");
+        if pods.len() == 3 {
+            Poll::Ready(pods)
+        } else {
+            Poll::Pending(format!("{pods:?}"))
+        }
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}",
+            lab.kubectl(&["get", "pods", "-o", "wide"])
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+    });
+    let nodes_with_replicas: BTreeSet<&str> = replicas.values().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        nodes_with_replicas,
+        NODES.into_iter().collect(),
+        "the scheduler spreads the replicas: {replicas:?}"
+    );
+
+    // Every node's NodePort answers from the host, and across the fetches every replica does.
+    let mut answered: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let seen = wait_for(
+        "every replica through every node's NodePort",
+        Duration::from_secs(120),
+        || {
+            for node in NODES {
+                let Some(addr) = lab.nodeport(node, node_port) else {
+                    return Poll::Pending(format!("the lab forwards no NodePort {node_port} of {node}"));
+                };
+                match http_get(addr, "/") {
+                    Ok(r) if r.status == 200 => {
+                        let pod = r
+                            .body
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("pod="))
+                            .unwrap_or_default()
+                            .to_string();
+                        answered.entry(node.to_string()).or_default().insert(pod);
+                    }
+                    Ok(r) => return Poll::Pending(format!("{node}: HTTP {} {}", r.status, r.body)),
+                    Err(e) => return Poll::Pending(format!("{node}: {e}")),
+                }
+            }
+            let all: BTreeSet<&String> = answered.values().flatten().collect();
+            if answered.len() == NODES.len() && replicas.keys().all(|p| all.contains(p)) {
+                Poll::Ready(answered.clone())
+            } else {
+                Poll::Pending(format!("answers so far: {answered:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs(40)));
+    for (node, pods) in &seen {
+        assert!(
+            pods.iter().all(|p| replicas.contains_key(p)),
+            "{node}'s NodePort answered from a pod that is not a replica: {pods:?}"
+        );
+    }
+
+    // A pod on keel-1 reaches a replica on keel-2 by its pod IP and the Service by its ClusterIP.
+    let (on_2, (_, ip_2)) = replicas
+        .iter()
+        .find(|(_, (n, _))| n == "keel-2")
+        .expect("a replica on keel-2");
+    start_check(
+        &lab,
+        "pod-to-pod",
+        "keel-1",
+        &fetch_until(&format!("http://{ip_2}:8080/"), &format!("pod={on_2}")),
+    );
+    start_check(
+        &lab,
+        "pod-to-clusterip",
+        "keel-1",
+        &fetch_until(&format!("http://{cluster_ip}/"), "pod=web-"),
+    );
+    wait_checks(&lab, &["pod-to-pod", "pod-to-clusterip"]);
+
+    // --- Cluster DNS ---
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: None\n  selector: {app: db}\n  \
+         ports:\n  - name: echo\n    port: 8080\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\nspec:\n  \
+         serviceName: db\n  replicas: 2\n  selector:\n    matchLabels: {app: db}\n  template:\n    metadata:\n      \
+         labels: {app: db}\n    spec:\n      containers:\n      - name: echo\n        image: keel/echo:latest\n",
+    );
+    let db = wait_for("two db replicas Ready", POD_READY_TIMEOUT, || {
+        let pods = ready_pods(&lab, "app=db");
+        if pods.len() == 2 {
+            Poll::Ready(pods)
+        } else {
+            Poll::Pending(format!("{pods:?}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let db0_ip = &db.get("db-0").expect("a pod db-0").1;
+    let db1_ip = &db.get("db-1").expect("a pod db-1").1;
+    let checks: Vec<(&str, String)> = vec![
+        (
+            "resolv-conf",
+            "grep -qx 'nameserver 10.96.0.10' /etc/resolv.conf && \
+             grep -q '^search default.svc.cluster.local svc.cluster.local cluster.local' /etc/resolv.conf && \
+             grep -qx 'options ndots:5' /etc/resolv.conf || { cat /etc/resolv.conf; exit 1; }"
+                .to_string(),
+        ),
+        ("dns-short", lookup("web", &cluster_ip)),
+        ("dns-namespace", resolve("web.default", &cluster_ip)),
+        ("dns-full", lookup("web.default.svc.cluster.local", &cluster_ip)),
+        ("dns-kubernetes", resolve("kubernetes.default", "10.96.0.1")),
+        (
+            "dns-kubernetes-full",
+            lookup("kubernetes.default.svc.cluster.local", "10.96.0.1"),
+        ),
+        ("dns-headless-0", lookup("db", db0_ip)),
+        ("dns-headless-1", lookup("db.default.svc.cluster.local", db1_ip)),
+        ("dns-statefulset", resolve("db-0.db", db0_ip)),
+        (
+            "dns-srv",
+            "for i in $(seq 30); do nslookup -type=srv _echo._tcp.db.default.svc.cluster.local | \
+             grep -q '8080 db-1.db.default.svc.cluster.local' && exit 0; sleep 1; done; \
+             nslookup -type=srv _echo._tcp.db.default.svc.cluster.local; exit 1"
+                .to_string(),
+        ),
+        (
+            "dns-nxdomain",
+            "nslookup nope.default.svc.cluster.local 2>&1 | grep -q NXDOMAIN || \
+             { nslookup nope.default.svc.cluster.local; exit 1; }"
+                .to_string(),
+        ),
+    ];
+    for (i, (name, script)) in checks.iter().enumerate() {
+        start_check(&lab, name, NODES[i % NODES.len()], script);
+    }
+    apply(
+        &lab,
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: dns-none
+spec:
+  nodeName: keel-2
+  restartPolicy: Never
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [192.0.2.53]
+    searches: [my.search]
+    options: [{name: ndots, value: "2"}]
+  containers:
+  - name: check
+    image: busybox:1.35
+    command:
+    - sh
+    - -c
+    - |
+      want='nameserver 192.0.2.53
+      search my.search
+      options ndots:2'
+      test "$(cat /etc/resolv.conf)" = "$want" || { cat /etc/resolv.conf; exit 1; }
+"#,
+    );
+    let mut names: Vec<&str> = checks.iter().map(|(n, _)| *n).collect();
+    names.push("dns-none");
+    wait_checks(&lab, &names);
+}
