@@ -19,6 +19,7 @@
 //! * [`namespace_defaults`]: each namespace's `default` ServiceAccount and `kube-root-ca.crt`.
 //! * [`volume_binder`]: PersistentVolumes Available/Released, claims bound to the smallest fit.
 //! * [`taint_eviction`]: pods evicted by `NoExecute` taints; pods of deleted nodes removed.
+//! * [`hpa`]: HorizontalPodAutoscalers (autoscaling/v2 over the resource metrics).
 //!
 //! Entry point: [`run_all`].
 
@@ -28,6 +29,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
+pub mod hpa;
 pub mod informers;
 pub mod job;
 pub mod kinds;
@@ -103,6 +105,10 @@ pub async fn run_all(
 pub struct Options {
     /// PEM of the cluster CA, published in every namespace as `kube-root-ca.crt`.
     pub ca_pem: Option<String>,
+    /// Where the HPA controller reads pod usage (what `metrics.k8s.io` serves).
+    pub metrics: Option<Arc<dyn keel_api::metrics::MetricsSource>>,
+    /// The HPAs' default scale-down stabilization window (`None`: 5 minutes).
+    pub hpa_downscale_stabilization: Option<std::time::Duration>,
 }
 
 /// [`run_all`] with [`Options`].
@@ -224,6 +230,21 @@ pub async fn run_all_with(
         Controller::new("statefulset", &informers, k.stateful_sets)
             .owns(k.pods)
             .run(statefulset::reconcile, ctx.clone(), stopped()),
+    );
+    let autoscaler = Arc::new(hpa::Autoscaler::new(
+        ctx.client.clone(),
+        options.metrics.clone(),
+        options
+            .hpa_downscale_stabilization
+            .unwrap_or(hpa::DEFAULT_DOWNSCALE_STABILIZATION),
+    )?);
+    tasks.spawn(
+        Controller::new("horizontal-pod-autoscaler", &informers, autoscaler.hpas).run_with_cleanup(
+            hpa::reconcile,
+            Some(hpa::cleanup()),
+            autoscaler.clone(),
+            stopped(),
+        ),
     );
     // Every controller has subscribed: now the watches may begin.
     informers.start();

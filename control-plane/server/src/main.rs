@@ -62,6 +62,10 @@ struct ServeArgs {
     /// for running them out of process).
     #[arg(long)]
     no_controllers: bool,
+    /// How long HPAs that set no `behavior.scaleDown.stabilizationWindowSeconds` look back
+    /// before scaling down (kube-controller-manager's flag; e.g. 5m, 30s).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -289,6 +293,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let stop = stopped();
         let options = keel_controllers::Options {
             ca_pem: Some(pki.ca_pem().to_string()),
+            metrics: Some(usage.clone()),
+            hpa_downscale_stabilization: Some(args.horizontal_pod_autoscaler_downscale_stabilization),
         };
         background.spawn(async move {
             if let Err(e) = keel_controllers::run_all_with(client, options, stop).await {
