@@ -10,7 +10,12 @@
 //!   skips the search path for them): `web`, `web.default`, `web.default.svc.cluster.local`,
 //!   `kubernetes.default`,
 //!   a headless Service (its pods' IPs), a StatefulSet pod's name through it, an SRV record of a
-//!   named port, NXDOMAIN for an unknown cluster name; dnsPolicy None takes only dnsConfig.
+//!   named port, NXDOMAIN for an unknown cluster name; dnsPolicy None takes only dnsConfig;
+//! * readiness: a pod whose readiness probe fails leaves the rotation behind a NodePort and
+//!   comes back once it passes again;
+//! * partition: a node cut off the lab segment cannot be reached at its pod IPs from the others,
+//!   and can again once healed; a killed node goes NotReady, its pods turn not ready and its
+//!   endpoint leaves the rotation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -114,9 +119,67 @@ fn fetch_until(url: &str, needle: &str) -> String {
     format!("for i in $(seq 60); do wget -q -O- {url} | grep -q '{needle}' && exit 0; sleep 1; done; exit 1")
 }
 
+/// Which pods answer `count` fetches of `node`'s NodePort `port` from the host (failed fetches
+/// are counted under `""`).
+fn answers(lab: &Lab, node: &str, port: u16, count: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let Some(addr) = lab.nodeport(node, port) else {
+        return out;
+    };
+    for _ in 0..count {
+        let pod = match http_get(addr, "/") {
+            Ok(r) if r.status == 200 => r
+                .body
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("pod="))
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        };
+        *out.entry(pod).or_default() += 1;
+    }
+    out
+}
+
+/// An echo pod on `node` labelled `app: flappy` whose readiness follows `/tmp/unready`, which
+/// `GET /cgi-bin/unready` creates and `GET /cgi-bin/ready` removes.
+fn flappy_pod(name: &str, node: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: flappy}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: echo
+    image: keel/echo:latest
+    command:
+    - sh
+    - -c
+    - |
+      mkdir -p /tmp/www/cgi-bin
+      cp /echo/www/cgi-bin/index.cgi /tmp/www/cgi-bin/
+      printf '#!/bin/sh\ntouch /tmp/unready\nprintf "Content-Type: text/plain\\r\\n\\r\\nunready\\n"\n' > /tmp/www/cgi-bin/unready
+      printf '#!/bin/sh\nrm -f /tmp/unready\nprintf "Content-Type: text/plain\\r\\n\\r\\nready\\n"\n' > /tmp/www/cgi-bin/ready
+      chmod +x /tmp/www/cgi-bin/*
+      exec httpd -f -p 8080 -h /tmp/www
+    readinessProbe:
+      exec:
+        command: [sh, -c, "test ! -f /tmp/unready"]
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+    )
+}
+
 #[test]
 fn services_node_ports_and_dns_on_three_nodes() {
-    let lab = lab_with_ready_nodes(3);
+    let mut options = LabOptions::with_nodes(3);
+    // A killed node is NotReady 10 s after its last heartbeat (its endpoints drop then).
+    options.node_grace_period = Some("10s".into());
+    let mut lab = lab_with(options);
 
     // --- The seed smoke test ---
     kubectl_ok(
@@ -323,4 +386,173 @@ spec:
     let mut names: Vec<&str> = checks.iter().map(|(n, _)| *n).collect();
     names.push("dns-none");
     wait_checks(&lab, &names);
+
+    // --- Readiness: out of the rotation while the probe fails, back when it passes ---
+    apply(&lab, &flappy_pod("flappy-a", "keel-1"));
+    apply(&lab, &flappy_pod("flappy-b", "keel-2"));
+    kubectl_ok(
+        &lab,
+        &[
+            "expose",
+            "pod",
+            "flappy-a",
+            "--name=flappy",
+            "--selector=app=flappy",
+            "--port=80",
+            "--target-port=8080",
+            "--type=NodePort",
+        ],
+    );
+    let flappy_port: u16 = jsonpath(
+        &lab,
+        &[
+            "get",
+            "service",
+            "flappy",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    )
+    .parse()
+    .expect("flappy has a nodePort");
+    let flappy = wait_for("both flappy pods Ready", POD_READY_TIMEOUT, || {
+        let pods = ready_pods(&lab, "app=flappy");
+        if pods.len() == 2 {
+            Poll::Ready(pods)
+        } else {
+            Poll::Pending(format!("{pods:?}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let a_ip = flappy["flappy-a"].1.clone();
+    // Through keel-3, where neither runs: both answer.
+    wait_for(
+        "both flappy pods behind keel-3's NodePort",
+        Duration::from_secs(60),
+        || {
+            let seen = answers(&lab, "keel-3", flappy_port, 10);
+            if seen.contains_key("flappy-a") && seen.contains_key("flappy-b") {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{seen:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    start_check(
+        &lab,
+        "make-unready",
+        "keel-3",
+        &fetch_until(&format!("http://{a_ip}:8080/cgi-bin/unready"), "unready"),
+    );
+    wait_checks(&lab, &["make-unready"]);
+    wait_for(
+        "flappy-a listed not ready in its Endpoints",
+        Duration::from_secs(60),
+        || {
+            let not_ready = jsonpath(
+                &lab,
+                &[
+                    "get",
+                    "endpoints",
+                    "flappy",
+                    "-o",
+                    "jsonpath={.subsets[*].notReadyAddresses[*].ip}",
+                ],
+            );
+            if not_ready.split_whitespace().any(|ip| ip == a_ip) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(not_ready)
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for("flappy-a out of the rotation", Duration::from_secs(30), || {
+        let seen = answers(&lab, "keel-3", flappy_port, 20);
+        if seen.len() == 1 && seen.get("flappy-b") == Some(&20) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{seen:?}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    start_check(
+        &lab,
+        "make-ready",
+        "keel-3",
+        &fetch_until(&format!("http://{a_ip}:8080/cgi-bin/ready"), "ready"),
+    );
+    wait_checks(&lab, &["make-ready"]);
+    wait_for("flappy-a back in the rotation", Duration::from_secs(60), || {
+        let seen = answers(&lab, "keel-3", flappy_port, 10);
+        if seen.contains_key("flappy-a") && seen.contains_key("flappy-b") {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{seen:?}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // --- Partition: keel-2 cut off the lab segment, then healed ---
+    lab.cut_node("keel-2").expect("cut keel-2");
+    start_check(
+        &lab,
+        "cut-unreachable",
+        "keel-1",
+        &format!("! timeout 5 wget -q -O- http://{ip_2}:8080/"),
+    );
+    wait_checks(&lab, &["cut-unreachable"]);
+    lab.heal_node("keel-2").expect("heal keel-2");
+    start_check(
+        &lab,
+        "healed-reachable",
+        "keel-1",
+        &fetch_until(&format!("http://{ip_2}:8080/"), &format!("pod={on_2}")),
+    );
+    wait_checks(&lab, &["healed-reachable"]);
+
+    // --- A killed node: NotReady, its pods not ready, its endpoint out of the rotation ---
+    let (on_3, (_, ip_3)) = replicas
+        .iter()
+        .find(|(_, (n, _))| n == "keel-3")
+        .expect("a replica on keel-3");
+    lab.kill_node("keel-3").expect("kill keel-3");
+    lab.wait_node_ready("keel-3", false, Duration::from_secs(90))
+        .expect("keel-3 NotReady");
+    wait_for(
+        &format!("{on_3} out of web's ready addresses"),
+        Duration::from_secs(60),
+        || {
+            let ready = jsonpath(
+                &lab,
+                &[
+                    "get",
+                    "endpoints",
+                    "web",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].ip}",
+                ],
+            );
+            if ready.split_whitespace().any(|ip| ip == ip_3) {
+                Poll::Pending(ready)
+            } else {
+                Poll::Ready(())
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(
+        "only the live replicas behind keel-1's NodePort",
+        Duration::from_secs(30),
+        || {
+            let seen = answers(&lab, "keel-1", node_port, 20);
+            if seen.keys().all(|p| !p.is_empty() && p != on_3) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{seen:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }

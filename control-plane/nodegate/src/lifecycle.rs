@@ -78,6 +78,60 @@ pub(crate) fn add_unreachable_taints(taints: &mut Vec<Value>, now: &str) -> bool
     changed
 }
 
+/// Sets a pod's `Ready` condition to False (upstream's MarkPodsNotReady, so that Services stop
+/// sending it traffic). Returns whether anything changed.
+pub(crate) fn mark_pod_not_ready(conditions: &mut [Value], now: &str) -> bool {
+    match conditions.iter_mut().find(|c| c["type"] == "Ready") {
+        Some(c) if c["status"] != "False" => {
+            c["status"] = json!("False");
+            c["lastTransitionTime"] = json!(now);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Marks every pod bound to the unreachable node `name` not ready.
+async fn mark_pods_not_ready(gate: &Gate, name: &str, now: &str) -> ApiResult<()> {
+    let params = ListParams {
+        field_selector: Some(format!("spec.nodeName={name}")),
+        ..Default::default()
+    };
+    let pods = gate.client.list(gate.kinds.pods, None, params).await?;
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        let mut pod = pod.clone();
+        let Some(conditions) = pod
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        if !mark_pod_not_ready(conditions, now) {
+            continue;
+        }
+        let ns = pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let pod_name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        tracing::info!(node = name, pod = %pod_name, "marking a pod of an unreachable node not ready");
+        gate.client
+            .update(
+                gate.kinds.pods,
+                ns,
+                pod,
+                Some("status".into()),
+                WriteOptions::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Removes the unreachable taints. Returns whether anything changed.
 pub(crate) fn remove_unreachable_taints(taints: &mut Vec<Value>) -> bool {
     let before = taints.len();
@@ -214,7 +268,7 @@ async fn reconcile_node(gate: &Gate, name: &str, node: &Value, stale: bool) -> A
                 .update(gate.kinds.nodes, None, node, None, WriteOptions::default())
                 .await?;
         }
-        return Ok(());
+        return mark_pods_not_ready(gate, name, &now).await;
     }
     match ready_status(node) {
         "True" => {
@@ -258,6 +312,20 @@ mod tests {
         assert_eq!(cs[0]["lastTransitionTime"], "t1");
         assert_eq!(cs[0]["lastHeartbeatTime"], "t0");
         assert!(!mark_conditions_unknown(&mut cs, "t2"));
+    }
+
+    #[test]
+    fn pods_of_lost_nodes_turn_not_ready_once() {
+        let mut cs = vec![
+            json!({"type": "Initialized", "status": "True"}),
+            json!({"type": "Ready", "status": "True", "lastTransitionTime": "t0"}),
+        ];
+        assert!(mark_pod_not_ready(&mut cs, "t1"));
+        assert_eq!(cs[1]["status"], "False");
+        assert_eq!(cs[1]["lastTransitionTime"], "t1");
+        assert_eq!(cs[0]["status"], "True");
+        assert!(!mark_pod_not_ready(&mut cs, "t2"));
+        assert!(!mark_pod_not_ready(&mut [], "t2"));
     }
 
     #[test]
