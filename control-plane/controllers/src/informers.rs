@@ -23,7 +23,10 @@ use tokio::task::JoinHandle;
 /// Events as subscribers receive them.
 pub type Shared = Arc<WatchEvent>;
 
-const CHANNEL: usize = 65_536;
+/// Events a subscriber may fall behind by before it is told to resync. Each kind's channel
+/// preallocates this many slots (~32 bytes each), so it is kept modest: feeds only map events to
+/// keys, and a lagging one just re-queues its keys.
+const CHANNEL: usize = 8_192;
 
 pub struct Informers {
     client: Arc<dyn ApiClient>,

@@ -67,7 +67,9 @@ enum Wait {
 }
 
 struct Pending {
-    pod: Value,
+    /// What bindings and Events need of the pod (not the whole object: with thousands of
+    /// pending pods, a `Value` each was most of the server's memory).
+    pod: PodRef,
     info: PodInfo,
     attempts: u32,
     last_message: Option<String>,
@@ -140,6 +142,38 @@ impl NodeTable {
         if let Some(moved) = self.slots.get(i) {
             self.index.insert(moved.name.clone(), i);
         }
+    }
+}
+
+/// The few fields of a pending pod that binding and Events use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PodRef {
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+impl PodRef {
+    fn of(pod: &Value) -> PodRef {
+        let s = |p: &str| pod.pointer(p).and_then(Value::as_str).map(str::to_string);
+        PodRef {
+            uid: s("/metadata/uid"),
+            resource_version: s("/metadata/resourceVersion"),
+        }
+    }
+
+    /// The pod as an Event's `involvedObject` is built from (kind, apiVersion, metadata).
+    fn involved(&self, key: &PodKey) -> Value {
+        let mut meta = json!({"name": key.1});
+        if !key.0.is_empty() {
+            meta["namespace"] = json!(key.0);
+        }
+        if let Some(uid) = &self.uid {
+            meta["uid"] = json!(uid);
+        }
+        if let Some(rv) = &self.resource_version {
+            meta["resourceVersion"] = json!(rv);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta})
     }
 }
 
@@ -410,7 +444,7 @@ impl Scheduler {
         match self.pending.get_mut(&key) {
             Some(p) => {
                 p.info = PodInfo::new(&pod);
-                p.pod = pod;
+                p.pod = PodRef::of(&pod);
             }
             None => {
                 let now = Instant::now();
@@ -418,7 +452,7 @@ impl Scheduler {
                     key.clone(),
                     Pending {
                         info: PodInfo::new(&pod),
-                        pod,
+                        pod: PodRef::of(&pod),
                         attempts: 0,
                         last_message: None,
                         not_before: now,
@@ -554,12 +588,8 @@ impl Scheduler {
         }
         let best = pick(&feasible, &p.info, constraints.as_ref()).name.clone();
         let info = p.info.clone();
-        let rv = p
-            .pod
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let pod = p.pod.clone();
+        let rv = p.pod.resource_version.clone();
+        let pod = p.pod.involved(&key);
         self.count(&best, &info);
         self.assigned.insert(key.clone(), (best.clone(), info));
         self.assumed.insert(key.clone(), best.clone());
@@ -612,7 +642,7 @@ impl Scheduler {
         let client = self.client.clone();
         let pods_rt = self.pods_rt;
         let events_rt = self.events_rt;
-        let pod = p.pod.clone();
+        let pod = p.pod.involved(&key);
         tokio::spawn(async move {
             keel_controllers::events::record(
                 client.as_ref(),
