@@ -19,7 +19,8 @@
 //! neither selected nor peers (their address is the node's).
 //!
 //! The feed has the shape of [`crate::service_table::feed`]: list policies, pods and namespaces,
-//! send if different, watch all three from the list's version, list again on the first change.
+//! send if different, watch all three from the list's version (only the policies while there
+//! are none), list again on the first change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -449,8 +450,15 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
             resource_version: Some(from.to_string()),
             ..Default::default()
         };
+        // Without policies, pods and namespaces change nothing: watch the policies alone.
+        let watched = if items(&lists[0]).is_empty() {
+            &kinds[..1]
+        } else {
+            &kinds[..]
+        };
         let watches =
-            futures::future::try_join_all(kinds.map(|k| gate.client.watch(k, None, params.clone()))).await;
+            futures::future::try_join_all(watched.iter().map(|k| gate.client.watch(k, None, params.clone())))
+                .await;
         let mut events = match watches {
             Ok(w) => futures::stream::select_all(w),
             Err(e) => {

@@ -634,6 +634,8 @@ pub async fn serve() {
     let mut last: Option<Applied> = None;
     let mut last_problem = String::new();
     let mut wait = RESYNC;
+    // The version last logged: resyncs of the same table stay quiet.
+    let mut logged: Option<u64> = None;
     loop {
         let offered = rx.borrow_and_update().clone();
         if let Some(t) = offered {
@@ -649,7 +651,8 @@ pub async fn serve() {
             let result = tokio::task::spawn_blocking(move || apply(&policy, prev.as_ref())).await;
             match result {
                 Ok(Ok((applied, change))) => {
-                    if change != Change::Nothing {
+                    if change != Change::Nothing && logged != Some(t.version) {
+                        logged = Some(t.version);
                         eprintln!(
                             "keel: network policy v{}: {} ingress and {} egress rules, {} and {} pods isolated; {} in {} ms",
                             t.version,
