@@ -11,7 +11,7 @@ NODE_BIN := target/$(MUSL)/node/keel-node
 export KEEL_OUT := $(abspath $(OUT))
 
 .PHONY: all deps build node-bin image iso qemu-cluster qemu-cluster-down qemu-cluster-status \
-        test test-unit test-e2e fmt lint bench-scheduler bench-store bench-api bench-boot bench-lab clean
+        test test-unit test-e2e fmt lint bench-scheduler bench-store bench-api bench-control bench-boot bench-lab clean
 
 all: build
 
@@ -70,6 +70,12 @@ bench-store: deps
 bench-api: deps
 	$(CARGO) build --release -p keel-server
 	$(CARGO) run --release -p keel-bench --bin bench-api
+
+# The scheduler and controllers with 1,000 hollow nodes (keel-node hollow) against a release
+# keel-server: bind rate, a 10,000-replica Deployment, RSS with 30,000 pods (a few minutes).
+bench-control: deps
+	$(CARGO) build --release -p keel-server -p keel-node
+	$(CARGO) run --release -p keel-bench --bin bench-control
 
 clean:
 	rm -rf $(OUT) target

@@ -21,6 +21,8 @@ pub struct Server {
     child: Child,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// The node gate's port.
+    pub node_port: u16,
 }
 
 /// The server binary: `$KEEL_SERVER_BIN`, else `target/release/keel-server` (what `make
@@ -69,11 +71,16 @@ impl Server {
             child,
             dir,
             port: ports[0],
+            node_port: ports[1],
         })
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("data").join("admin.kubeconfig")
+        self.data_dir().join("admin.kubeconfig")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn pid(&self) -> u32 {

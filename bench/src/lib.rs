@@ -6,10 +6,15 @@
 //!   and get latency at a fixed rate, listing 10,000 pods, one change reaching 1,000 watchers, and
 //!   the server's resident memory idle and loaded.
 //!
+//! * [`control`]: the scheduler and controllers at scale with 1,000 hollow nodes
+//!   (`keel-node hollow`): bind rate, a 10,000-replica Deployment, memory with 30,000 pods
+//!   (`bench-control`, `make bench-control`).
+//!
 //! The `bench-api` binary runs both and prints [`report::Table`]; `make bench-api` builds the
 //! release server first. Everything is a measurement: a missed goal is marked, not an error.
 
 pub mod api;
+pub mod control;
 pub mod etcd;
 pub mod load;
 pub mod report;
