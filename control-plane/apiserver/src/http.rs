@@ -675,6 +675,7 @@ async fn subresource(
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 &[],
             ))
+        }
         // Streams to the pod's node (crate::streams).
         ("log", &Method::GET) if rt.group.is_empty() && rt.plural == "pods" => {
             crate::streams::logs::get(objects, ns.unwrap_or_default(), name, &r.streams(server)).await
@@ -684,6 +685,8 @@ async fn subresource(
             crate::streams::remote::open(objects, ns.unwrap_or_default(), name, &r.streams(server), attach)
                 .await
         }
+        ("portforward", &Method::GET | &Method::POST) if rt.group.is_empty() && rt.plural == "pods" => {
+            crate::streams::portforward::open(objects, ns.unwrap_or_default(), name, &r.streams(server)).await
         }
         ("log" | "exec" | "attach" | "portforward" | "proxy" | "token", _) => {
             Err(ApiError::service_unavailable(format!(
@@ -842,10 +845,10 @@ fn delete_options(r: &Req) -> ApiResult<Value> {
 fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
+
 pub(crate) fn empty_body() -> Body {
     full(Bytes::new())
 }
-
 
 fn full(b: Bytes) -> Body {
     Full::new(b)

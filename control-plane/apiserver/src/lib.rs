@@ -29,8 +29,8 @@ mod protobuf;
 mod reviews;
 pub mod route;
 mod strategy;
-mod watch;
 pub mod streams; // pods/log, exec, attach, portforward through the node gate
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +69,6 @@ impl Default for Config {
 pub struct ApiServer {
     pub objects: Arc<Objects>,
     pub authn: authn::Authenticator,
-}
     /// Reaches pods' nodes for `pods/log`, `exec`, `attach`, `portforward` (the node gate).
     pub streams: Option<Arc<dyn keel_api::streams::PodStreams>>,
+}

@@ -243,9 +243,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
+    // Logs, exec, attach and port-forward reach nodes through the node gate's streams.
+    let streams = keel_nodegate::Streams::new();
     let server = Arc::new(ApiServer {
         objects: objects.clone(),
         authn: keel_apiserver::authn::Authenticator::new(tokens, objects.clone()),
+        streams: Some(streams.clone()),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -268,13 +271,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
 
     let pki = Arc::new(pki);
-    // Logs, exec, attach and port-forward reach nodes through the node gate's streams.
-    let streams = keel_nodegate::Streams::new();
     let client: Arc<dyn keel_api::client::ApiClient> =
         Arc::new(keel_apiserver::client::InProcessClient::new(objects.clone()));
     let mut gate = keel_nodegate::NodeGateConfig::new(pki.server_tls_config(&[b"h2"]), pki.clone(), client);
-        streams: Some(streams.clone()),
     gate.grace_period = args.node_grace_period;
+    gate.streams = streams;
     gate.usage = usage.clone();
     let gate_task = tokio::spawn(keel_nodegate::serve(node_listener, gate, stopped()));
     tracing::info!(listen = %args.node_listen, "serving the node gate");
@@ -302,7 +303,6 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
         });
         tracing::info!("running the scheduler and the controllers");
-    gate.streams = streams;
     }
 
     let api_task = tokio::spawn(keel_apiserver::http::serve(server, listener, tls, stopped()));

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{Io, Paths, PodRef};
 
-pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &ExecOp, mut io: Io) {
+pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &ExecOp, io: &mut Io) {
     let Some((_, pid)) = pod.running_pid(paths, container) else {
         io.fail(400, "BadRequest", format!("container not found ({container:?})"))
             .await;

@@ -21,6 +21,7 @@ const CHUNK: usize = 32 * 1024;
 pub struct Entry<'a> {
     pub timestamp: &'a str,
     pub unix_nanos: i64,
+    pub stderr: bool,
     /// `F`: this ends a line; `P`: a piece of a longer one.
     pub full: bool,
     pub text: &'a [u8],
@@ -30,12 +31,13 @@ pub struct Entry<'a> {
 pub fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
     let mut parts = line.splitn(4, |b| *b == b' ');
     let ts = std::str::from_utf8(parts.next()?).ok()?;
-    let _stream = parts.next()?;
+    let stream = parts.next()?;
     let tag = parts.next()?;
     let text = parts.next().unwrap_or_default();
     Some(Entry {
         timestamp: ts,
         unix_nanos: parse_rfc3339_nanos(ts)?,
+        stderr: stream == b"stderr",
         full: tag != b"P",
         text,
     })
@@ -178,7 +180,7 @@ async fn send_chunks(io: &Io, data: Vec<u8>) -> bool {
     true
 }
 
-pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &LogsOp, mut io: Io) {
+pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &LogsOp, io: &mut Io) {
     let dir = pod.log_dir(paths, container);
     let runs = runs(&dir);
     let run = if op.previous {
@@ -218,7 +220,7 @@ pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &LogsOp, mu
     };
     let (out, consumed) = render_all(&data, op.tail_lines, &mut r);
     let mut offset = consumed as u64;
-    if !send_chunks(&io, out).await {
+    if !send_chunks(io, out).await {
         return;
     }
     if op.follow && !op.previous {
@@ -237,7 +239,7 @@ pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &LogsOp, mu
             let data = read_from(&path, offset).unwrap_or_default();
             let (out, consumed) = render_all(&data, None, &mut r);
             offset += consumed as u64;
-            if !out.is_empty() && !send_chunks(&io, out).await {
+            if !out.is_empty() && !send_chunks(io, out).await {
                 return;
             }
             if consumed == 0 && !running {
@@ -247,6 +249,58 @@ pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &LogsOp, mu
                     break;
                 }
             }
+        }
+    }
+    io.end(StreamEnd::default()).await;
+}
+
+/// `kubectl attach` without stdin: the container's output from now on, stdout and stderr on
+/// their own channels, until this run of the container ends or the client goes away.
+pub async fn attach(paths: &Paths, pod: &PodRef, container: &str, op: &keel_proto::ExecOp, io: &mut Io) {
+    if op.stdin {
+        io.fail(
+            400,
+            "BadRequest",
+            format!("attaching to the stdin of container {container:?} is not supported by this node"),
+        )
+        .await;
+        return;
+    }
+    let Some((run, _)) = pod.running_pid(paths, container) else {
+        io.fail(400, "BadRequest", format!("container not found ({container:?})"))
+            .await;
+        return;
+    };
+    let path = pod.log_dir(paths, container).join(format!("{run}.log"));
+    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            f = io.next() => match f {
+                None => return,
+                Some(_) => continue,
+            },
+        }
+        let running = pod.running_pid(paths, container).is_some_and(|(r, _)| r == run);
+        let data = read_from(&path, offset).unwrap_or_default();
+        let consumed = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        offset += consumed as u64;
+        for e in data[..consumed].split(|b| *b == b'\n').filter_map(parse_line) {
+            let channel = if e.stderr && !op.tty { 2 } else { 1 };
+            let wanted = if channel == 2 { op.stderr } else { op.stdout };
+            if !wanted {
+                continue;
+            }
+            let mut text = e.text.to_vec();
+            if e.full {
+                text.push(b'\n');
+            }
+            if !io.data(channel, text).await {
+                return;
+            }
+        }
+        if consumed == 0 && !running {
+            break;
         }
     }
     io.end(StreamEnd::default()).await;

@@ -9,11 +9,15 @@
 //!   tail, since, timestamps, previous, limitBytes and follow;
 //! * [`exec`]: the `keel-node exec` helper (`crate::runtime::exec`) with pipes, or a terminal
 //!   for `tty`;
+//! * attach ([`logs::attach`]): the container's output from now on (stdin is not attachable:
+//!   containers run with it closed);
+//! * [`portforward`]: a TCP connection to the port on the pod's own loopback;
 //!
 //! Every stream ends with a `StreamEnd`; failures are its `error` text, in upstream's words.
 
 pub mod exec;
 pub mod logs;
+pub mod portforward;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -37,6 +41,9 @@ pub struct Paths {
 }
 
 static PATHS: OnceLock<Paths> = OnceLock::new();
+
+/// How long a finished stream waits for the control plane to take its last frames.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Set once by the agent when it runs pods.
 pub fn configure(paths: Paths) {
@@ -73,6 +80,17 @@ impl Io {
         .await
     }
 
+    /// Closes our side and waits (a while) for the control plane to close its side: dropping
+    /// the RPC's response early would reset it and lose frames still queued towards it.
+    pub async fn linger(self) {
+        let Io { tx, mut inbound } = self;
+        drop(tx);
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
+    }
+
     /// The next frame from the control plane; `None` once it went away.
     pub async fn next(&mut self) -> Option<Frame> {
         loop {
@@ -106,9 +124,10 @@ async fn serve(channel: Channel, req: StreamRequest) -> Result<(), tonic::Status
         .stream(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let io = Io { tx, inbound };
+    let mut io = Io { tx, inbound };
     let Some(paths) = PATHS.get() else {
         io.fail(400, "BadRequest", "this node runs no pods").await;
+        io.linger().await;
         return Ok(());
     };
     let pod = PodRef {
@@ -117,22 +136,13 @@ async fn serve(channel: Channel, req: StreamRequest) -> Result<(), tonic::Status
         uid: req.pod_uid.clone(),
     };
     match req.op {
-        Some(Op::Logs(l)) => logs::serve(paths, &pod, &req.container, &l, io).await,
-        Some(Op::Exec(e)) => exec::serve(paths, &pod, &req.container, &e, io).await,
-        Some(Op::Attach(_)) => {
-            io.fail(400, "BadRequest", "attach is not supported by this node yet")
-                .await
-        }
-        Some(Op::PortForward(_)) => {
-            io.fail(
-                400,
-                "BadRequest",
-                "port-forward is not supported by this node yet",
-            )
-            .await
-        }
+        Some(Op::Logs(l)) => logs::serve(paths, &pod, &req.container, &l, &mut io).await,
+        Some(Op::Exec(e)) => exec::serve(paths, &pod, &req.container, &e, &mut io).await,
+        Some(Op::Attach(a)) => logs::attach(paths, &pod, &req.container, &a, &mut io).await,
+        Some(Op::PortForward(p)) => portforward::serve(paths, &pod, p.port, &mut io).await,
         None => io.fail(400, "BadRequest", "empty stream request").await,
     }
+    io.linger().await;
     Ok(())
 }
 
@@ -171,6 +181,18 @@ impl PodRef {
         let run = *runs.last()?;
         let pid = pid_of(&dir.join(format!("{container}-{run}")).join("bundle").join("pid"))?;
         alive(pid).then_some((run, pid))
+    }
+}
+
+impl PodRef {
+    /// The host PID of any running container of the pod (they share its network namespace).
+    pub fn any_running_pid(&self, paths: &Paths) -> Option<i32> {
+        let dir = paths.pods_dir.join(&self.uid).join("containers");
+        std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| pid_of(&e.path().join("bundle").join("pid")))
+            .find(|pid| alive(*pid))
     }
 }
 

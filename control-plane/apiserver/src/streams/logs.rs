@@ -118,6 +118,12 @@ fn check_state(pod: &Value, name: &str, container: &str, previous: bool) -> ApiR
     Err(waiting_to_start(reason))
 }
 
+fn waiting(pod: &Value, container: &str) -> bool {
+    container_status(pod, container)
+        .and_then(|s| s.pointer("/state/waiting"))
+        .is_some()
+}
+
 pub(crate) async fn get(
     objects: &Objects,
     ns: &str,
@@ -126,9 +132,14 @@ pub(crate) async fn get(
 ) -> ApiResult<Response<Body>> {
     let pod = objects.get(pods()?, Some(ns), name).await?;
     let container = container_of(&pod, name, r.q("container"))?;
-    let opts = options(r)?;
+    let mut opts = options(r)?;
     let target = target(&pod, ns, name, container.clone())?;
     check_state(&pod, name, &container, opts.previous)?;
+    // The node numbers runs; "previous" is the run before the newest, except while the
+    // container waits to be restarted: then the newest run is the last terminated one.
+    if opts.previous && waiting(&pod, &container) {
+        opts.previous = false;
+    }
     let mut stream = r.streams()?.open(target, StreamOp::Logs(opts)).await?;
     // The first message decides between an error Status and a 200.
     let first = match stream.down.next().await {

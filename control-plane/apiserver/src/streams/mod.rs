@@ -8,13 +8,17 @@
 //! * `log`: a plain `text/plain` response, chunked while `follow=true`;
 //! * `exec` and `attach`: a WebSocket upgrade speaking the remote-command channel protocols
 //!   `v5.channel.k8s.io` (kubectl ≥ 1.30) and `v4.channel.k8s.io` ([`websocket`]);
-//! * `portforward`: not yet (answered 503 by the HTTP layer).
+//! * `portforward`: a WebSocket upgrade carrying either SPDY/3.1 frames
+//!   (`SPDY/3.1+portforward.k8s.io`, kubectl; [`spdy`]) or the plain `portforward.k8s.io`
+//!   channel protocol with `ports=` (other clients) ([`portforward`]).
 //!
 //! SPDY without WebSocket (the old `Upgrade: SPDY/3.1` POST) is refused with 400; kubectl 1.32
 //! only falls back to it when the WebSocket upgrade failed.
 
 pub(crate) mod logs;
+pub(crate) mod portforward;
 pub(crate) mod remote;
+pub(crate) mod spdy;
 pub(crate) mod websocket;
 
 use std::sync::Arc;
