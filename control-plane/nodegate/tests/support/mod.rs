@@ -80,6 +80,8 @@ pub struct Gate {
     pub addr: SocketAddr,
     pub grace: Duration,
     pub heartbeat: u32,
+    /// Where the gate keeps nodes' usage reports.
+    pub usage: Arc<keel_nodegate::UsageStore>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), keel_nodegate::Error>>>,
 }
@@ -101,6 +103,7 @@ impl Gate {
             addr,
             grace,
             heartbeat,
+            usage: Arc::default(),
             stop: None,
             task: None,
         };
@@ -118,6 +121,7 @@ impl Gate {
         );
         cfg.grace_period = self.grace;
         cfg.heartbeat_seconds = self.heartbeat;
+        cfg.usage = self.usage.clone();
         let (tx, rx) = oneshot::channel();
         self.stop = Some(tx);
         self.task = Some(tokio::spawn(keel_nodegate::serve(listener, cfg, async move {
