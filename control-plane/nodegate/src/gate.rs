@@ -55,6 +55,10 @@ pub(crate) struct Gate {
     pub streams: Arc<crate::streams::Streams>,
     /// Becomes `true` when the gate shuts down; sessions and loops end on it.
     pub shutdown: watch::Receiver<bool>,
+    /// Every bound pod by node, for the sessions' desired-pods feeds.
+    pub pod_index: crate::pods::PodIndex,
+    /// Every node's overlay endpoint, for the sessions' peer feeds.
+    pub peer_index: crate::peers::PeerIndex,
     /// Nodes whose status the lifecycle loop overwrote; their sessions post it again.
     repost: Mutex<HashSet<String>>,
 }
@@ -81,6 +85,8 @@ impl Gate {
             usage: Arc::default(),
             streams: Arc::default(),
             shutdown,
+            pod_index: Default::default(),
+            peer_index: Default::default(),
             repost: Mutex::new(HashSet::new()),
         })
     }

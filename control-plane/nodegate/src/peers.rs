@@ -8,9 +8,10 @@
 //! control-plane restarts. A Node with both and a `spec.podCIDR` is a peer of every other node. Deleting the Node removes it from everyone's set (and frees its
 //! pod CIDR, which IPAM derives from the Nodes that exist).
 //!
-//! Like [`crate::pods::feed`], [`feed`] lists, sends if different, watches from the list's
-//! version, and lists again on the first change.
+//! One [`PeerIndex`] per gate follows the Nodes; each session's [`feed`] sends its node the
+//! set without itself whenever that changes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use keel_api::client::{ListParams, WatchEventKind};
 use keel_proto::control_message::Msg as ControlMsg;
 use keel_proto::{ControlMessage, OverlayPeer, OverlayPeers};
 use serde_json::Value;
-use tokio::time::Instant;
+use tokio::sync::watch;
 
 use crate::gate::{stopped, Gate};
 use crate::node_status;
@@ -59,28 +60,73 @@ pub(crate) fn peer_set(nodes: &[Value], me: &str) -> Vec<OverlayPeer> {
     peers
 }
 
-/// Feeds `out` with `node`'s peer set until it closes or the gate shuts down.
-pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
-    let mut shutdown = gate.shutdown.clone();
-    let mut last_sent: Option<Vec<OverlayPeer>> = None;
-    let mut next_list = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next_list) => {}
-            _ = out.closed() => return,
-            _ = stopped(&mut shutdown) => return,
+/// The published peer set: `None` until the Nodes have been listed, then the version and every
+/// complete node's entry.
+type Published = Option<(u64, Arc<Vec<OverlayPeer>>)>;
+
+/// Every node's overlay peer entry, from one list and watch of the Nodes for the whole gate,
+/// started by the first feed. It publishes the whole peer set only when an entry changes, so
+/// the Nodes' status updates (every node, every minute) wake no feed; before, each session
+/// listed every Node on every Node change, which is quadratic in the nodes.
+pub(crate) struct PeerIndex {
+    started: std::sync::OnceLock<()>,
+    all: watch::Sender<Published>,
+}
+
+impl Default for PeerIndex {
+    fn default() -> Self {
+        PeerIndex {
+            started: std::sync::OnceLock::new(),
+            all: watch::channel(None).0,
         }
-        next_list = Instant::now() + MIN_INTERVAL;
-        let list = match gate
-            .client
-            .list(gate.kinds.nodes, None, ListParams::default())
-            .await
-        {
+    }
+}
+
+impl PeerIndex {
+    fn start(&self, gate: &Gate) {
+        self.started.get_or_init(|| {
+            tokio::spawn(follow(
+                gate.client.clone(),
+                gate.kinds.nodes,
+                self.all.clone(),
+                gate.shutdown.clone(),
+            ));
+        });
+    }
+}
+
+/// The node's own entry, if it is a complete peer.
+fn entry(node: &Value) -> Option<OverlayPeer> {
+    peer_set(std::slice::from_ref(node), "").pop()
+}
+
+fn publish(out: &watch::Sender<Published>, entries: &HashMap<String, OverlayPeer>, version: u64) {
+    let mut all: Vec<OverlayPeer> = entries.values().cloned().collect();
+    all.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+    out.send_replace(Some((version, Arc::new(all))));
+}
+
+/// Keeps the peer entries: list, then watch from the list's version; lists again when the watch
+/// ends or fails.
+async fn follow(
+    client: Arc<dyn keel_api::client::ApiClient>,
+    rt: &'static keel_api::registry::ResourceType,
+    out: watch::Sender<Published>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let list = tokio::select! {
+            l = client.list(rt, None, ListParams::default()) => l,
+            _ = stopped(&mut shutdown) => return,
+        };
+        let list = match list {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(node = %node, error = %e, "listing nodes for overlay peers failed");
-                next_list = Instant::now() + RETRY;
-                continue;
+                tracing::warn!(error = %e, "listing nodes for overlay peers failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => continue,
+                    _ = stopped(&mut shutdown) => return,
+                }
             }
         };
         let version = list
@@ -88,44 +134,100 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
             .and_then(Value::as_str)
             .unwrap_or("0")
             .to_string();
-        let peers = peer_set(
-            list["items"].as_array().map(Vec::as_slice).unwrap_or_default(),
-            &node,
-        );
-        if last_sent.as_ref() != Some(&peers) {
-            let msg = ControlMessage {
-                msg: Some(ControlMsg::Peers(OverlayPeers {
-                    version: version.parse().unwrap_or(0),
-                    peers: peers.clone(),
-                })),
-            };
-            if out.send(Ok(msg)).await.is_err() {
-                return;
-            }
-            tracing::debug!(node = %node, peers = peers.len(), version = %version, "sent overlay peers");
-            last_sent = Some(peers);
-        }
+        let mut entries: HashMap<String, OverlayPeer> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(entry)
+            .map(|p| (p.node_name.clone(), p))
+            .collect();
+        let mut revision: u64 = version.parse().unwrap_or(0);
+        publish(&out, &entries, revision);
         let params = ListParams {
             resource_version: Some(version),
             ..Default::default()
         };
-        let mut events = match gate.client.watch(gate.kinds.nodes, None, params).await {
+        let mut events = match client.watch(rt, None, params).await {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(node = %node, error = %e, "watching nodes for overlay peers failed");
-                next_list = Instant::now() + RETRY;
-                continue;
+                tracing::warn!(error = %e, "watching nodes for overlay peers failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => continue,
+                    _ = stopped(&mut shutdown) => return,
+                }
             }
         };
         loop {
-            tokio::select! {
-                ev = events.next() => match ev {
-                    Some(Ok(e)) if e.kind == WatchEventKind::Bookmark => continue,
-                    _ => break,
-                },
-                _ = out.closed() => return,
+            let ev = tokio::select! {
+                ev = events.next() => ev,
                 _ = stopped(&mut shutdown) => return,
+            };
+            let e = match ev {
+                Some(Ok(e)) if e.kind != WatchEventKind::Error => e,
+                _ => break,
+            };
+            if let Some(rv) = e
+                .object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|v| v.parse().ok())
+            {
+                revision = revision.max(rv);
             }
+            let Some(name) = e.object.pointer("/metadata/name").and_then(Value::as_str) else {
+                continue;
+            };
+            let now = match e.kind {
+                WatchEventKind::Deleted => None,
+                WatchEventKind::Bookmark => continue,
+                _ => entry(&e.object),
+            };
+            if entries.get(name) != now.as_ref() {
+                match now {
+                    Some(p) => entries.insert(name.to_string(), p),
+                    None => entries.remove(name),
+                };
+                publish(&out, &entries, revision);
+            }
+        }
+    }
+}
+
+/// Feeds `out` with `node`'s peer set (every entry but its own) until it closes or the gate
+/// shuts down: on connect, then after changes, at most every [`MIN_INTERVAL`], only when it
+/// differs from the last one sent.
+pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
+    let mut shutdown = gate.shutdown.clone();
+    gate.peer_index.start(&gate);
+    let mut all = gate.peer_index.all.subscribe();
+    let mut last_sent: Option<Vec<OverlayPeer>> = None;
+    loop {
+        let current = all.borrow_and_update().clone();
+        if let Some((version, everyone)) = current {
+            let peers: Vec<OverlayPeer> = everyone.iter().filter(|p| p.node_name != node).cloned().collect();
+            if last_sent.as_ref() != Some(&peers) {
+                let msg = ControlMessage {
+                    msg: Some(ControlMsg::Peers(OverlayPeers {
+                        version,
+                        peers: peers.clone(),
+                    })),
+                };
+                if out.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                tracing::debug!(node = %node, peers = peers.len(), version, "sent overlay peers");
+                last_sent = Some(peers);
+            }
+        }
+        tokio::select! {
+            r = all.changed() => if r.is_err() { return },
+            _ = out.closed() => return,
+            _ = stopped(&mut shutdown) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MIN_INTERVAL) => {}
+            _ = out.closed() => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
 }

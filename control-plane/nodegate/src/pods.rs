@@ -1,13 +1,16 @@
 //! The pods a node should run, pushed down its session as level-triggered snapshots.
 //!
 //! On connect, and after every change to a pod bound to the node (`spec.nodeName`), the node
-//! gets the *whole* set again as a `DesiredPods` with the list's resourceVersion as its
-//! version. Deltas would be smaller, but a snapshot can never be misapplied: a node that missed
-//! anything (a reconnect, a dropped message) is right again with the next one.
+//! gets the *whole* set again as a `DesiredPods`, versioned by the newest store revision the
+//! gate has seen. Deltas would be smaller, but a snapshot can never be misapplied: a node that
+//! missed anything (a reconnect, a dropped message) is right again with the next one.
 //!
-//! Changes are found by watching from the list's version; any event (or the watch ending)
-//! leads to a fresh list, so correctness never depends on interpreting events. Lists are at
-//! least [`MIN_INTERVAL`] apart, which also coalesces bursts (a Deployment scaling up).
+//! One [`PodIndex`] per gate lists and watches pods, ConfigMaps and Secrets once and keeps the
+//! bound pods grouped by node; each session's [`feed`] is woken only by changes to its own
+//! node's pods (or to what they reference), at most every [`MIN_INTERVAL`], which also
+//! coalesces bursts (a Deployment scaling up). Pods travel without `status`, `resourceVersion`
+//! and `managedFields` (the node computes the status itself), so a node's own status reports
+//! do not send its set again.
 //!
 //! Each pod travels with what it references (ConfigMaps and Secrets from volumes, env,
 //! envFrom, projected volumes and imagePullSecrets), resolved here so the node never reads the
@@ -16,8 +19,8 @@
 //! decoded), objects that do not exist left out. Changes to ConfigMaps and Secrets
 //! wake the loop too; a snapshot is sent only when its content differs from the last one.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -27,7 +30,7 @@ use keel_proto::{ControlMessage, DesiredPods};
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
-use tokio::time::Instant;
+use tokio::sync::watch;
 
 use crate::gate::{stopped, Gate};
 use crate::session::Outbound;
@@ -109,60 +112,304 @@ pub(crate) fn text_data(obj: &Value) -> Map<String, Value> {
     out
 }
 
-/// Resolves one pod's references; objects that do not exist are left out.
-async fn resolve(gate: &Gate, pod: &Value) -> Value {
-    let ns = pod
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
-    let refs = references(pod);
-    let fetch = |rt, names: BTreeSet<String>| {
-        let ns = ns.clone();
-        async move {
-            let mut out = Map::new();
-            for n in names {
-                match gate.client.get(rt, Some(ns.clone()), n.clone()).await {
-                    Ok(obj) => {
-                        out.insert(n, Value::Object(text_data(&obj)));
-                    }
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => {
-                        tracing::warn!(namespace = %ns, name = %n, error = %e, "resolving a pod reference failed")
-                    }
-                }
-            }
-            out
-        }
-    };
-    let config_maps = fetch(gate.kinds.configmaps, refs.config_maps).await;
-    let secrets = fetch(gate.kinds.secrets, refs.secrets).await;
-    json!({"configMaps": config_maps, "secrets": secrets})
+/// The fields of a pod that never travel to its node: the node computes the status itself, and
+/// a snapshot must not change (and be sent again) just because the status or the version did.
+const NOT_FOR_THE_NODE: [&str; 3] = ["/status", "/metadata/resourceVersion", "/metadata/managedFields"];
+
+/// One bound pod as the index keeps it: its JSON for the node (compact bytes, without the
+/// fields of [`NOT_FOR_THE_NODE`]) and what it references.
+struct IndexedPod {
+    node: String,
+    namespace: String,
+    json: Arc<Vec<u8>>,
+    refs: References,
 }
 
-/// Feeds `out` until it closes or the gate shuts down.
-pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
-    let mut shutdown = gate.shutdown.clone();
-    let selector = format!("spec.nodeName={node}");
-    let mut last_sent: Option<Vec<Vec<u8>>> = None;
-    let mut next_list = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next_list) => {}
-            _ = out.closed() => return,
-            _ = stopped(&mut shutdown) => return,
+/// What the index knows, behind one lock.
+#[derive(Default)]
+struct IndexState {
+    /// The newest store revision seen by any of the three watches.
+    revision: u64,
+    /// Whether pods, ConfigMaps and Secrets have each been listed once.
+    listed: [bool; 3],
+    /// Bound pods by `namespace/name`.
+    pods: HashMap<String, IndexedPod>,
+    /// `namespace/name` of the pods bound to each node, sorted.
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// The text data of each ConfigMap and Secret, by (namespace, name).
+    config_maps: HashMap<(String, String), Value>,
+    secrets: HashMap<(String, String), Value>,
+    /// Each subscribed node's change counter.
+    signals: HashMap<String, watch::Sender<u64>>,
+}
+
+impl IndexState {
+    fn ready(&self) -> bool {
+        self.listed.iter().all(|l| *l)
+    }
+
+    fn signal(&self, node: &str) {
+        if let Some(s) = self.signals.get(node) {
+            s.send_modify(|n| *n += 1);
         }
-        next_list = Instant::now() + MIN_INTERVAL;
-        let params = ListParams {
-            field_selector: Some(selector.clone()),
-            ..Default::default()
+    }
+
+    fn signal_all(&self) {
+        for s in self.signals.values() {
+            s.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Signals the nodes of pods in `ns` that reference `name` (a ConfigMap if `config_map`).
+    fn signal_referrers(&self, ns: &str, name: &str, config_map: bool) {
+        let mut nodes = BTreeSet::new();
+        for p in self.pods.values() {
+            let refs = if config_map {
+                &p.refs.config_maps
+            } else {
+                &p.refs.secrets
+            };
+            if p.namespace == ns && refs.contains(name) {
+                nodes.insert(p.node.as_str());
+            }
+        }
+        for n in nodes {
+            self.signal(n);
+        }
+    }
+
+    fn remove_pod(&mut self, key: &str) {
+        if let Some(old) = self.pods.remove(key) {
+            if let Some(set) = self.by_node.get_mut(&old.node) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_node.remove(&old.node);
+                }
+            }
+            self.signal(&old.node);
+        }
+    }
+
+    fn upsert_pod(&mut self, mut pod: Value) {
+        let ns = pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let key = format!("{ns}/{name}");
+        let node = pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        let Some(node) = node else {
+            self.remove_pod(&key);
+            return;
         };
-        let list = match gate.client.list(gate.kinds.pods, None, params.clone()).await {
+        for ptr in NOT_FOR_THE_NODE {
+            let (parent, field) = ptr.rsplit_once('/').unwrap_or(("", ptr));
+            let holder = if parent.is_empty() {
+                Some(&mut pod)
+            } else {
+                pod.pointer_mut(parent)
+            };
+            if let Some(Value::Object(m)) = holder {
+                m.remove(field);
+            }
+        }
+        let refs = references(&pod);
+        let json = Arc::new(serde_json::to_vec(&pod).unwrap_or_default());
+        if let Some(old) = self.pods.get(&key) {
+            if old.node == node && *old.json == *json {
+                return; // only the status or the version changed: nothing for the node
+            }
+            if old.node != node {
+                self.remove_pod(&key);
+            }
+        }
+        self.by_node.entry(node.clone()).or_default().insert(key.clone());
+        self.signal(&node);
+        self.pods.insert(
+            key,
+            IndexedPod {
+                node,
+                namespace: ns,
+                json,
+                refs,
+            },
+        );
+    }
+
+    /// The pods of `node` with their references resolved, as the node gets them.
+    fn snapshot(&self, node: &str) -> Vec<Vec<u8>> {
+        let Some(keys) = self.by_node.get(node) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(p) = self.pods.get(key) else { continue };
+            let pick = |names: &BTreeSet<String>, from: &HashMap<(String, String), Value>| {
+                let mut m = Map::new();
+                for n in names {
+                    if let Some(data) = from.get(&(p.namespace.clone(), n.clone())) {
+                        m.insert(n.clone(), data.clone());
+                    }
+                }
+                Value::Object(m)
+            };
+            let resolved = json!({
+                "configMaps": pick(&p.refs.config_maps, &self.config_maps),
+                "secrets": pick(&p.refs.secrets, &self.secrets),
+            });
+            // `{…}` + `,"keelResolved":{…}}`: the pod's bytes are not parsed again.
+            let mut bytes = Vec::with_capacity(p.json.len() + 64);
+            match p.json.strip_suffix(b"}") {
+                Some(head) if head.len() > 1 => {
+                    bytes.extend_from_slice(head);
+                    bytes.extend_from_slice(format!(",\"{RESOLVED_FIELD}\":").as_bytes());
+                    bytes.extend_from_slice(resolved.to_string().as_bytes());
+                    bytes.push(b'}');
+                }
+                _ => bytes.extend_from_slice(json!({ RESOLVED_FIELD: resolved }).to_string().as_bytes()),
+            }
+            out.push(bytes);
+        }
+        out
+    }
+}
+
+/// Every pod bound to a node, grouped by node, and the ConfigMaps and Secrets they may
+/// reference: one list and watch of each kind for the whole gate, started by the first feed.
+/// (Each session listing and watching pods itself made every pod write cost one decode per
+/// connected node, and every change a list of all pods per node.)
+#[derive(Default)]
+pub(crate) struct PodIndex {
+    started: std::sync::OnceLock<()>,
+    state: Arc<Mutex<IndexState>>,
+}
+
+fn lock(m: &Mutex<IndexState>) -> std::sync::MutexGuard<'_, IndexState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which of the three kinds a follower keeps.
+#[derive(Clone, Copy)]
+enum Kind {
+    Pods = 0,
+    ConfigMaps = 1,
+    Secrets = 2,
+}
+
+impl PodIndex {
+    fn start(&self, gate: &Gate) {
+        self.started.get_or_init(|| {
+            for (kind, rt) in [
+                (Kind::Pods, gate.kinds.pods),
+                (Kind::ConfigMaps, gate.kinds.configmaps),
+                (Kind::Secrets, gate.kinds.secrets),
+            ] {
+                tokio::spawn(follow(
+                    gate.client.clone(),
+                    rt,
+                    kind,
+                    self.state.clone(),
+                    gate.shutdown.clone(),
+                ));
+            }
+        });
+    }
+
+    fn subscribe(&self, node: &str) -> watch::Receiver<u64> {
+        let mut st = lock(&self.state);
+        st.signals
+            .entry(node.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// The node's snapshot and the index's revision, once every kind has been listed.
+    fn snapshot(&self, node: &str) -> Option<(u64, Vec<Vec<u8>>)> {
+        let st = lock(&self.state);
+        st.ready().then(|| (st.revision, st.snapshot(node)))
+    }
+}
+
+fn revision_of(obj: &Value) -> u64 {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ns_name(obj: &Value) -> (String, String) {
+    let s = |ptr: &str| {
+        obj.pointer(ptr)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    (s("/metadata/namespace"), s("/metadata/name"))
+}
+
+/// Applies one object of `kind` (`deleted`: it is gone).
+fn apply(st: &mut IndexState, kind: Kind, obj: Value, deleted: bool) {
+    st.revision = st.revision.max(revision_of(&obj));
+    match kind {
+        Kind::Pods => {
+            if deleted {
+                let (ns, name) = ns_name(&obj);
+                st.remove_pod(&format!("{ns}/{name}"));
+            } else {
+                st.upsert_pod(obj);
+            }
+        }
+        Kind::ConfigMaps | Kind::Secrets => {
+            let key = ns_name(&obj);
+            let data = (!deleted).then(|| Value::Object(text_data(&obj)));
+            let is_cm = matches!(kind, Kind::ConfigMaps);
+            let map = if is_cm {
+                &mut st.config_maps
+            } else {
+                &mut st.secrets
+            };
+            let changed = match data {
+                Some(d) => map.insert(key.clone(), d.clone()).as_ref() != Some(&d),
+                None => map.remove(&key).is_some(),
+            };
+            if changed {
+                st.signal_referrers(&key.0, &key.1, is_cm);
+            }
+        }
+    }
+}
+
+/// Keeps one kind of the index: list, then watch from the list's version; lists again when the
+/// watch ends or fails.
+async fn follow(
+    client: Arc<dyn keel_api::client::ApiClient>,
+    rt: &'static keel_api::registry::ResourceType,
+    kind: Kind,
+    state: Arc<Mutex<IndexState>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let list = tokio::select! {
+            l = client.list(rt, None, ListParams::default()) => l,
+            _ = stopped(&mut shutdown) => return,
+        };
+        let list = match list {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(node = %node, error = %e, "listing the node's pods failed");
-                next_list = Instant::now() + RETRY;
-                continue;
+                tracing::warn!(kind = rt.kind, error = %e, "node gate: listing for the pod feed failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => continue,
+                    _ = stopped(&mut shutdown) => return,
+                }
             }
         };
         let version = list
@@ -170,60 +417,103 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
             .and_then(Value::as_str)
             .unwrap_or("0")
             .to_string();
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        let mut content = Vec::with_capacity(items.len());
-        for pod in &items {
-            let mut pod = pod.clone();
-            pod[RESOLVED_FIELD] = resolve(&gate, &pod).await;
-            content.push(pod.to_string().into_bytes());
-        }
-        if last_sent.as_ref() != Some(&content) {
-            let msg = ControlMessage {
-                msg: Some(ControlMsg::Pods(DesiredPods {
-                    version: version.parse().unwrap_or(0),
-                    pods_json: content.clone(),
-                })),
-            };
-            if out.send(Ok(msg)).await.is_err() {
-                return;
+        {
+            let mut st = lock(&state);
+            match kind {
+                Kind::Pods => {
+                    let keys: Vec<String> = st.pods.keys().cloned().collect();
+                    for k in keys {
+                        st.remove_pod(&k);
+                    }
+                }
+                Kind::ConfigMaps => st.config_maps.clear(),
+                Kind::Secrets => st.secrets.clear(),
             }
-            tracing::debug!(node = %node, pods = items.len(), version = %version, "sent desired pods");
-            last_sent = Some(content);
+            if let Value::Object(mut m) = list {
+                if let Some(Value::Array(items)) = m.remove("items") {
+                    for obj in items {
+                        apply(&mut st, kind, obj, false);
+                    }
+                }
+            }
+            st.revision = st.revision.max(version.parse().unwrap_or(0));
+            st.listed[kind as usize] = true;
+            st.signal_all();
         }
-
-        let pods_watch = ListParams {
-            resource_version: Some(version.clone()),
-            allow_bookmarks: false,
-            ..params
-        };
-        let any_watch = ListParams {
+        let params = ListParams {
             resource_version: Some(version),
+            allow_bookmarks: true,
             ..Default::default()
         };
-        let watches = futures::future::try_join3(
-            gate.client.watch(gate.kinds.pods, None, pods_watch),
-            gate.client.watch(gate.kinds.configmaps, None, any_watch.clone()),
-            gate.client.watch(gate.kinds.secrets, None, any_watch),
-        )
-        .await;
-        let mut events = match watches {
-            Ok((a, b, c)) => futures::stream::select_all([a, b, c]),
+        let mut events = match client.watch(rt, None, params).await {
+            Ok(s) => s,
             Err(e) => {
-                tracing::warn!(node = %node, error = %e, "watching the node's pods failed");
-                next_list = Instant::now() + RETRY;
-                continue;
+                tracing::warn!(kind = rt.kind, error = %e, "node gate: watching for the pod feed failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY) => continue,
+                    _ = stopped(&mut shutdown) => return,
+                }
             }
         };
-        // Wait for the first real change; then list again.
         loop {
-            tokio::select! {
-                ev = events.next() => match ev {
-                    Some(Ok(e)) if e.kind == WatchEventKind::Bookmark => continue,
-                    _ => break,
-                },
-                _ = out.closed() => return,
+            let ev = tokio::select! {
+                ev = events.next() => ev,
                 _ = stopped(&mut shutdown) => return,
+            };
+            match ev {
+                Some(Ok(e)) => match e.kind {
+                    WatchEventKind::Added | WatchEventKind::Modified => {
+                        apply(&mut lock(&state), kind, e.object, false)
+                    }
+                    WatchEventKind::Deleted => apply(&mut lock(&state), kind, e.object, true),
+                    WatchEventKind::Bookmark => {
+                        let mut st = lock(&state);
+                        st.revision = st.revision.max(revision_of(&e.object));
+                    }
+                    WatchEventKind::Error => break,
+                },
+                _ => break,
             }
+        }
+    }
+}
+
+/// Feeds `out` until it closes or the gate shuts down: the node's snapshot on connect (once
+/// the index has listed everything), then again after changes, at most every [`MIN_INTERVAL`]
+/// and only when it differs from the last one sent.
+pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
+    let mut shutdown = gate.shutdown.clone();
+    let index = &gate.pod_index;
+    index.start(&gate);
+    let mut changes = index.subscribe(&node);
+    let mut last_sent: Option<Vec<Vec<u8>>> = None;
+    loop {
+        changes.borrow_and_update();
+        if let Some((version, content)) = index.snapshot(&node) {
+            if last_sent.as_ref() != Some(&content) {
+                let msg = ControlMessage {
+                    msg: Some(ControlMsg::Pods(DesiredPods {
+                        version,
+                        pods_json: content.clone(),
+                    })),
+                };
+                if out.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                tracing::debug!(node = %node, pods = content.len(), version, "sent desired pods");
+                last_sent = Some(content);
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = out.closed() => return,
+            _ = stopped(&mut shutdown) => return,
+        }
+        // Coalesce a burst (a Deployment scaling up) into one snapshot.
+        tokio::select! {
+            _ = tokio::time::sleep(MIN_INTERVAL) => {}
+            _ = out.closed() => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
 }
@@ -257,6 +547,50 @@ mod tests {
             set(&["regcred", "s-env", "s-envfrom", "s-proj", "s-vol"])
         );
         assert_eq!(references(&json!({})), References::default());
+    }
+
+    #[test]
+    fn the_index_groups_pods_by_node_and_ignores_status_changes() {
+        let mut st = IndexState {
+            listed: [true; 3],
+            ..Default::default()
+        };
+        st.signals.insert("n1".into(), watch::channel(0).0);
+        let mut rx = st.signals["n1"].subscribe();
+        let pod = |node: &str, phase: &str, rv: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "a", "namespace": "ns", "resourceVersion": rv, "managedFields": [{}]},
+                "spec": {"nodeName": node, "volumes": [{"name": "v", "configMap": {"name": "cm"}}]},
+                "status": {"phase": phase}})
+        };
+        apply(&mut st, Kind::Pods, pod("n1", "Pending", "5"), false);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        // The node's own status report comes back as a change of status only: no new snapshot.
+        apply(&mut st, Kind::Pods, pod("n1", "Running", "6"), false);
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(st.revision, 6);
+
+        // A referenced ConfigMap appears: the node hears of it, resolved into the pod.
+        let cm = json!({"kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "ns", "resourceVersion": "7"}, "data": {"k": "v"}});
+        apply(&mut st, Kind::ConfigMaps, cm, false);
+        assert!(rx.has_changed().unwrap());
+        let snap = st.snapshot("n1");
+        assert_eq!(snap.len(), 1);
+        let sent: Value = serde_json::from_slice(&snap[0]).unwrap();
+        assert_eq!(sent["metadata"]["name"], "a");
+        assert_eq!(sent[RESOLVED_FIELD]["configMaps"]["cm"], json!({"k": "v"}));
+        assert!(sent.get("status").is_none() && sent["metadata"].get("resourceVersion").is_none());
+        assert!(sent["metadata"].get("managedFields").is_none());
+
+        // Moved to another node (or deleted): gone from this one's set.
+        rx.borrow_and_update();
+        apply(&mut st, Kind::Pods, pod("n2", "Running", "8"), false);
+        assert!(rx.has_changed().unwrap());
+        assert!(st.snapshot("n1").is_empty());
+        assert_eq!(st.snapshot("n2").len(), 1);
+        apply(&mut st, Kind::Pods, pod("n2", "Running", "9"), true);
+        assert!(st.snapshot("n2").is_empty() && st.pods.is_empty() && st.by_node.is_empty());
     }
 
     #[test]
