@@ -14,10 +14,12 @@
 //! | `team-1`   | keel-1 | team      | `role: other`  | (namespace labelled `team: a`)
 //!
 //! Steps: everyone reaches web; a default-deny ingress policy cuts everyone off (web stays
-//! Ready); allowing `role: client` lets both clients back; allowing namespaces `team: a` on the
+//! Ready); allowing `role: client` lets both clients back (and other-1 while it is relabelled
+//! `role: client`: a set-element update, not a new table); allowing namespaces `team: a` on the
 //! named port `http` adds team-1; an egress policy isolating the clients cuts them off again
 //! (team-1 still reaches web); an egress rule to `app: web` on port `http` lets them out again;
-//! deleting every policy restores everything, other-1 included. Each state must hold for a while (a wrong "blocked" would flip back).
+//! deleting every policy restores everything, other-1 included. Each state must hold for a
+//! while (a wrong "blocked" would flip back).
 //! Printed: how long each change took to show, and how long the nodes took to program it.
 
 use std::collections::BTreeMap;
@@ -32,7 +34,7 @@ const WATCHERS: [(&str, &str, &str, &str); 4] = [
     ("team-1", "keel-1", "team", "other"),
 ];
 /// How long an expected state must hold before it counts.
-const HOLD: Duration = Duration::from_secs(6);
+const HOLD: Duration = Duration::from_secs(5);
 /// How long a policy change may take to show in the watchers' readiness.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// What the node's network agent prints each time it programs a policy table.
@@ -71,6 +73,17 @@ fn readiness(lab: &Lab) -> BTreeMap<String, bool> {
 
 fn programmed_count(lab: &Lab, node: &str) -> usize {
     lab.console(node).unwrap_or_default().matches(PROGRAMMED).count()
+}
+
+/// The last line `node` printed when it programmed its policy table.
+fn last_programmed(lab: &Lab, node: &str) -> String {
+    let console = lab.console(node).unwrap_or_default();
+    console
+        .lines()
+        .rev()
+        .find(|l| l.contains(PROGRAMMED))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The lines the nodes printed when they programmed their policy tables.
@@ -197,6 +210,30 @@ fn network_policies_allow_and_deny_traffic_between_pods() {
              podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from:\n    \
              - podSelector: {matchLabels: {role: client}}\n",
         );
+        },
+    );
+    // A pod joining a peer set changes set elements only (keel-2's peer set of the rule).
+    step(
+        &lab,
+        "other-1 relabelled role=client",
+        &["keel-2"],
+        &["client-1", "client-2", "other-1"],
+        || {
+            kubectl_ok(&lab, &["label", "pod", "other-1", "role=client", "--overwrite"]);
+        },
+    );
+    let last = last_programmed(&lab, "keel-2");
+    assert!(
+        last.contains("sets updated"),
+        "a peer change rebuilt the table: {last}"
+    );
+    step(
+        &lab,
+        "other-1 relabelled back",
+        &["keel-2"],
+        &["client-1", "client-2"],
+        || {
+            kubectl_ok(&lab, &["label", "pod", "other-1", "role=other", "--overwrite"]);
         },
     );
     step(

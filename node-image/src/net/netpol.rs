@@ -603,10 +603,17 @@ pub fn apply(policy: &Policy, last: Option<&Applied>) -> io::Result<(Applied, Ch
     let change = match last.filter(|l| l.shape == new.shape) {
         Some(old) => match set_batch(&mut conn, old, &new) {
             None => Change::Nothing,
-            Some((bytes, acked)) => {
-                conn.send_and_wait(&bytes, &acked)?;
-                Change::Sets
-            }
+            Some((bytes, acked)) => match conn.send_and_wait(&bytes, &acked) {
+                Ok(()) => Change::Sets,
+                Err(e) => {
+                    // The batch was all or nothing: the old table stands. Replace it instead.
+                    eprintln!("keel: network policy: updating sets failed ({e}); replacing the table");
+                    let mut conn = Conn::open(libc::NETLINK_NETFILTER)?;
+                    let (bytes, acked) = full_batch(&mut conn, &new);
+                    conn.send_and_wait(&bytes, &acked)?;
+                    Change::Table
+                }
+            },
         },
         None => {
             let (bytes, acked) = full_batch(&mut conn, &new);
