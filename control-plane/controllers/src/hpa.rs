@@ -1537,7 +1537,7 @@ mod tests {
             "the 10 left the window; the 2 at +15 s is the highest"
         );
         assert_eq!(n.able, ready_for_new_scale());
-        assert_eq!(n.limited.0, false);
+        assert!(!n.limited.0);
         let n = normalize(&mut h, None, down, 2, 30, 1, 3, t0 + s(302));
         assert_eq!(n.replicas, 3);
         assert_eq!(n.limited.1, "TooManyReplicas");
