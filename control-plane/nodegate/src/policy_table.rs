@@ -98,10 +98,17 @@ enum PortSpec {
     Any(String),
     Number(String, u32, u32),
     Name(String, String),
+    /// Not a port (the API validates ports; should one slip through, it allows nothing rather
+    /// than leave the rule without ports, which would allow every port).
+    Invalid,
 }
 
 impl PortSpec {
-    fn parse(p: &Value) -> Option<PortSpec> {
+    fn parse(p: &Value) -> PortSpec {
+        Self::try_parse(p).unwrap_or(PortSpec::Invalid)
+    }
+
+    fn try_parse(p: &Value) -> Option<PortSpec> {
         let protocol = p["protocol"].as_str().unwrap_or("TCP").to_string();
         let end = p["endPort"]
             .as_u64()
@@ -129,6 +136,7 @@ fn resolve(specs: &[PortSpec], dest: Option<&Pod>) -> Vec<PolicyPort> {
             PortSpec::Name(protocol, name) => dest
                 .and_then(|d| d.named_port(name, protocol))
                 .map(|n| port(protocol, n, 0)),
+            PortSpec::Invalid => None,
         })
         .collect();
     out.sort_by(|a, b| (&a.protocol, a.port, a.end_port).cmp(&(&b.protocol, b.port, b.end_port)));
@@ -321,7 +329,7 @@ pub(crate) fn table(policies: &[Value], pods: &[Value], namespaces: &[Value], no
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(PortSpec::parse)
+                .map(PortSpec::parse)
                 .collect()
         };
         if types.contains(&"Ingress") {
@@ -729,6 +737,20 @@ mod tests {
                 ingress_isolated: &["10.244.1.2", "10.244.1.3"],
                 egress_isolated: &["10.244.1.2", "10.244.1.3", "10.244.1.4"],
                 ingress: vec![s("10.244.1.2,10.244.1.3", "0.0.0.0/0", "")],
+                egress: vec![],
+            },
+            Case {
+                name: "a rule whose only port is not a port allows nothing (not every port)",
+                policies: vec![policy(
+                    "default",
+                    "bad-port",
+                    json!({"podSelector": web,
+                    "ingress": [{"ports": [{"port": -1}]}, {"ports": [{"port": 81}, {"port": true}]}]}),
+                )],
+                node: "n2",
+                ingress_isolated: &["10.244.2.2"],
+                egress_isolated: &[],
+                ingress: vec![s("10.244.2.2", "0.0.0.0/0", "TCP:81")],
                 egress: vec![],
             },
             Case {
