@@ -720,7 +720,8 @@ fn hpa(version: &str, obj: &mut Map<String, Value>) {
             );
         }
         if let Some(down) = child_or_new(behavior, "scaleDown") {
-            set_if_unset(down, "stabilizationWindowSeconds", json!(300));
+            // No scale-down window: upstream leaves it unset so that the controller's
+            // `--horizontal-pod-autoscaler-downscale-stabilization` applies.
             set_if_unset(down, "selectPolicy", json!("Max"));
             set_if_unset(
                 down,
