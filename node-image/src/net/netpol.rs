@@ -132,9 +132,14 @@ pub struct Policy {
     pub egress: Vec<Rule>,
 }
 
-fn range_of(c: &Cidr) -> (u32, u32) {
+/// The addresses of `ADDRESS/PREFIX`, host bits ignored (the API accepts `10.1.2.3/8` as
+/// `10.0.0.0/8`, as upstream's sloppy CIDR parsing does).
+fn range_of(text: &str) -> Option<(u32, u32)> {
+    let (addr, prefix) = text.trim().split_once('/')?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let c = Cidr::new(addr.parse().ok()?, prefix);
     let start = u32::from(c.network);
-    (start, (u64::from(start) + c.size() - 1) as u32)
+    Some((start, (u64::from(start) + c.size() - 1) as u32))
 }
 
 /// `ranges` without `cut` (inclusive ranges).
@@ -186,11 +191,11 @@ fn rule_from(r: &keel_proto::PolicyRule) -> Result<Rule, String> {
         .collect::<Result<Vec<Ipv4Addr>, String>>()?;
     let mut peers = Vec::new();
     for p in &r.peers {
-        let cidr: Cidr = p.cidr.parse().map_err(|_| bad(&format!("peer {:?}", p.cidr)))?;
-        let mut ranges = vec![range_of(&cidr)];
+        let range = range_of(&p.cidr).ok_or_else(|| bad(&format!("peer {:?}", p.cidr)))?;
+        let mut ranges = vec![range];
         for e in &p.except {
-            let cut: Cidr = e.parse().map_err(|_| bad(&format!("except {e:?}")))?;
-            ranges = subtract(ranges, range_of(&cut));
+            let cut = range_of(e).ok_or_else(|| bad(&format!("except {e:?}")))?;
+            ranges = subtract(ranges, cut);
         }
         peers.extend(ranges);
     }
@@ -753,6 +758,8 @@ mod tests {
                     &[("TCP", 80, 0), ("UDP", 5000, 5010), ("SCTP", 0, 0)],
                 ),
                 rule("default/b", &["10.244.1.3"], &[("0.0.0.0/0", &[])], &[]),
+                rule("default/sloppy", &["10.244.1.3"], &[("172.17.3.4/16", &[])], &[]),
+                rule("default/bad", &["10.244.1.3"], &[("172.17.0.0/33", &[])], &[]),
                 rule(
                     "default/c",
                     &["10.244.1.3"],
@@ -763,11 +770,17 @@ mod tests {
             egress: vec![],
         };
         let (p, bad) = from_proto(&t);
-        assert_eq!(bad.len(), 2, "{bad:?}");
-        assert!(bad[0].starts_with("default/c: protocol"), "{bad:?}");
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(bad[0].starts_with("default/bad: peer"), "{bad:?}");
+        assert!(bad[1].starts_with("default/c: protocol"), "{bad:?}");
         assert_eq!(p.ingress_isolated.len(), 2);
         assert!(p.egress_isolated.is_empty());
-        assert_eq!(p.ingress.len(), 2);
+        assert_eq!(p.ingress.len(), 3);
+        assert_eq!(
+            p.ingress[2].peers,
+            [(ip("172.17.0.0"), ip("172.17.255.255"))],
+            "host bits ignored"
+        );
         assert_eq!(
             p.ingress[0].peers,
             [
