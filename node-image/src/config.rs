@@ -24,6 +24,7 @@
 //! | `ip`, `gw`, `dns` | static address of the first NIC: `10.0.0.5/24`, gateway, DNS servers (`,`-separated or repeated) |
 //! | `ip2` | static address of the second NIC (the lab's node-to-node segment): `192.168.50.3/24` |
 //! | `ntp` | NTP server(s) to set the clock from (besides DHCP's option 42) |
+//! | `usage-interval` | seconds between usage reports for `kubectl top` and the HPA (default 10) |
 //!
 //! Sources are ranked in the order of the table above: a field set by the kernel command line
 //! wins over the archive, which wins over the disk, which wins over guestinfo. List fields are
@@ -64,6 +65,8 @@ pub struct NodeConfig {
     /// `keel.registry-mirror=docker.io=http://10.0.2.100:5000` (repeatable) and `keel.insecure-registry=`.
     pub registry_mirrors: Vec<(String, String)>,
     pub insecure_registries: Vec<String>,
+    /// `keel.usage-interval=`: seconds between usage reports (default 10).
+    pub usage_interval_seconds: Option<u32>,
     /// Filled by PID 1: the NICs in kernel order (the first is the DHCP/default-route NIC).
     pub interfaces: Vec<Interface>,
     /// Filled by PID 1: boot phases and their time since power-on, for the Node's events.
@@ -249,6 +252,14 @@ impl NodeConfig {
                 self.registry_mirrors.push(entry);
             }
             "insecure-registry" => self.insecure_registries.push(clean(key, value)?),
+            "usage-interval" => {
+                let secs = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|s| (1..=3600).contains(s))
+                    .ok_or_else(|| invalid(key, value, "seconds, 1 to 3600"))?;
+                self.usage_interval_seconds = Some(secs);
+            }
             _ => return Err(ConfigError::UnknownKey(key.to_string())),
         }
         Ok(())
@@ -306,6 +317,7 @@ impl NodeConfig {
             && self.ntp.is_empty()
             && self.registry_mirrors.is_empty()
             && self.insecure_registries.is_empty()
+            && self.usage_interval_seconds.is_none()
     }
 
     /// Fills every field still unset in `self` from `lower` (a lower-ranked source).
@@ -329,6 +341,7 @@ impl NodeConfig {
         list(&mut self.ntp, lower.ntp);
         list(&mut self.registry_mirrors, lower.registry_mirrors);
         list(&mut self.insecure_registries, lower.insecure_registries);
+        opt(&mut self.usage_interval_seconds, lower.usage_interval_seconds);
     }
 
     /// True when the node has what it needs to join a control plane.
@@ -350,6 +363,7 @@ pub const KEYS: &[&str] = &[
     "ntp",
     "registry-mirror",
     "insecure-registry",
+    "usage-interval",
 ];
 
 #[cfg(test)]
@@ -447,5 +461,22 @@ mod tests {
         // Older or partial files still parse.
         let partial: NodeConfig = serde_json::from_str(r#"{"name":"x"}"#).unwrap();
         assert_eq!(partial.name.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn usage_interval_is_seconds_within_bounds() {
+        let (cfg, errs) = NodeConfig::from_cmdline("keel.usage-interval=5");
+        assert_eq!(errs, vec![]);
+        assert_eq!(cfg.usage_interval_seconds, Some(5));
+        assert!(!cfg.is_empty());
+        for bad in ["0", "3601", "10s", "-1"] {
+            let (cfg, errs) = NodeConfig::from_cmdline(&format!("keel.usage-interval={bad}"));
+            assert_eq!(errs.len(), 1, "{bad}");
+            assert_eq!(cfg.usage_interval_seconds, None);
+        }
+        let mut top = NodeConfig::default();
+        top.fill_from(NodeConfig::from_cmdline("keel.usage-interval=30").0);
+        assert_eq!(top.usage_interval_seconds, Some(30));
+        assert!(KEYS.contains(&"usage-interval"));
     }
 }

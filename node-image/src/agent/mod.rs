@@ -210,7 +210,10 @@ async fn run(opts: Options) -> ExitCode {
         // Usage for `kubectl top` and the HPA, sampled from the pods' cgroups.
         tokio::spawn(crate::pods::usage::serve(
             pod_settings.cgroup_root.clone(),
-            crate::pods::usage::INTERVAL,
+            cfg.usage_interval_seconds
+                .map_or(crate::pods::usage::INTERVAL, |s| {
+                    Duration::from_secs(u64::from(s))
+                }),
             pod_link.desired.clone(),
             pod_link.up.clone(),
         ));

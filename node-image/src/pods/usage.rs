@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, watch};
 use super::manager::Snapshot;
 use crate::runtime::stats;
 
-/// How often usage is sampled and sent (metrics-server scrapes every 15 s by default).
+/// How often usage is sampled and sent unless `keel.usage-interval=` says otherwise
+/// (metrics-server scrapes every 15 s by default).
 pub const INTERVAL: Duration = Duration::from_secs(10);
 
 /// One report from a desired set and the cgroup tree at `cgroup_root`.
