@@ -11,7 +11,7 @@ NODE_BIN := target/$(MUSL)/node/keel-node
 export KEEL_OUT := $(abspath $(OUT))
 
 .PHONY: all deps build node-bin image iso qemu-cluster qemu-cluster-down qemu-cluster-status \
-        test test-unit test-e2e fmt lint bench-scheduler bench-store bench-api bench-control bench-boot bench-lab clean
+        test test-unit test-e2e fmt lint bench-scheduler bench-store bench-api bench-control bench-boot bench-lab bench-pods bench-net clean
 
 all: build
 
@@ -76,6 +76,21 @@ bench-api: deps
 bench-control: deps
 	$(CARGO) build --release -p keel-server -p keel-node
 	$(CARGO) run --release -p keel-bench --bin bench-control
+
+# Pods on a node (issue 5's figures): container create+start side by side with Debian's runc and
+# crun on one bundle (host, root; in a private mount namespace with cgroup2 on /sys/fs/cgroup so
+# that crun also runs on cgroup-hybrid hosts), then 100 pods on one QEMU node: bind → Running
+# p50/p99, the agent's RSS, a cold pull.
+bench-pods: build image
+	unshare -m sh -c 'mount --make-rprivate / && { mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true; } && \
+	  exec $(CARGO) test --release -p keel-e2e --test bench_pods -- --ignored --nocapture --test-threads=1'
+
+# The cluster network's figures (issue 7): 1,000 Services x 10 endpoints programmed into a
+# network namespace (root), then on a two-node lab: pod-to-pod vs node-to-node throughput and
+# latency, DNS from a pod, an endpoint change on every node after the pod turns ready.
+bench-net: build image
+	$(CARGO) test --release -p keel-node --bin keel-node bench_programs_1000_services -- --ignored --nocapture
+	$(CARGO) test -p keel-e2e --test net_bench -- --ignored --nocapture --test-threads=1
 
 clean:
 	rm -rf $(OUT) target

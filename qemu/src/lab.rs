@@ -164,8 +164,14 @@ pub struct LabOptions {
     pub node_memory_mb: u32,
     /// `--node-grace-period` for keel-server (e.g. `"10s"`); `None` keeps its default.
     pub node_grace_period: Option<String>,
+    /// Extra `keel-server` arguments (e.g. `--default-unreachable-toleration-seconds=20`).
+    pub server_args: Vec<String>,
     /// Extra kernel arguments for every node (`KEEL_KERNEL_ARGS`).
     pub extra_kernel_args: String,
+    /// `Some((user, password))`: the registry's repositories `private/basic/…` and
+    /// `private/token/…` require these credentials (HTTP Basic, bearer token) through the
+    /// [`crate::registry_gate`], and hold copies of `busybox:1.35`.
+    pub registry_auth: Option<(String, String)>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub binaries: Binaries,
@@ -189,7 +195,9 @@ impl LabOptions {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(512),
             node_grace_period: None,
+            server_args: Vec::new(),
             extra_kernel_args: std::env::var("KEEL_KERNEL_ARGS").unwrap_or_default(),
+            registry_auth: None,
             kernel: out.join("vmlinux"),
             initrd: out.join("initramfs"),
             binaries: Binaries::discover(),
@@ -211,6 +219,9 @@ pub struct LabState {
     pub api_port: u16,
     pub gate_port: u16,
     pub registry_port: Option<u16>,
+    /// The registry itself when a credential gate listens on `registry_port`.
+    #[serde(default)]
+    pub registry_upstream_port: Option<u16>,
     pub switch_port: Option<u16>,
     pub kubeconfig: PathBuf,
     pub nodes: Vec<NodeSpec>,
@@ -300,6 +311,8 @@ pub struct Lab {
     state: LabState,
     server: Option<Supervised>,
     registry: Option<Supervised>,
+    /// The credential gate in front of the registry (`LabOptions::registry_auth`).
+    registry_gate: Option<Supervised>,
     switch: Option<Supervised>,
     nodes: BTreeMap<String, Option<Supervised>>,
     boots: BTreeMap<String, u32>,
@@ -414,8 +427,10 @@ impl Lab {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(io(format!("cannot create {}/{sub}", dir.display())))?;
         }
-        let ports = crate::ports::free_ports(3 + usize::from(options.nodes) * NODEPORTS.len())
-            .map_err(io("cannot find free loopback ports"))?;
+        let gated = options.registry && options.registry_auth.is_some();
+        let ports =
+            crate::ports::free_ports(3 + usize::from(options.nodes) * NODEPORTS.len() + usize::from(gated))
+                .map_err(io("cannot find free loopback ports"))?;
         let nodes: Vec<NodeSpec> = (1..=options.nodes)
             .map(|i| {
                 let at = 3 + usize::from(i - 1) * NODEPORTS.len();
@@ -428,6 +443,7 @@ impl Lab {
             api_port: ports[0],
             gate_port: ports[1],
             registry_port: options.registry.then_some(ports[2]),
+            registry_upstream_port: gated.then(|| ports[ports.len() - 1]),
             switch_port: None,
             kubeconfig: dir.join("kubeconfig"),
             nodes,
@@ -442,6 +458,7 @@ impl Lab {
             state,
             server: None,
             registry: None,
+            registry_gate: None,
             switch: None,
             node_env: None,
             kubectl,
@@ -504,15 +521,34 @@ impl Lab {
                 .state
                 .registry_port
                 .ok_or(LabError::NoComponent("registry"))?;
+            // With credentials, the registry listens behind the gate.
+            let registry_port = self.state.registry_upstream_port.unwrap_or(port);
             let p = crate::registry::spawn(
                 &self.options.binaries.docker_registry,
                 &self.dir,
-                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from(([127, 0, 0, 1], registry_port)),
                 &self.layout().log("registry"),
                 &self.layout().pid("registry"),
                 self.options.lifetime,
             )?;
             self.registry = Some(p);
+            if let (Some((user, password)), true) = (&self.options.registry_auth, registry_port != port) {
+                let mut cmd = Command::new(&self.options.binaries.keel_lab);
+                cmd.args(["registry-gate", "--listen"])
+                    .arg(format!("127.0.0.1:{port}"))
+                    .arg("--upstream")
+                    .arg(format!("127.0.0.1:{registry_port}"))
+                    .arg("--user")
+                    .arg(format!("{user}:{password}"))
+                    .stdin(Stdio::null());
+                self.registry_gate = Some(Supervised::spawn(
+                    "registry-gate",
+                    cmd,
+                    &self.layout().log("registry-gate"),
+                    &self.layout().pid("registry-gate"),
+                    self.options.lifetime,
+                )?);
+            }
         }
         if self.options.nodes > 0 {
             self.spawn_switch()?;
@@ -557,6 +593,7 @@ impl Lab {
         if let Some(grace) = &self.options.node_grace_period {
             cmd.args(["--node-grace-period", grace]);
         }
+        cmd.args(&self.options.server_args);
         let log = self.layout().log("server");
         let pid = self.layout().pid("server");
         self.server = Some(Supervised::spawn(
@@ -713,10 +750,36 @@ impl Lab {
             .state
             .registry_port
             .ok_or(LabError::NoComponent("registry"))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let upstream = self.state.registry_upstream_port.unwrap_or(port);
+        let addr = SocketAddr::from(([127, 0, 0, 1], upstream));
         let process = self.registry.as_ref().ok_or(LabError::NoComponent("registry"))?;
         crate::registry::wait_up(process, addr, &self.layout().log("registry"))?;
-        let images = crate::image::lab_images(&self.options.binaries.busybox)?;
+        let mut images = crate::image::lab_images(&self.options.binaries.busybox)?;
+        if upstream != port {
+            // Copies of busybox in the repositories that need credentials, pushed past the gate.
+            let busybox = images
+                .iter()
+                .find(|i| i.repository == "library/busybox")
+                .cloned()
+                .ok_or(LabError::NoComponent("busybox image"))?;
+            for prefix in [
+                crate::registry_gate::BASIC_PREFIX,
+                crate::registry_gate::TOKEN_PREFIX,
+            ] {
+                let mut copy = busybox.clone();
+                copy.repository = format!("{prefix}busybox");
+                images.push(copy);
+            }
+            let gate = self
+                .registry_gate
+                .as_ref()
+                .ok_or(LabError::NoComponent("registry gate"))?;
+            crate::registry::wait_up(
+                gate,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                &self.layout().log("registry-gate"),
+            )?;
+        }
         crate::registry::push_blocking(&addr.to_string(), &images)?;
         Ok(())
     }
@@ -970,6 +1033,7 @@ impl Lab {
             drop(p); // SIGTERM, then SIGKILL after the grace period
         }
         self.switch.take();
+        self.registry_gate.take();
         self.registry.take();
         if let Some(mut s) = self.server.take() {
             s.stop(Duration::from_secs(10));
@@ -985,9 +1049,14 @@ impl Lab {
         for p in self.nodes.values_mut().filter_map(Option::take) {
             p.detach();
         }
-        for p in [self.switch.take(), self.registry.take(), self.server.take()]
-            .into_iter()
-            .flatten()
+        for p in [
+            self.switch.take(),
+            self.registry_gate.take(),
+            self.registry.take(),
+            self.server.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             p.detach();
         }
@@ -1251,6 +1320,7 @@ mod tests {
             api_port: 1,
             gate_port: 2,
             registry_port: None,
+            registry_upstream_port: None,
             switch_port: None,
             kubeconfig: "/x/kubeconfig".into(),
             nodes: vec![NodeSpec::new(1, &(40000..40010).collect::<Vec<_>>())],

@@ -8,6 +8,7 @@
 //! keel-lab images --registry 127.0.0.1:PORT      build and push the test images
 //! keel-lab switch --listen 127.0.0.1:0 --control SOCK [--port-file F] [--node NAME=MAC]…
 //! keel-lab relay 127.0.0.1 PORT        (QEMU runs this per guest connection)
+//! keel-lab registry-gate --listen A --upstream B --user U:P   (a lab with registry credentials)
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -93,6 +94,17 @@ enum Cmd {
     },
     /// Relay stdin/stdout to HOST PORT (QEMU guestfwd cmd:).
     Relay { host: IpAddr, port: u16 },
+    /// Serve the registry's credential gate (private/basic/… and private/token/… need
+    /// USER:PASSWORD) in front of the registry at --upstream.
+    RegistryGate {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// USER:PASSWORD
+        #[arg(long)]
+        user: String,
+    },
 }
 
 fn default_dir(dir: Option<PathBuf>) -> PathBuf {
@@ -175,6 +187,30 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Cmd::RegistryGate {
+            listen,
+            upstream,
+            user,
+        } => {
+            let (user, password) = user.split_once(':').context("--user wants USER:PASSWORD")?;
+            let gate = keel_lab::registry_gate::Gate {
+                upstream,
+                user: user.to_string(),
+                password: password.to_string(),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                keel_lab::registry_gate::serve(listener, gate).await;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::SwitchCtl { dir, control, words } => {
             let socket = control.unwrap_or_else(|| default_dir(dir).join("switch.sock"));

@@ -6,6 +6,13 @@
 //!    processes per container (counted from the node's cgroups by a hostPath pod) — its probes
 //!    resume, and an adopted pod is still stopped properly when deleted;
 //!
+//! 2. graceful deletion timing (preStop exec and httpGet hooks, SIGTERM, SIGKILL at the grace
+//!    period), postStart, an OOM-killed memory hog restarted, and the seed examples pods_run
+//!    does not cover (two containers over localhost, Secret env and files, downwardAPI volume,
+//!    hostPath, cpu requests);
+//! 3. image pull secrets against the lab registry's credential gate (Basic and bearer token);
+//! 4. a reboot: the node starts its pods again and restart counts go on.
+//!
 //! Labs with QEMU nodes run one at a time (a machine-wide lock).
 
 use std::time::{Duration, Instant};
@@ -14,6 +21,8 @@ use keel_e2e::*;
 use serde_json::{json, Value};
 
 const NODE: &str = "keel-1";
+const REGISTRY_USER: &str = "keel";
+const REGISTRY_PASSWORD: &str = "pull-s3cret";
 
 fn lab() -> Lab {
     let mut options = LabOptions::with_nodes(1);
@@ -21,6 +30,7 @@ fn lab() -> Lab {
         "{} keel.selftest=kill-agent-on-request",
         options.extra_kernel_args
     );
+    options.registry_auth = Some((REGISTRY_USER.into(), REGISTRY_PASSWORD.into()));
     lab_with(options)
 }
 
@@ -212,6 +222,9 @@ fn kubelet_lifecycle_on_a_node() {
         );
         assert_eq!(after["status"]["podIP"], before["status"]["podIP"], "{after}");
     }
+    graceful_termination_hooks_oom_and_seeds(&lab);
+    registry_credentials(&lab);
+
     // Probes resumed: the readiness probe turns `aging` unready once it is 75 s old.
     let unready = wait_pod(
         &lab,
@@ -230,4 +243,279 @@ fn kubelet_lifecycle_on_a_node() {
         .kubectl(&["delete", "pod", "twice", "--timeout=60s"])
         .expect("kubectl delete");
     assert!(out.success(), "delete twice: {}", out.stderr);
+
+    // ---- Reboot: the node starts its pods again, restart counts go on. ----
+    kubectl_ok(&lab, &["delete", "pod", "aging", "--wait=false"]);
+    let before = get_pod(&lab, "steady");
+    let mut lab = lab;
+    let rebooted_at = Instant::now();
+    lab.restart_node(NODE).expect("restart the node");
+    let again = wait_pod(
+        &lab,
+        "steady",
+        "running again after the reboot",
+        NODE_READY_TIMEOUT + POD_READY_TIMEOUT,
+        |p| running(p) && container(p)["restartCount"] == 1,
+    );
+    eprintln!(
+        "node rebooted and steady running again in {} ms",
+        rebooted_at.elapsed().as_millis()
+    );
+    let c = container(&again);
+    assert_ne!(c["containerID"], container(&before)["containerID"], "{again}");
+    assert_eq!(
+        c["lastState"]["terminated"]["reason"], "ContainerStatusUnknown",
+        "{again}"
+    );
+}
+
+/// 3. Images from repositories that need credentials (the lab registry's gate: HTTP Basic
+/// for `private/basic/…`, bearer tokens for `private/token/…`), through the docker.io mirror:
+/// without an image pull secret ErrImagePull/ImagePullBackOff with containerd's words, with a
+/// `kubernetes.io/dockerconfigjson` secret Running.
+fn registry_credentials(lab: &Lab) {
+    let image_pod = |name: &str, image: &str, secret: bool| {
+        let mut p = pod(name, "exec sleep 3600", "Always");
+        p["spec"]["containers"][0]["image"] = json!(image);
+        if secret {
+            p["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+        }
+        p
+    };
+    create(
+        lab,
+        &image_pod("basic-nosecret", "private/basic/busybox:1.35", false),
+    );
+    create(
+        lab,
+        &image_pod("token-nosecret", "private/token/busybox:1.35", false),
+    );
+    for (name, words) in [
+        (
+            "basic-nosecret",
+            "pull access denied, repository does not exist or may require authorization",
+        ),
+        (
+            "token-nosecret",
+            "failed to authorize: failed to fetch anonymous token",
+        ),
+    ] {
+        let p = wait_pod(lab, name, "refused by the registry", POD_READY_TIMEOUT, |p| {
+            let w = &container(p)["state"]["waiting"];
+            matches!(w["reason"].as_str(), Some("ErrImagePull" | "ImagePullBackOff"))
+                && w["message"].as_str().is_some_and(|m| m.contains(words))
+        });
+        eprintln!("{name}: {}", container(&p)["state"]["waiting"]);
+    }
+    kubectl_ok(
+        lab,
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "--docker-server=docker.io",
+            &format!("--docker-username={REGISTRY_USER}"),
+            &format!("--docker-password={REGISTRY_PASSWORD}"),
+        ],
+    );
+    create(
+        lab,
+        &image_pod("basic-secret", "private/basic/busybox:1.35", true),
+    );
+    create(
+        lab,
+        &image_pod("token-secret", "private/token/busybox:1.35", true),
+    );
+    for name in ["basic-secret", "token-secret"] {
+        let p = wait_pod(
+            lab,
+            name,
+            "Running with the pull secret",
+            POD_READY_TIMEOUT,
+            running,
+        );
+        assert!(
+            container(&p)["imageID"]
+                .as_str()
+                .is_some_and(|i| i.contains("private/") && i.contains("@sha256:")),
+            "{p}"
+        );
+    }
+    for name in ["basic-nosecret", "token-nosecret", "basic-secret", "token-secret"] {
+        kubectl_ok(lab, &["delete", "pod", name, "--wait=false"]);
+    }
+}
+
+/// A hostPath directory the hook and check pods share on the node.
+fn hooks_volume(p: &mut Value, container: usize) {
+    p["spec"]["volumes"] = json!([{"name": "hooks", "hostPath": {"path": "/var/lib/keel-test-hooks", "type": "DirectoryOrCreate"}}]);
+    p["spec"]["containers"][container]["volumeMounts"] = json!([{"name": "hooks", "mountPath": "/hooks"}]);
+}
+
+/// Deletes `name` with kubectl and returns how long kubectl took.
+fn timed_delete(lab: &Lab, name: &str) -> Duration {
+    let t = Instant::now();
+    let out = lab
+        .kubectl(&["delete", "pod", name, "--timeout=90s"])
+        .expect("kubectl delete");
+    assert!(out.success(), "delete {name}: {}", out.stderr);
+    t.elapsed()
+}
+
+/// 2. Graceful termination (preStop exec and httpGet, SIGTERM, SIGKILL at the grace period),
+/// postStart, an OOM kill, and the seed examples pods_run does not cover: two containers over
+/// localhost, a Secret as env and file, a downwardAPI volume, a hostPath, cpu requests.
+fn graceful_termination_hooks_oom_and_seeds(lab: &Lab) {
+    // A container that exits on SIGTERM (after its preStop exec hook) goes quickly.
+    let mut trap = pod(
+        "term-trap",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+        "Always",
+    );
+    trap["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    hooks_volume(&mut trap, 0);
+    trap["spec"]["containers"][0]["lifecycle"] = json!({
+        "postStart": {"exec": {"command": ["sh", "-c", "echo started > /hooks/poststart"]}},
+        "preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /hooks/prestop-exec"]}}
+    });
+    create(lab, &trap);
+    // One whose PID 1 ignores SIGTERM is killed at the grace period.
+    let mut ignore = pod("term-ignore", "exec sleep 3600", "Always");
+    ignore["spec"]["terminationGracePeriodSeconds"] = json!(8);
+    create(lab, &ignore);
+    // An HTTP server whose preStop hook is an httpGet to its own CGI.
+    let mut web = pod(
+        "hooked-web",
+        "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho stopping > /hooks/prestop-http\\n' > /www/cgi-bin/stop && chmod +x /www/cgi-bin/stop && exec httpd -f -p 8080 -h /www",
+        "Always",
+    );
+    hooks_volume(&mut web, 0);
+    web["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+    web["spec"]["containers"][0]["lifecycle"] =
+        json!({"preStop": {"httpGet": {"path": "/cgi-bin/stop", "port": "http"}}});
+    create(lab, &web);
+    // A memory hog over its limit: OOMKilled, restarted.
+    let mut hog = pod(
+        "hog",
+        "exec awk 'BEGIN { s = \"x\"; while (1) s = s s }'",
+        "Always",
+    );
+    hog["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "32Mi"}});
+    create(lab, &hog);
+    // Seeds: two containers over localhost, Secret env and file, downwardAPI, hostPath, requests.
+    kubectl_ok(
+        lab,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=user=alice",
+        ],
+    );
+    let client = "for i in $(seq 1 60); do wget -qO- http://localhost:8081/ping 2>/dev/null | grep -q pong && break; sleep 1; done; \
+                  wget -qO- http://localhost:8081/ping | grep -q pong || exit 10; \
+                  test \"$USER_NAME\" = alice || exit 11; test \"$(cat /creds/user)\" = alice || exit 12; \
+                  test \"$(cat /info/name)\" = seeds || exit 13; grep -q 'app=\"seeds\"' /info/labels || exit 14; \
+                  test \"$(cat /info/mem)\" = 48 || exit 15; test \"$(cat /sys/fs/cgroup/cpu.weight)\" = 10 || exit 16; \
+                  echo seed > /hooks/seed-hostpath || exit 17";
+    let mut seeds = pod("seeds", client, "Never");
+    seeds["metadata"]["labels"]["app"] = json!("seeds");
+    hooks_volume(&mut seeds, 0);
+    let c = &mut seeds["spec"]["containers"][0];
+    c["name"] = json!("client");
+    c["env"] =
+        json!([{"name": "USER_NAME", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "user"}}}]);
+    c["resources"] = json!({"requests": {"cpu": "250m"}, "limits": {"memory": "48Mi"}});
+    c["volumeMounts"] = json!([
+        {"name": "hooks", "mountPath": "/hooks"},
+        {"name": "creds", "mountPath": "/creds"},
+        {"name": "info", "mountPath": "/info"}
+    ]);
+    seeds["spec"]["volumes"] = json!([
+        {"name": "hooks", "hostPath": {"path": "/var/lib/keel-test-hooks", "type": "DirectoryOrCreate"}},
+        {"name": "creds", "secret": {"secretName": "creds"}},
+        {"name": "info", "downwardAPI": {"items": [
+            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+            {"path": "mem", "resourceFieldRef": {"containerName": "client", "resource": "limits.memory", "divisor": "1Mi"}}
+        ]}}
+    ]);
+    seeds["spec"]["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .push(
+            json!({"name": "server", "image": "busybox:1.35", "command": ["sh", "-c",
+            "mkdir -p /www && echo pong > /www/ping && exec httpd -f -p 8081 -h /www"]}),
+        );
+    create(lab, &seeds);
+
+    wait_pod(lab, "term-trap", "Ready", POD_READY_TIMEOUT, ready);
+    wait_pod(lab, "term-ignore", "Ready", POD_READY_TIMEOUT, ready);
+    wait_pod(lab, "hooked-web", "Ready", POD_READY_TIMEOUT, ready);
+    let trap_took = timed_delete(lab, "term-trap");
+    let ignore_took = timed_delete(lab, "term-ignore");
+    let web_took = timed_delete(lab, "hooked-web");
+    eprintln!(
+        "delete: TERM trapped {} ms (grace 30 s), TERM ignored {} ms (grace 8 s), preStop httpGet {} ms",
+        trap_took.as_millis(),
+        ignore_took.as_millis(),
+        web_took.as_millis()
+    );
+    assert!(
+        trap_took < Duration::from_secs(10),
+        "TERM-trapping pod took {trap_took:?}"
+    );
+    assert!(
+        ignore_took >= Duration::from_secs(8) && ignore_took < Duration::from_secs(20),
+        "TERM-ignoring pod took {ignore_took:?} with an 8 s grace period"
+    );
+
+    let oom = wait_pod(lab, "hog", "OOMKilled and restarted", POD_READY_TIMEOUT, |p| {
+        container(p)["lastState"]["terminated"]["reason"] == "OOMKilled"
+            && container(p)["restartCount"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(
+        container(&oom)["lastState"]["terminated"]["exitCode"],
+        137,
+        "{oom}"
+    );
+    kubectl_ok(lab, &["delete", "pod", "hog", "--wait=false"]);
+
+    let seeds = wait_pod(lab, "seeds", "client finished", POD_READY_TIMEOUT, |p| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == "client" && c["state"]["terminated"].is_object())
+    });
+    let client = seeds["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "client")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(client["state"]["terminated"]["exitCode"], 0, "{seeds}");
+    kubectl_ok(lab, &["delete", "pod", "seeds", "--wait=false"]);
+
+    // What the hooks and the seed pod left in the hostPath.
+    let mut check = pod(
+        "hooks-check",
+        "test -f /hooks/poststart || exit 1; test -f /hooks/prestop-exec || exit 2; \
+         test -f /hooks/prestop-http || exit 3; test -f /hooks/seed-hostpath || exit 4",
+        "Never",
+    );
+    hooks_volume(&mut check, 0);
+    create(lab, &check);
+    let done = wait_pod(lab, "hooks-check", "finished", POD_READY_TIMEOUT, |p| {
+        container(p)["state"]["terminated"].is_object()
+    });
+    assert_eq!(
+        container(&done)["state"]["terminated"]["exitCode"],
+        0,
+        "1: no postStart, 2: no preStop exec, 3: no preStop httpGet, 4: no hostPath write\n{done}"
+    );
+    kubectl_ok(lab, &["delete", "pod", "hooks-check", "--wait=false"]);
 }

@@ -116,6 +116,42 @@ pub(crate) fn text_data(obj: &Value) -> Map<String, Value> {
 /// a snapshot must not change (and be sent again) just because the status or the version did.
 const NOT_FOR_THE_NODE: [&str; 3] = ["/status", "/metadata/resourceVersion", "/metadata/managedFields"];
 
+/// The field that carries what a rebooted node needs of the status it reported before (its
+/// state was in memory): see [`status_summary`].
+pub(crate) const STATUS_FIELD: &str = "keelStatus";
+
+/// `{"restarts": {CONTAINER: N}, "phase": …}`: the restart count of every container that
+/// restarted, and the phase once it is terminal — so a rebooted node goes on counting restarts
+/// and does not run finished pods again. It changes only when a container restarts or the pod
+/// finishes, so status reports still do not resend the set.
+pub(crate) fn status_summary(pod: &Value) -> Option<Value> {
+    let mut restarts = Map::new();
+    for c in pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let n = c["restartCount"].as_u64().unwrap_or(0);
+        if let (Some(name), true) = (c["name"].as_str(), n > 0) {
+            restarts.insert(name.to_string(), Value::from(n));
+        }
+    }
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .filter(|p| *p == "Succeeded" || *p == "Failed");
+    if restarts.is_empty() && phase.is_none() {
+        return None;
+    }
+    let mut out = Map::new();
+    out.insert("restarts".into(), Value::Object(restarts));
+    if let Some(p) = phase {
+        out.insert("phase".into(), Value::from(p));
+    }
+    Some(Value::Object(out))
+}
+
 /// One bound pod as the index keeps it: its JSON for the node (compact bytes, without the
 /// fields of [`NOT_FOR_THE_NODE`]) and what it references.
 struct IndexedPod {
@@ -211,6 +247,7 @@ impl IndexState {
             self.remove_pod(&key);
             return;
         };
+        let summary = status_summary(&pod);
         for ptr in NOT_FOR_THE_NODE {
             let (parent, field) = ptr.rsplit_once('/').unwrap_or(("", ptr));
             let holder = if parent.is_empty() {
@@ -221,6 +258,9 @@ impl IndexState {
             if let Some(Value::Object(m)) = holder {
                 m.remove(field);
             }
+        }
+        if let (Some(summary), Some(m)) = (summary, pod.as_object_mut()) {
+            m.insert(STATUS_FIELD.into(), summary);
         }
         let refs = references(&pod);
         let json = Arc::new(serde_json::to_vec(&pod).unwrap_or_default());
@@ -547,6 +587,26 @@ mod tests {
             set(&["regcred", "s-env", "s-envfrom", "s-proj", "s-vol"])
         );
         assert_eq!(references(&json!({})), References::default());
+    }
+
+    #[test]
+    fn a_rebooted_node_learns_restart_counts_and_terminal_phases() {
+        let pod = |phase: &str, restarts: u64| {
+            json!({"status": {"phase": phase, "containerStatuses": [
+                {"name": "a", "restartCount": restarts, "ready": true},
+                {"name": "b", "restartCount": 0}
+            ]}})
+        };
+        assert_eq!(status_summary(&pod("Running", 0)), None);
+        assert_eq!(
+            status_summary(&pod("Running", 2)),
+            Some(json!({"restarts": {"a": 2}}))
+        );
+        assert_eq!(
+            status_summary(&pod("Succeeded", 0)),
+            Some(json!({"restarts": {}, "phase": "Succeeded"}))
+        );
+        assert_eq!(status_summary(&json!({})), None);
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Backoff {
 /// The token of a `keel: selftest: kill the agent (TOKEN)` line in the agent's output.
 fn kill_request(out: &[u8]) -> Option<String> {
     const ASK: &[u8] = b"keel: selftest: kill the agent (";
-    let at = out.windows(ASK.len()).position(|w| w == ASK)? + ASK.len();
+    let at = out.windows(ASK.len()).rposition(|w| w == ASK)? + ASK.len();
     let rest = &out[at..];
     let end = rest.iter().position(|b| *b == b')')?;
     Some(String::from_utf8_lossy(&rest[..end]).into_owned())
@@ -84,6 +84,8 @@ pub struct Supervisor {
     /// `keel: selftest: kill the agent (TOKEN)`, once per token (tests annotate a pod to kill
     /// the agent while pods run); the tokens already honoured.
     kill_on_request: Option<Vec<String>>,
+    /// The end of the agent's last output, so that a line split across reads still matches.
+    output_tail: Vec<u8>,
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -122,6 +124,7 @@ impl Supervisor {
             buttons: Vec::new(),
             kill_agent_once: false,
             kill_on_request: None,
+            output_tail: Vec::new(),
         })
     }
 
@@ -203,7 +206,11 @@ impl Supervisor {
         if let Ok(n) = self.out_r.read(&mut buf) {
             if n > 0 {
                 super::console::write_raw(&buf[..n]);
-                if let (Some(done), Some(token)) = (self.kill_on_request.as_mut(), kill_request(&buf[..n])) {
+                let mut scan = std::mem::take(&mut self.output_tail);
+                scan.extend_from_slice(&buf[..n]);
+                let keep = scan.len().saturating_sub(128);
+                self.output_tail = scan[keep..].to_vec();
+                if let (Some(done), Some(token)) = (self.kill_on_request.as_mut(), kill_request(&scan)) {
                     if let (false, Some((pid, _))) = (done.contains(&token), self.agent) {
                         say!("selftest: killing the agent (pid {pid}) as asked ({token})");
                         let _ = sys::kill(pid, libc::SIGKILL);

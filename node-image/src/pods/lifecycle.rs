@@ -233,7 +233,7 @@ impl ContainerTask {
                     }
                     self.publish(|v| v.last_state = Some(v.state.clone()));
                 }
-                if !view.container_id.is_empty() {
+                if !view.container_id.is_empty() || matches!(view.state, State::Terminated { .. }) {
                     run_number = view.restart_count + 1;
                 }
             }

@@ -96,6 +96,19 @@ impl Puller {
         let Some(client) = self.client.as_mut() else {
             return Err(ImageError::NeverPull(image.to_string()));
         };
+        // A registry's credentials also go to its mirrors (the lab's docker.io mirror holds
+        // private repositories too), as containerd applies them per image, not per host.
+        let mut credentials = credentials;
+        for (registry, mirror) in &registries.mirrors {
+            let registry = crate::runtime::registry::normalize_host(registry);
+            let found = credentials
+                .iter()
+                .find(|(h, _)| crate::runtime::registry::normalize_host(h) == registry)
+                .map(|(_, a)| a.clone());
+            if let Some(auth) = found {
+                credentials.push((crate::runtime::registry::normalize_host(mirror), auth));
+            }
+        }
         client.set_credentials(credentials);
         self.store.ensure(client, image, policy, registries).await
     }
@@ -185,8 +198,10 @@ impl Manager {
                 ))
                 .and_then(Value::as_str)
             {
-                // PID 1 reads this line (and kills the agent once per token).
-                eprintln!("keel: selftest: kill the agent ({token})");
+                // PID 1 reads this line (and kills the agent once per token); one write, so
+                // that it reaches PID 1 whole.
+                let line = format!("keel: selftest: kill the agent ({token})\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             }
             let resolved = pod.resolved.clone();
             let desired = Arc::new(Desired { pod, resolved });
@@ -196,7 +211,17 @@ impl Manager {
                 }
                 None => {
                     let record = self.records.as_mut().and_then(|r| r.remove(&uid)).or_else(|| {
-                        // Not from this boot: what the control plane heard from the last one.
+                        // Created before this boot: it ran here before the reboot.
+                        let now = SystemTime::now();
+                        let created = desired
+                            .pod
+                            .metadata
+                            .creation_timestamp
+                            .as_deref()
+                            .and_then(record::parse_rfc3339)?;
+                        if created >= record::boot_time(now) {
+                            return None;
+                        }
                         let names: Vec<String> = desired
                             .pod
                             .spec
@@ -204,15 +229,13 @@ impl Manager {
                             .iter()
                             .map(|c| c.name.clone())
                             .collect();
-                        let r = record::from_api_status(&desired.pod.status, &names, SystemTime::now())?;
                         eprintln!(
-                            "keel: pod {}: ran before this boot; restarting it",
+                            "keel: pod {}: ran before this boot; starting it again",
                             desired.pod.key()
                         );
                         Some(PodRecord {
                             uid: uid.clone(),
-                            init_views: Vec::new(),
-                            ..r
+                            ..record::after_reboot(&desired.pod.keel_status, &names, Some(created), now)
                         })
                     });
                     let (tx, rx) = watch::channel(Some(desired.clone()));

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::spec::KeelStatus;
 use super::status::{ContainerView, State};
 use crate::runtime::process::ProcRef;
 
@@ -56,73 +57,54 @@ pub struct RunRecord {
 const LOST_REASON: &str = "ContainerStatusUnknown";
 const LOST_MESSAGE: &str = "The container could not be located when the pod was terminated";
 
-/// After a reboot (no record survives, `/var` is a tmpfs): the pod's containers as the control
-/// plane last heard of them from this node, so restart counts go on. A container that was
-/// running is gone: it becomes terminated `ContainerStatusUnknown` (exit code 137), and the
-/// restart policy decides. Init containers run again (the pod gets a new sandbox). `None` when
-/// the status names no container that ran.
-pub fn from_api_status(status: &serde_json::Value, names: &[String], now: SystemTime) -> Option<PodRecord> {
-    let list = status.get("containerStatuses")?.as_array()?;
-    let mut views = Vec::new();
-    let mut any = false;
-    for name in names {
-        let s = list.iter().find(|c| c["name"].as_str() == Some(name.as_str()));
-        let Some(s) = s else {
-            views.push(ContainerView::new(name, ""));
-            continue;
-        };
-        let mut v = ContainerView::new(name, s["image"].as_str().unwrap_or_default());
-        v.image_id = s["imageID"].as_str().unwrap_or_default().to_string();
-        v.container_id = s["containerID"].as_str().unwrap_or_default().to_string();
-        v.restart_count = s["restartCount"].as_u64().unwrap_or(0) as u32;
-        v.last_state = state_of(&s["lastState"], now);
-        if let Some(st) = state_of(&s["state"], now) {
-            v.state = match st {
-                State::Running { started_at } => State::Terminated {
-                    exit_code: 137,
-                    reason: LOST_REASON.into(),
-                    message: Some(LOST_MESSAGE.into()),
-                    started_at,
-                    finished_at: now,
-                    container_id: v.container_id.clone(),
-                },
-                other => other,
+/// After a reboot (no record survives, `/var` is a tmpfs), for a pod created before this boot:
+/// its containers as the control plane last heard of them from this node (`keelStatus`), so
+/// restart counts go on. Each container ran and is gone: it becomes terminated
+/// `ContainerStatusUnknown` (exit code 137) and the restart policy decides — except in a pod that
+/// had finished (`phase` Succeeded or Failed), whose containers stay finished. Init containers
+/// run again (the pod gets a new sandbox).
+pub fn after_reboot(
+    status: &KeelStatus,
+    names: &[String],
+    start_time: Option<SystemTime>,
+    now: SystemTime,
+) -> PodRecord {
+    let views = names
+        .iter()
+        .map(|name| {
+            let mut v = ContainerView::new(name, "");
+            v.restart_count = status.restarts.get(name).copied().unwrap_or(0);
+            let (exit_code, reason, message) = match status.phase.as_deref() {
+                Some("Succeeded") => (0, "Completed", None),
+                Some("Failed") => (1, "Error", None),
+                _ => (137, LOST_REASON, Some(LOST_MESSAGE.to_string())),
             };
-        }
-        any |= !v.container_id.is_empty();
-        views.push(v);
-    }
-    any.then(|| PodRecord {
-        start_time: status["startTime"].as_str().and_then(parse_rfc3339),
+            v.state = State::Terminated {
+                exit_code,
+                reason: reason.into(),
+                message,
+                started_at: start_time.unwrap_or(now),
+                finished_at: now,
+                container_id: String::new(),
+            };
+            v
+        })
+        .collect();
+    PodRecord {
+        start_time,
         views,
         ..Default::default()
-    })
+    }
 }
 
-/// A container state from its API JSON (`{"running": {...}}` and so on).
-fn state_of(v: &serde_json::Value, now: SystemTime) -> Option<State> {
-    let time = |x: &serde_json::Value| x.as_str().and_then(parse_rfc3339).unwrap_or(now);
-    let text = |x: &serde_json::Value| x.as_str().map(str::to_string);
-    if let Some(w) = v.get("waiting") {
-        return Some(State::Waiting {
-            reason: w["reason"].as_str().unwrap_or_default().to_string(),
-            message: text(&w["message"]),
-        });
-    }
-    if let Some(r) = v.get("running") {
-        return Some(State::Running {
-            started_at: time(&r["startedAt"]),
-        });
-    }
-    let t = v.get("terminated")?;
-    Some(State::Terminated {
-        exit_code: t["exitCode"].as_i64().unwrap_or(0) as i32,
-        reason: t["reason"].as_str().unwrap_or_default().to_string(),
-        message: text(&t["message"]),
-        started_at: time(&t["startedAt"]),
-        finished_at: time(&t["finishedAt"]),
-        container_id: t["containerID"].as_str().unwrap_or_default().to_string(),
-    })
+/// When this boot began.
+pub fn boot_time(now: SystemTime) -> SystemTime {
+    let up = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    now.checked_sub(std::time::Duration::from_secs_f64(up))
+        .unwrap_or(now)
 }
 
 /// `2026-11-23T16:00:00Z` (what the node writes; fractions and offsets are not read).
@@ -186,40 +168,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn after_a_reboot_restart_counts_go_on_from_the_api_status() {
+    fn after_a_reboot_restart_counts_go_on_and_finished_pods_stay_finished() {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000_000);
-        let status = serde_json::json!({
-            "startTime": "2026-11-23T16:00:00Z",
-            "containerStatuses": [
-                {"name": "a", "restartCount": 2, "containerID": "keel://1", "image": "i", "imageID": "d",
-                 "state": {"running": {"startedAt": "2026-11-23T16:00:05Z"}}, "lastState": {}},
-                {"name": "b", "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}
-            ]
-        });
         let names = ["a".to_string(), "b".to_string()];
-        let r = from_api_status(&status, &names, now).unwrap();
+        let mut ks = KeelStatus::default();
+        ks.restarts.insert("a".into(), 2);
+        let r = after_reboot(&ks, &names, parse_rfc3339("2026-11-23T16:00:00Z"), now);
         assert_eq!(r.start_time, parse_rfc3339("2026-11-23T16:00:00Z"));
-        assert_eq!(r.views[0].restart_count, 2);
-        assert_eq!(r.views[0].container_id, "keel://1");
+        assert_eq!((r.views[0].restart_count, r.views[1].restart_count), (2, 0));
         let State::Terminated {
-            exit_code,
-            reason,
-            started_at,
-            ..
+            exit_code, reason, ..
         } = &r.views[0].state
         else {
             panic!("{:?}", r.views[0].state)
         };
         assert_eq!((*exit_code, reason.as_str()), (137, "ContainerStatusUnknown"));
-        assert_eq!(Some(*started_at), parse_rfc3339("2026-11-23T16:00:05Z"));
-        assert_eq!(r.views[1].container_id, "");
-        assert!(from_api_status(
-            &serde_json::json!({"containerStatuses": [{"name": "b"}]}),
-            &names,
-            now
-        )
-        .is_none());
-        assert!(from_api_status(&serde_json::json!({}), &names, now).is_none());
+        ks.phase = Some("Succeeded".into());
+        let r = after_reboot(&ks, &names, None, now);
+        assert!(matches!(r.views[1].state, State::Terminated { exit_code: 0, .. }));
     }
 
     #[test]

@@ -21,8 +21,17 @@ pub struct Pod {
     /// What the control plane resolved for the pod (a side field of the JSON it sends).
     #[serde(rename = "keelResolved")]
     pub resolved: Resolved,
-    /// The status the control plane holds (what an earlier boot of this node reported).
-    pub status: serde_json::Value,
+    /// What the control plane still knows of the status an earlier boot of this node reported.
+    #[serde(rename = "keelStatus")]
+    pub keel_status: KeelStatus,
+}
+
+/// `keelStatus`: restart counts of containers that restarted, and the phase once terminal.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct KeelStatus {
+    pub restarts: BTreeMap<String, u32>,
+    pub phase: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -32,6 +41,7 @@ pub struct Meta {
     pub namespace: String,
     pub uid: String,
     pub deletion_timestamp: Option<String>,
+    pub creation_timestamp: Option<String>,
     pub deletion_grace_period_seconds: Option<i64>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,

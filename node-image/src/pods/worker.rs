@@ -525,7 +525,9 @@ fn resume_of(
         return Resume::Adopt(r);
     }
     match ctx.view(init, index) {
-        Some(v) if resumed && !v.container_id.is_empty() => Resume::Continue(Box::new(v)),
+        Some(v) if resumed && (!v.container_id.is_empty() || matches!(v.state, State::Terminated { .. })) => {
+            Resume::Continue(Box::new(v))
+        }
         _ => Resume::Fresh,
     }
 }

@@ -63,6 +63,20 @@ pub enum ImageError {
     Unpack(#[from] UnpackError),
 }
 
+impl ImageError {
+    /// Whether the registry wanted credentials (or refused the ones it got).
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            ImageError::Registry(
+                RegistryError::NeedsCredentials { .. }
+                    | RegistryError::Denied { .. }
+                    | RegistryError::Token { .. }
+            )
+        )
+    }
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
     let what = what.into();
     move |source| ImageError::Io { what, source }
@@ -320,7 +334,10 @@ impl Store {
                             ep.base
                         );
                     }
-                    last = Some(e);
+                    // An endpoint that refused us says more than one that could not be reached.
+                    if !last.as_ref().is_some_and(ImageError::is_auth) {
+                        last = Some(e);
+                    }
                 }
             }
         }

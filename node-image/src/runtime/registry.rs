@@ -51,9 +51,15 @@ pub enum RegistryError {
         status: StatusCode,
         detail: String,
     },
-    #[error("{url} asks for credentials ({scheme} auth); image pull secrets are not supported yet")]
+    /// containerd's words for a registry that wants credentials the pod did not give.
+    #[error("pull access denied, repository does not exist or may require authorization: authorization failed: no {scheme} auth credentials")]
     NeedsCredentials { url: String, scheme: String },
-    #[error("token from {realm}: {detail}")]
+    /// The registry refused the credentials (or the token) it was given.
+    #[error(
+        "pull access denied, repository does not exist or may require authorization: authorization failed"
+    )]
+    Denied { url: String },
+    #[error("failed to authorize: {detail}")]
     Token { realm: String, detail: String },
     #[error("{0}: response too large")]
     TooLarge(String),
@@ -250,6 +256,7 @@ impl Client {
         let mut current = url.clone();
         let mut auth: Option<String> = None;
         let mut challenged = false;
+        let mut challenged_with_credentials = false;
         for _ in 0..=MAX_REDIRECTS {
             let resp = self.send(&current, accept, auth.as_deref()).await?;
             let status = resp.status();
@@ -281,6 +288,8 @@ impl Client {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_challenge);
                 let basic = self.basic_for(&current).map(str::to_string);
+                challenged_with_credentials =
+                    basic.is_some() || challenge.as_ref().is_some_and(|c| c.scheme == "bearer");
                 match challenge {
                     Some(c) if c.scheme == "bearer" => {
                         auth = Some(format!("Bearer {}", self.token(&c, basic.as_deref()).await?));
@@ -298,6 +307,11 @@ impl Client {
                     }
                     None => {}
                 }
+            }
+            if status == StatusCode::UNAUTHORIZED && challenged_with_credentials {
+                return Err(RegistryError::Denied {
+                    url: current.to_string(),
+                });
             }
             let detail = error_detail(resp).await;
             return Err(RegistryError::Status {
@@ -354,8 +368,12 @@ impl Client {
         let auth = basic.map(|b| format!("Basic {b}"));
         let resp = self.send(&url, &["application/json"], auth.as_deref()).await?;
         if !resp.status().is_success() {
+            // containerd's words.
             let status = resp.status();
-            return Err(err(format!("{status}{}", error_detail(resp).await)));
+            let kind = if basic.is_some() { "oauth" } else { "anonymous" };
+            return Err(err(format!(
+                "failed to fetch {kind} token: unexpected status from GET request to {url}: {status}"
+            )));
         }
         let body = read_limited(resp.into_body(), MAX_SMALL_BODY, &url).await?;
         #[derive(serde::Deserialize)]
