@@ -105,7 +105,7 @@ fn run_with_input(
             let _ = child.kill();
             let _ = child.wait();
             let out = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
-            panic!("kubectl did not end within {timeout:?}; output so far: {out:?}");
+            panic!("{cmd:?} did not end within {timeout:?}; output so far: {out:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -497,20 +497,14 @@ fn attach(lab: &Lab) {
 fn python(lab: &Lab) {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let script = keel_lab::lab::workspace_dir().join("tests/python/lab_streams.py");
-    let out = Command::new(&python)
+    let mut cmd = Command::new(&python);
+    cmd.arg("-u")
         .arg(&script)
         .args(["talker", "main", "web", "8080"])
         .env("KUBECONFIG", lab.kubeconfig())
         .env("HOME", lab.kubectl_client().home())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("{python} {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python client: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let (code, stdout, stderr) = run_with_input(cmd, b"", false, Duration::from_secs(120));
+    assert_eq!(code, Some(0), "python client:\n{stdout}\n{stderr}");
     assert!(stdout.contains("port-forward ok"), "{stdout}");
 }

@@ -150,7 +150,20 @@ struct Pair {
     error_stream: Option<u32>,
     data_stream: Option<u32>,
     up: Option<fmpsc::Sender<Up>>,
+    /// What the client sent before the node's connection was open.
+    pending: Vec<Up>,
     started: bool,
+}
+
+impl Pair {
+    async fn send(&mut self, msg: Up) {
+        match self.up.as_mut() {
+            Some(up) => {
+                let _ = up.send(msg).await;
+            }
+            None => self.pending.push(msg),
+        }
+    }
 }
 
 async fn spdy_session(ws: websocket::Ws, streams: Arc<dyn PodStreams>, target: StreamTarget) {
@@ -200,6 +213,7 @@ async fn spdy_session(ws: websocket::Ws, streams: Arc<dyn PodStreams>, target: S
                                 error_stream: None,
                                 data_stream: None,
                                 up: None,
+                                pending: Vec::new(),
                                 started: false,
                             });
                             match kind.as_str() {
@@ -226,14 +240,10 @@ async fn spdy_session(ws: websocket::Ws, streams: Arc<dyn PodStreams>, target: S
                             if let Some(pair) = by_stream.get(&stream_id).and_then(|r| pairs.get_mut(r)) {
                                 if !data.is_empty() {
                                     out.push(spdy::window_update(stream_id, data.len() as u32));
-                                    if let Some(up) = pair.up.as_mut() {
-                                        let _ = up.send(Up::Data(0, data)).await;
-                                    }
+                                    pair.send(Up::Data(0, data)).await;
                                 }
                                 if fin {
-                                    if let Some(up) = pair.up.as_mut() {
-                                        let _ = up.send(Up::Close(0)).await;
-                                    }
+                                    pair.send(Up::Close(0)).await;
                                 }
                             }
                         }
@@ -253,7 +263,11 @@ async fn spdy_session(ws: websocket::Ws, streams: Arc<dyn PodStreams>, target: S
                 let (Some(data_sid), Some(err_sid)) = (pair.data_stream, pair.error_stream) else { continue };
                 match result {
                     Ok(stream) => {
-                        pair.up = Some(stream.up);
+                        let mut up = stream.up;
+                        for msg in pair.pending.drain(..) {
+                            let _ = up.send(msg).await;
+                        }
+                        pair.up = Some(up);
                         pump_down(stream.down, data_sid, events_tx.clone());
                     }
                     Err(message) => {
@@ -335,7 +349,8 @@ async fn channel_session(
     while open > 0 {
         tokio::select! {
             m = source.next() => match m {
-                Some(Ok(Message::Binary(b))) => {
+                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                    let b = m.into_data();
                     let Some((&channel, data)) = b.split_first() else { continue };
                     let i = usize::from(channel / 2);
                     if channel % 2 == 0 && !data.is_empty() {

@@ -96,7 +96,9 @@ async fn session(ws: websocket::Ws, stream: NodeStream, v5: bool, command: &[Str
     loop {
         tokio::select! {
             m = source.next() => match m {
-                Some(Ok(Message::Binary(b))) => {
+                // The Python client sends text stdin as text messages; same framing.
+                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                    let b = m.into_data();
                     let up_msg = match websocket::parse_client(&b, v5) {
                         ClientMessage::Stdin(d) => Up::Data(websocket::STDIN, d),
                         ClientMessage::Resize { width, height } => Up::Resize { width, height },
