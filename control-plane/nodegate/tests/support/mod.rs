@@ -82,6 +82,8 @@ pub struct Gate {
     pub heartbeat: u32,
     /// Where the gate keeps nodes' usage reports.
     pub usage: Arc<keel_nodegate::UsageStore>,
+    /// The gate's stream broker (logs, exec, attach, port-forward).
+    pub streams: Arc<keel_nodegate::Streams>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), keel_nodegate::Error>>>,
 }
@@ -104,6 +106,7 @@ impl Gate {
             grace,
             heartbeat,
             usage: Arc::default(),
+            streams: keel_nodegate::Streams::new(),
             stop: None,
             task: None,
         };
@@ -122,6 +125,7 @@ impl Gate {
         cfg.grace_period = self.grace;
         cfg.heartbeat_seconds = self.heartbeat;
         cfg.usage = self.usage.clone();
+        cfg.streams = self.streams.clone();
         let (tx, rx) = oneshot::channel();
         self.stop = Some(tx);
         self.task = Some(tokio::spawn(keel_nodegate::serve(listener, cfg, async move {
