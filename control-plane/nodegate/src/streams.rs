@@ -51,14 +51,31 @@ struct Inner {
 }
 
 /// The gate's stream broker; shared between the gate and the API server.
-#[derive(Default)]
 pub struct Streams {
     inner: Mutex<Inner>,
+    answer_timeout: Duration,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            inner: Mutex::default(),
+            answer_timeout: ANSWER_TIMEOUT,
+        }
+    }
 }
 
 impl Streams {
     pub fn new() -> Arc<Streams> {
         Arc::new(Streams::default())
+    }
+
+    /// A broker that waits `timeout` instead of [`ANSWER_TIMEOUT`] for nodes to answer.
+    pub fn with_answer_timeout(timeout: Duration) -> Arc<Streams> {
+        Arc::new(Streams {
+            answer_timeout: timeout,
+            ..Streams::default()
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -112,15 +129,15 @@ impl Streams {
             self.lock().pending.remove(&id);
             return Err(dial_error(&node, "the node's session closed"));
         }
-        let answer = match tokio::time::timeout(ANSWER_TIMEOUT, answered).await {
+        let answer = match tokio::time::timeout(self.answer_timeout, answered).await {
             Ok(Ok(a)) => a,
             Ok(Err(_)) | Err(_) => {
                 self.lock().pending.remove(&id);
                 return Err(dial_error(
                     &node,
                     &format!(
-                        "the node did not open the stream within {}s",
-                        ANSWER_TIMEOUT.as_secs()
+                        "the node did not open the stream within {:?}",
+                        self.answer_timeout
                     ),
                 ));
             }

@@ -202,6 +202,22 @@ async fn requests_go_to_the_pods_node_and_only_it_answers() {
     let closed = tokio::time::timeout(Duration::from_secs(10), from_gate.message()).await;
     assert!(matches!(closed, Ok(Ok(None))), "{closed:?}");
 
+    // A node that never answers: the request gives up after the answer timeout (2 s here).
+    let started = std::time::Instant::now();
+    let e = gate
+        .streams
+        .open(target("node-b"), StreamOp::PortForward { port: 80 })
+        .await
+        .err()
+        .expect("node-b does not answer");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.code, 500);
+    assert!(e.message.contains("did not open the stream within 2s"), "{e:?}");
+
     // A request id nobody waits for is refused.
     let (tx, rx) = mpsc::channel(4);
     tx.send(frame(Frame::Open("no-such-id".into()))).await.unwrap();

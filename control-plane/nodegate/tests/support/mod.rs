@@ -106,7 +106,7 @@ impl Gate {
             grace,
             heartbeat,
             usage: Arc::default(),
-            streams: keel_nodegate::Streams::new(),
+            streams: keel_nodegate::Streams::with_answer_timeout(Duration::from_secs(2)),
             stop: None,
             task: None,
         };
