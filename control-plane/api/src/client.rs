@@ -138,4 +138,23 @@ pub trait ApiClient: Send + Sync + 'static {
         ns: Option<String>,
         params: ListParams,
     ) -> BoxFuture<'_, ApiResult<BoxStream<ApiResult<WatchEvent>>>>;
+
+    /// POST of `body` to a subresource of one object that only answers a POST
+    /// (`pods/binding`), returning the server's answer. Clients that cannot express it answer
+    /// 405.
+    fn create_subresource(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        name: String,
+        subresource: String,
+        body: Value,
+    ) -> BoxFuture<'_, ApiResult<Value>> {
+        let _ = (rt, ns, name, body);
+        Box::pin(async move {
+            Err(crate::status::ApiError::method_not_allowed(format!(
+                "create on subresource {subresource} is not supported by this client"
+            )))
+        })
+    }
 }

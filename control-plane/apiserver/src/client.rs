@@ -152,4 +152,26 @@ impl ApiClient for InProcessClient {
     ) -> BoxFuture<'_, ApiResult<BoxStream<ApiResult<WatchEvent>>>> {
         Box::pin(async move { self.objects.watch(rt, ns.as_deref(), &params).await })
     }
+
+    fn create_subresource(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<String>,
+        name: String,
+        subresource: String,
+        body: Value,
+    ) -> BoxFuture<'_, ApiResult<Value>> {
+        Box::pin(async move {
+            match subresource.as_str() {
+                "binding" if rt.group.is_empty() && rt.plural == "pods" => {
+                    crate::binding::bind(&self.objects, rt, ns.as_deref(), &name, &body).await?;
+                    Ok(crate::binding::success())
+                }
+                other => Err(keel_api::status::ApiError::method_not_allowed(format!(
+                    "create on {}/{other} is not supported in process",
+                    rt.plural
+                ))),
+            }
+        })
+    }
 }

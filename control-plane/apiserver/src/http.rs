@@ -630,38 +630,10 @@ async fn subresource(
         }
         ("binding", &Method::POST) => {
             let binding = body_json(r)?;
-            let node = binding
-                .pointer("/target/name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if node.is_empty() {
-                return Err(ApiError::invalid(
-                    rt,
-                    name,
-                    vec![keel_api::status::Cause::required("target.name")],
-                ));
-            }
-            objects
-                .modify(rt, ns, name, |pod| {
-                    let current = pod
-                        .pointer("/spec/nodeName")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    if !current.is_empty() {
-                        return Err(ApiError::conflict_because(
-                            rt,
-                            name,
-                            &format!("pod {name} is already assigned to node {current:?}"),
-                        ));
-                    }
-                    pod["spec"]["nodeName"] = json!(node);
-                    Ok(())
-                })
-                .await?;
+            crate::binding::bind(objects, rt, ns, name, &binding).await?;
             Ok(json_response(
                 StatusCode::CREATED,
-                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &crate::binding::success(),
                 &[],
             ))
         }

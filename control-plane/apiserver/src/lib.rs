@@ -18,6 +18,7 @@
 pub mod alloc;
 pub mod authn;
 pub mod authz; // RBAC authorization and impersonation of HTTP requests
+pub mod binding; // pods/binding, for HTTP and the in-process client
 pub mod bootstrap;
 pub mod client;
 pub mod gc;

@@ -588,7 +588,7 @@ impl Scheduler {
         }
         let best = pick(&feasible, &p.info, constraints.as_ref()).name.clone();
         let info = p.info.clone();
-        let rv = p.pod.resource_version.clone();
+        let uid = p.pod.uid.clone();
         let pod = p.pod.involved(&key);
         self.count(&best, &info);
         self.assigned.insert(key.clone(), (best.clone(), info));
@@ -606,7 +606,7 @@ impl Scheduler {
         let tx = self.tx.clone();
         let record = self.opts.record_scheduled_events;
         tokio::spawn(async move {
-            let result = bind(client.as_ref(), pods_rt, &key, &best, rv).await;
+            let result = bind(client.as_ref(), pods_rt, &key, &best, uid).await;
             drop(permit);
             if record && matches!(result, BindResult::Bound) {
                 let message = format!("Successfully assigned {}/{} to {best}", key.0, key.1);
@@ -731,63 +731,52 @@ fn pick<'a>(feasible: &[&'a NodeInfo], pod: &PodInfo, constraints: Option<&Const
     feasible[best]
 }
 
-/// Binds a pod by setting `spec.nodeName` (guarded by the pod's resourceVersion, so a pod that
-/// someone else bound meanwhile is not moved).
-///
-/// The API server's `pods/binding` subresource is a POST that [`ApiClient`] cannot express; a
-/// merge patch of an unbound pod has the same effect.
+/// Binds a pod through the `pods/binding` subresource, as kube-scheduler does. The Binding names
+/// the pod's uid, so a pod deleted and created again under the same name is not bound by
+/// mistake; a pod someone else bound meanwhile is refused (409) and left where it is.
 pub(crate) async fn bind(
     client: &dyn ApiClient,
     pods_rt: &'static ResourceType,
     key: &PodKey,
     node: &str,
-    mut rv: Option<String>,
+    uid: Option<String>,
 ) -> BindResult {
     let ns = Some(key.0.clone()).filter(|s| !s.is_empty());
-    for _ in 0..5 {
-        let mut patch = json!({"spec": {"nodeName": node}});
-        if let Some(rv) = &rv {
-            patch["metadata"] = json!({"resourceVersion": rv});
-        }
-        let opts = WriteOptions {
-            field_manager: Some(COMPONENT.into()),
-            dry_run: false,
-        };
-        match client
-            .patch(
-                pods_rt,
-                ns.clone(),
-                key.1.clone(),
-                Patch::Merge(patch),
-                None,
-                opts,
-            )
-            .await
-        {
-            Ok(_) => return BindResult::Bound,
-            Err(e) if e.code == 404 => return BindResult::Moot,
-            Err(e) if e.code == 409 => match client.get(pods_rt, ns.clone(), key.1.clone()).await {
-                Ok(pod) => {
-                    let bound = !pod
-                        .pointer("/spec/nodeName")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .is_empty();
-                    if bound || pod.pointer("/metadata/deletionTimestamp").is_some() {
-                        return BindResult::Moot;
-                    }
-                    rv = pod
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
-                }
-                Err(e) if e.code == 404 => return BindResult::Moot,
-                Err(e) => return BindResult::Failed(e.message),
-            },
-            Err(e) => return BindResult::Failed(e.message),
-        }
+    let mut binding = json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": key.1, "namespace": key.0},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+    });
+    if let Some(uid) = &uid {
+        binding["metadata"]["uid"] = json!(uid);
     }
-    BindResult::Failed("too many conflicts".into())
+    match client
+        .create_subresource(pods_rt, ns.clone(), key.1.clone(), "binding".into(), binding)
+        .await
+    {
+        Ok(_) => BindResult::Bound,
+        Err(e) if e.code == 404 => BindResult::Moot,
+        Err(e) if e.code == 409 => match client.get(pods_rt, ns, key.1.clone()).await {
+            Ok(pod) => {
+                let bound = !pod
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty();
+                let other =
+                    uid.is_some() && pod.pointer("/metadata/uid").and_then(Value::as_str) != uid.as_deref();
+                if bound || other || pod.pointer("/metadata/deletionTimestamp").is_some() {
+                    BindResult::Moot
+                } else {
+                    BindResult::Failed(e.message)
+                }
+            }
+            Err(e) if e.code == 404 => BindResult::Moot,
+            Err(e) => BindResult::Failed(e.message),
+        },
+        Err(e) => BindResult::Failed(e.message),
+    }
 }
 
 /// Lists and then watches one kind forever, sending a [`Input::Reset`] for each (re-)list.
