@@ -84,6 +84,8 @@ pub struct Figures {
     pub server_peak: u64,
     pub hollow_rss: u64,
     pub hollow_peak: u64,
+    /// How often the benchmark's own pod watch was cut off and taken up again after a list.
+    pub relists: usize,
 }
 
 /// `keel-node` for the hollow nodes: `$KEEL_NODE_BIN`, else the release build, else debug.
@@ -221,8 +223,30 @@ impl Tracker {
     }
 }
 
-/// Follows every pod of the namespace, from now on, for as long as the run lasts.
-async fn track(api: Api<Pod>, tracker: Arc<Mutex<Tracker>>) {
+/// Lists every pod of the namespace into the tracker (seen now); returns the list's version.
+async fn relist(api: &Api<Pod>, tracker: &Mutex<Tracker>) -> Option<String> {
+    let mut params = ListParams::default().limit(2000);
+    loop {
+        let page = api.list(&params).await.ok()?;
+        let now = Instant::now();
+        {
+            let mut t = lock(tracker);
+            for p in &page.items {
+                t.see(p, now);
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return page.metadata.resource_version,
+        }
+    }
+}
+
+/// Follows every pod of the namespace for as long as the run lasts. A watch that ends or is
+/// cut off (a watcher that falls behind is) is taken up again after a list, so no pod is
+/// missed; pods first seen in such a list count as seen then (`Figures::relists` says how often
+/// that happened).
+async fn track(api: Api<Pod>, tracker: Arc<Mutex<Tracker>>, relists: Arc<AtomicUsize>) {
     let mut rv = match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(l) => l.metadata.resource_version.unwrap_or_default(),
         Err(_) => "0".into(),
@@ -236,29 +260,27 @@ async fn track(api: Api<Pod>, tracker: Arc<Mutex<Tracker>>) {
                 continue;
             }
         };
-        while let Ok(Some(ev)) = stream.try_next().await {
-            let now = Instant::now();
-            match ev {
-                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+        let mut cut_off = true;
+        loop {
+            match stream.try_next().await {
+                Ok(Some(WatchEvent::Added(p) | WatchEvent::Modified(p) | WatchEvent::Deleted(p))) => {
                     if let Some(v) = p.metadata.resource_version.clone() {
                         rv = v;
                     }
-                    lock(&tracker).see(&p, now);
+                    lock(&tracker).see(&p, Instant::now());
                 }
-                WatchEvent::Deleted(p) => {
-                    if let Some(v) = p.metadata.resource_version.clone() {
-                        rv = v;
-                    }
-                }
-                WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
-                WatchEvent::Error(_) => {
-                    // Expired: take up from the present (the tracker keeps what it saw).
-                    rv = match api.list_metadata(&ListParams::default().limit(1)).await {
-                        Ok(l) => l.metadata.resource_version.unwrap_or_default(),
-                        Err(_) => "0".into(),
-                    };
+                Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
+                Ok(None) => {
+                    cut_off = false;
                     break;
                 }
+                Ok(Some(WatchEvent::Error(_))) | Err(_) => break,
+            }
+        }
+        if cut_off {
+            relists.fetch_add(1, Ordering::Relaxed);
+            if let Some(v) = relist(&api, &tracker).await {
+                rv = v;
             }
         }
     }
@@ -369,9 +391,11 @@ pub async fn measure(
     ));
 
     let tracker = Arc::new(Mutex::new(Tracker::default()));
+    let relists = Arc::new(AtomicUsize::new(0));
     let watcher = tokio::spawn(track(
         Api::namespaced(clients.client()?, NAMESPACE),
         tracker.clone(),
+        relists.clone(),
     ));
     // Let the watch open before the first pod.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -423,10 +447,10 @@ pub async fn measure(
             }
         }
     }
+    let bound = lock(&tracker).bound("bare");
     progress(&format!(
-        "bare pods: created in {:.1} s, {} bound in {}",
+        "bare pods: created in {:.1} s, {bound} bound in {}",
         created.as_secs_f64(),
-        lock(&tracker).bound("bare"),
         all_bound.map_or("(timeout)".into(), |d| format!("{:.1} s", d.as_secs_f64()))
     ));
 
@@ -446,10 +470,12 @@ pub async fn measure(
         lock(&tracker).running("big") >= scale.deployment
     })
     .await;
+    let (bound, running) = {
+        let tr = lock(&tracker);
+        (tr.bound("big"), tr.running("big"))
+    };
     progress(&format!(
-        "deployment: {} bound, {} Running after {:.1} s",
-        lock(&tracker).bound("big"),
-        lock(&tracker).running("big"),
+        "deployment: {bound} bound, {running} Running after {:.1} s",
         t.elapsed().as_secs_f64()
     ));
 
@@ -487,6 +513,7 @@ pub async fn measure(
         f.server_rss >> 20,
         f.hollow_rss >> 20
     ));
+    f.relists = relists.load(Ordering::Relaxed);
     watcher.abort();
     drop(hollow);
     Ok(f)

@@ -172,6 +172,13 @@ async fn main() -> anyhow::Result<()> {
             f.hollow_rss as f64 / 1024.0 / s.nodes.max(1) as f64
         ),
     );
+    t.info(
+        "the benchmark's pod watch taken up again after a list",
+        format!(
+            "{} times (pods first seen in a list count as seen then)",
+            f.relists
+        ),
+    );
     println!();
     println!(
         "Keel control plane at scale ({} cores; load average {load_start} at the start, {} at the end)",
