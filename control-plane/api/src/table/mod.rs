@@ -16,6 +16,7 @@
 
 mod columns;
 mod core;
+mod metrics;
 mod other;
 mod workloads;
 
@@ -159,6 +160,8 @@ fn printer_of(rt: &ResourceType) -> (&'static [Column], RowFn) {
         ("networking.k8s.io", "IngressClass") => (c::INGRESS_CLASS, other::ingress_class),
         ("networking.k8s.io", "NetworkPolicy") => (c::NETWORK_POLICY, other::network_policy),
         ("storage.k8s.io", "StorageClass") => (c::STORAGE_CLASS, other::storage_class),
+        ("metrics.k8s.io", "NodeMetrics") => (metrics::METRICS, metrics::node_metrics),
+        ("metrics.k8s.io", "PodMetrics") => (metrics::METRICS, metrics::pod_metrics),
         _ => (c::DEFAULT, default_row),
     }
 }
