@@ -111,16 +111,23 @@ fn keel_config(dir: &Path, rootfs: &Path, args: &[&str]) -> PathBuf {
     path
 }
 
+/// Runs `cmd` to its exit; its output goes to a file, not a pipe, since a detached container
+/// inherits it and would hold a pipe open.
 fn timed(cmd: &mut Command) -> (f64, bool, String) {
+    let log = match tempfile::NamedTempFile::new() {
+        Ok(f) => f,
+        Err(e) => return (0.0, false, e.to_string()),
+    };
+    let (out, err) = match (log.reopen(), log.reopen()) {
+        (Ok(o), Ok(e)) => (o, e),
+        _ => return (0.0, false, "cannot reopen the log".into()),
+    };
     let t = Instant::now();
-    let out = cmd.stdin(Stdio::null()).output();
+    let status = cmd.stdin(Stdio::null()).stdout(out).stderr(err).status();
     let ms = t.elapsed().as_secs_f64() * 1000.0;
-    match out {
-        Ok(o) => (
-            ms,
-            o.status.success(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        ),
+    let said = std::fs::read_to_string(log.path()).unwrap_or_default();
+    match status {
+        Ok(s) => (ms, s.success(), said),
         Err(e) => (ms, false, e.to_string()),
     }
 }
