@@ -226,6 +226,11 @@ fn logs(lab: &Lab) {
             "not an RFC 3339 nanosecond timestamp: {ts:?}"
         );
     }
+    let all = kubectl_ok(lab, &["logs", "talker", "--all-containers", "--prefix"]);
+    assert!(
+        all.contains("[pod/talker/main] line-2\n") && all.contains("[pod/talker/side] side-says-hi\n"),
+        "{all}"
+    );
     let bad = kubectl(lab, &["logs", "talker", "-c", "nope"]);
     assert!(!bad.success());
     assert!(
@@ -306,6 +311,38 @@ fn exec(lab: &Lab) {
     assert!(
         three.stderr.contains("command terminated with exit code 3"),
         "{three:?}"
+    );
+    // Round trips and a bulk transfer through the whole path (kubectl, API server, node gate,
+    // node, container), for the figures.
+    let mut took: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            kubectl_ok(lab, &["exec", "talker", "-c", "main", "--", "true"]);
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    eprintln!("figure: kubectl exec -- true, median of 5: {:?}", took[2]);
+    let t = Instant::now();
+    let bulk = kubectl_ok(
+        lab,
+        &[
+            "exec",
+            "talker",
+            "-c",
+            "main",
+            "--",
+            "head",
+            "-c",
+            "8000000",
+            "/dev/zero",
+        ],
+    );
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(bulk.len(), 8_000_000);
+    eprintln!(
+        "figure: 8 MB of exec stdout in {secs:.2} s ({:.1} MB/s)",
+        8.0 / secs
     );
     let missing = kubectl(lab, &["exec", "talker", "-c", "main", "--", "no-such-command"]);
     assert!(!missing.success(), "{missing:?}");
@@ -458,8 +495,30 @@ fn port_forward(lab: &Lab) {
             }
         }
     }
+    // A large response: many SPDY data frames (and window updates) on one stream.
+    kubectl_ok(
+        lab,
+        &[
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "head -c 3000000 /dev/zero | tr '\\0' x > /echo/www/big",
+        ],
+    );
+    let t = Instant::now();
+    let big = http_get(addr, "/big");
+    let secs = t.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
+    let big = big.expect("GET /big through port-forward");
+    assert_eq!((big.status, big.body.len()), (200, 3_000_000));
+    assert!(big.body.bytes().all(|b| b == b'x'));
+    eprintln!(
+        "figure: 3 MB through kubectl port-forward in {secs:.2} s ({:.1} MB/s)",
+        3.0 / secs
+    );
 }
 
 fn attach(lab: &Lab) {

@@ -1,11 +1,14 @@
-//! Running a command inside a running container (exec probes today, `kubectl exec` later).
+//! Running a command inside a running container (exec probes and `kubectl exec`).
 //!
-//! `keel-node exec PID -- CMD ARGS…` joins the container whose PID 1 has host PID `PID`: its
+//! `keel-node exec [--tty] PID -- CMD ARGS…` joins the container whose PID 1 has host PID `PID`: its
 //! cgroup, then its IPC, UTS, network, PID, cgroup and mount namespaces (the mount namespace
 //! last: joining it moves the root into the container), forks so that the child is inside the
 //! PID namespace, and execs the command there with the container's environment (read from
 //! `/proc/PID/environ`). The helper exits with the command's status. The agent side,
-//! [`run`], starts the helper with a deadline and collects its output.
+//! [`run`], starts the helper with a deadline and collects its output; `kubectl exec` runs it
+//! with the stream's pipes (`crate::streams::exec`). With `--tty` the command gets a terminal of
+//! the container's own devpts as its controlling terminal, and the helper relays between it and
+//! its stdin/stdout, reading input and resizes as frames ([`tty_input`], [`resize_message`]).
 
 use std::fs;
 use std::io;
