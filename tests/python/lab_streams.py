@@ -31,6 +31,17 @@ def main():
     assert "to-stderr" in resp.read_stderr(), "no stderr"
     print("exec exit code ok")
 
+    # The same over v4.channel.k8s.io (what clients without v5 speak): no close channel.
+    resp = stream(api.connect_get_namespaced_pod_exec, pod, "default", container=container,
+                  command=["sh", "-c", "echo over-v4; exit 4"], stderr=True, stdin=False,
+                  stdout=True, tty=False, _preload_content=False,
+                  _headers={"sec-websocket-protocol": "v4.channel.k8s.io"})
+    resp.run_forever(timeout=60)
+    assert resp.subprotocol == "v4.channel.k8s.io", resp.subprotocol
+    assert resp.returncode == 4, resp.returncode
+    assert "over-v4" in resp.read_stdout(timeout=1), "no stdout over v4"
+    print("exec v4 ok")
+
     resp = stream(api.connect_get_namespaced_pod_exec, pod, "default", container=container,
                   command=["sh", "-c", "read line; echo got-$line"], stderr=True, stdin=True,
                   stdout=True, tty=False, _preload_content=False)

@@ -565,5 +565,13 @@ fn python(lab: &Lab) {
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let (code, stdout, stderr) = run_with_input(cmd, b"", false, Duration::from_secs(120));
     assert_eq!(code, Some(0), "python client:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("port-forward ok"), "{stdout}");
+    for step in [
+        "exec output ok",
+        "exec exit code ok",
+        "exec v4 ok",
+        "exec stdin ok",
+        "port-forward ok",
+    ] {
+        assert!(stdout.contains(step), "{step}: {stdout}");
+    }
 }

@@ -144,6 +144,10 @@ pub async fn serve(
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(15)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Streams (logs, exec output, port-forward) flow from nodes: with HTTP/2's default 64 KiB
+        // windows a node behind a slow link sends one window per round trip.
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20))
         .add_service(NodeGateServer::new(service::Service { gate }))
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
             gate::stopped(&mut stop_rx_server).await;
