@@ -143,6 +143,15 @@ fn top_and_autoscale_a_cpu_burning_deployment() {
     assert!(all.iter().any(|r| r[0] == "default" && r[1] == row[0]), "{all:?}");
     let one = top_rows(&lab, &["pod", &row[0]]).expect("top pod NAME");
     assert_eq!(one.len(), 1, "{one:?}");
+    // The metrics objects themselves, as a Table.
+    let got = kubectl_ok(
+        &lab,
+        &["get", "pods.metrics.k8s.io", "-l", "app=burn", "--no-headers"],
+    );
+    let cells: Vec<&str> = got.split_whitespace().collect();
+    assert_eq!(cells.first().copied(), Some(row[0].as_str()), "{got}");
+    assert_eq!(cells.len(), 4, "NAME CPU MEMORY WINDOW: {got}");
+    assert!(cells[3].ends_with('s'), "{got}");
     let missing = lab.kubectl(&["top", "pod", "nope"]).expect("kubectl");
     assert!(!missing.success());
     assert!(missing.stderr.contains("not found"), "{}", missing.stderr);
