@@ -241,7 +241,7 @@ fn container_start_vs_runc_and_crun() {
             .expect("keel-node container");
         let mut ok = false;
         while t.elapsed() < Duration::from_secs(10) {
-            if pid_file.exists() {
+            if std::fs::metadata(&pid_file).is_ok_and(|m| m.len() > 0) {
                 ok = true;
                 break;
             }

@@ -501,7 +501,8 @@ impl ContainerTask {
         if hook.exec.is_some() {
             // The helper writes the container's pid as it forks it.
             let deadline = Instant::now() + Duration::from_secs(10).min(budget);
-            while !pid_file.exists() && Instant::now() < deadline {
+            let started = || std::fs::read_to_string(pid_file).is_ok_and(|p| p.trim().parse::<i32>().is_ok());
+            while !started() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -135,11 +135,26 @@ pub fn helper_main(args: &[String]) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let pid_file = Path::new(path).with_file_name(PID_FILE);
-    let exit_file = Path::new(path).with_file_name(EXIT_FILE);
-    match run(&cfg, &pid_file) {
+    // Both files are opened here, in the node's root: once the container pivots into its root,
+    // so does this helper (pivot_root moves every process of the mount namespace), and paths
+    // of the node no longer resolve.
+    let open = |name: &str| {
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(Path::new(path).with_file_name(name))
+    };
+    let (pid_file, mut exit_file) = match (open(PID_FILE), open(EXIT_FILE)) {
+        (Ok(p), Ok(e)) => (p, e),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("keel: container bundle {path}: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    match run(&cfg, pid_file) {
         Ok(code) => {
-            let _ = super::process::write_exit_file(&exit_file, code);
+            let _ = std::io::Write::write_all(&mut exit_file, code.to_string().as_bytes());
             ExitCode::from(u8::try_from(code).unwrap_or(255))
         }
         Err(e) => {
@@ -158,7 +173,7 @@ pub const PID_FILE: &str = "pid";
 /// In the bundle: the container's exit code, written by the helper as it exits.
 pub const EXIT_FILE: &str = "exit";
 
-fn run(cfg: &ContainerConfig, pid_file: &Path) -> io::Result<i32> {
+fn run(cfg: &ContainerConfig, mut pid_file: fs::File) -> io::Result<i32> {
     if let Some(cg) = &cfg.cgroup {
         fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
             .map_err(|e| io::Error::new(e.kind(), format!("joining cgroup {}: {e}", cg.display())))?;
@@ -209,7 +224,8 @@ fn run(cfg: &ContainerConfig, pid_file: &Path) -> io::Result<i32> {
         sys::Fork::Parent(pid) => {
             drop((out_w, err_w));
             sys::forward_signals_to(pid);
-            let _ = fs::write(pid_file, pid.to_string());
+            let _ = std::io::Write::write_all(&mut pid_file, pid.to_string().as_bytes());
+            drop(pid_file);
             pump_logs(out_r, err_r);
             let status = sys::wait_pid(pid)?;
             Ok(sys::exit_code(status))
