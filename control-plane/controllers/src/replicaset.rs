@@ -6,10 +6,12 @@
 //! (`replicas`, `fullyLabeledReplicas`, `readyReplicas`, `availableReplicas`,
 //! `observedGeneration`, and a `ReplicaFailure` condition while writes fail).
 //!
-//! Creates are issued in slow-start batches (1, 2, 4, …) as upstream does, so a template the
-//! API rejects costs one failed request, not hundreds; at most [`BURST`] pods are created or
-//! deleted per pass, and the pass re-queues itself for the rest. Pods are read from the API on
-//! every pass, so a pass always sees the pods the previous one created.
+//! Creates are issued in slow-start batches (1, 2, 4, … up to [`MAX_BATCH`] at once) as upstream
+//! does, so a template the API rejects costs one failed request, not hundreds; at most
+//! [`BURST`] pods are created or deleted per pass, and the pass re-queues itself for the rest.
+//! Pods are read from the API on every pass (a list of the namespace), so a pass always sees the
+//! pods the previous one created; the burst is large because that list is the expensive part of
+//! a pass (a 10,000-replica scale-up is two passes, not twenty).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,9 @@ use crate::runner::{Action, Error};
 use crate::Context;
 
 /// The most pods created or deleted in one pass.
-pub const BURST: usize = 500;
+pub const BURST: usize = 5000;
+/// The most pods created at once (the slow start's batches stop doubling here).
+pub const MAX_BATCH: usize = 512;
 
 /// Which of the two kinds a pass is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,11 +104,13 @@ pub async fn reconcile(rs: Arc<Value>, ctx: Arc<Context>, flavor: Flavor) -> Res
         .client
         .list(ctx.kinds.pods, ns.clone(), ListParams::default())
         .await?;
-    let all = list
-        .get("items")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let all = match list {
+        Value::Object(mut m) => match m.remove("items") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
     let mut owned = claim_pods(&ctx, rt, &rs, &selector, all).await;
     owned.retain(pods::is_active);
 
@@ -341,7 +347,7 @@ async fn create_pods(
             return (created, Some(message));
         }
         left -= size;
-        batch *= 2;
+        batch = (batch * 2).min(MAX_BATCH);
     }
     (created, None)
 }
@@ -376,15 +382,20 @@ async fn delete_pods(
     owner: &Value,
     doomed: Vec<Value>,
 ) -> (Vec<Value>, Option<String>) {
-    let results = join_all(doomed.iter().map(|p| {
-        ctx.client.delete(
-            ctx.kinds.pods,
-            pods::namespace(p),
-            pods::name(p).to_string(),
-            json!({"preconditions": {"uid": pods::uid(p)}}),
-        )
-    }))
-    .await;
+    let mut results = Vec::with_capacity(doomed.len());
+    for chunk in doomed.chunks(MAX_BATCH) {
+        results.extend(
+            join_all(chunk.iter().map(|p| {
+                ctx.client.delete(
+                    ctx.kinds.pods,
+                    pods::namespace(p),
+                    pods::name(p).to_string(),
+                    json!({"preconditions": {"uid": pods::uid(p)}}),
+                )
+            }))
+            .await,
+        );
+    }
     let mut kept = Vec::new();
     let mut error = None;
     for (pod, r) in doomed.into_iter().zip(results) {
