@@ -23,6 +23,9 @@ pub struct Server {
     pub port: u16,
     /// The node gate's port.
     pub node_port: u16,
+    /// How it was started (for a restart).
+    binary: PathBuf,
+    extra: Vec<String>,
 }
 
 /// The server binary: `$KEEL_SERVER_BIN`, else `target/release/keel-server` (what `make
@@ -72,6 +75,8 @@ impl Server {
             dir,
             port: ports[0],
             node_port: ports[1],
+            binary: binary.to_path_buf(),
+            extra: extra.to_vec(),
         })
     }
 
@@ -224,6 +229,10 @@ pub struct Figures {
     pub rss_peak: u64,
     /// Resident memory at the end, with the watches open.
     pub rss_end: u64,
+    /// After a restart over the same data, once the server has settled (every informer, the
+    /// scheduler and every watch start over from the full state), and the peak on the way there.
+    pub rss_restarted: u64,
+    pub rss_restart_peak: u64,
 }
 
 fn config_map(name: &str, round: usize) -> ConfigMap {
@@ -359,22 +368,7 @@ pub async fn measure(server: &mut Server, w: Workload) -> anyhow::Result<Figures
     let gets = paced(w.clients, w.read_rate, Limit::For(w.read_time), get).await?;
 
     eprintln!("  creating {} pods in parallel ...", w.pods);
-    let t = Instant::now();
-    let pods_created = futures::stream::iter(0..w.pods)
-        .map(|i| {
-            let api: Api<Pod> = Api::namespaced(clients[i % clients.len()].clone(), "pods");
-            async move {
-                let p = pod(i)?;
-                api.create(&PostParams::default(), &p)
-                    .await
-                    .with_context(|| format!("creating pod {i}"))?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(w.clients * 2)
-        .try_fold(0usize, |n, ()| async move { Ok(n + 1) })
-        .await?;
-    let pod_create_time = t.elapsed();
+    let (pods_created, pod_create_time) = create_pods(&clients, "pods", w.pods).await?;
     let (rss_pods, _) = memory(server.pid())?;
 
     eprintln!("  listing {} pods {} times ...", w.pods, w.list_runs);
@@ -404,6 +398,9 @@ pub async fn measure(server: &mut Server, w: Workload) -> anyhow::Result<Figures
     let (watch_deliveries, watch_all, watch_setup) = watch_fan_out(&clients, &admin, w).await?;
     let (rss_end, rss_peak) = memory(server.pid())?;
 
+    eprintln!("  restarting the server over the same data ...");
+    let (rss_restarted, rss_restart_peak) = server.restart_and_settle().await?;
+
     Ok(Figures {
         rss_idle,
         creates: creates.latencies,
@@ -424,6 +421,8 @@ pub async fn measure(server: &mut Server, w: Workload) -> anyhow::Result<Figures
         watch_setup,
         rss_peak,
         rss_end,
+        rss_restarted,
+        rss_restart_peak,
     })
 }
 
@@ -526,4 +525,90 @@ async fn watch_fan_out(
         t.abort();
     }
     Ok((deliveries, all, watch_setup))
+}
+
+// ---------------------------------------------------------------------------- memory with pods
+
+/// Creates `n` pods (~1 KB each stored) in namespace `ns`, two requests in flight per client.
+/// Returns how many were created and how long it took.
+pub async fn create_pods(clients: &[Client], ns: &str, n: usize) -> anyhow::Result<(usize, Duration)> {
+    let t = Instant::now();
+    let created = futures::stream::iter(0..n)
+        .map(|i| {
+            let api: Api<Pod> = Api::namespaced(clients[i % clients.len()].clone(), ns);
+            async move {
+                let p = pod(i)?;
+                api.create(&PostParams::default(), &p)
+                    .await
+                    .with_context(|| format!("creating pod {i}"))?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(clients.len() * 2)
+        .try_fold(0usize, |n, ()| async move { Ok(n + 1) })
+        .await?;
+    Ok((created, t.elapsed()))
+}
+
+/// Resident memory of a server of its own holding `pods` pods: idle, then with the pods stored
+/// (e.g. with `--no-controllers`, to tell the API's share from the controllers').
+pub async fn memory_with_pods(
+    binary: &Path,
+    extra: &[String],
+    pods: usize,
+    clients: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let mut server = Server::start(binary, extra)?;
+    let factory = server.wait_ready().await?;
+    let (idle, _) = memory(server.pid())?;
+    let clients = factory.many(clients)?;
+    ensure_namespace(&clients[0], "pods").await?;
+    let (created, _) = create_pods(&clients, "pods", pods).await?;
+    if created != pods {
+        bail!("created {created} pods, expected {pods}");
+    }
+    let (with_pods, _) = memory(server.pid())?;
+    Ok((idle, with_pods))
+}
+
+impl Server {
+    /// Kills the server (as a crash would) and starts it again over the same data directory and
+    /// API port; returns once the API answers and the resident memory has stopped growing
+    /// (nothing new for 3 s, at most 60 s), with the memory then and the peak since the start.
+    pub async fn restart_and_settle(&mut self) -> anyhow::Result<(u64, u64)> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.path().join("server.log"))
+            .context("server log")?;
+        self.child = Command::new(&self.binary)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--node-listen")
+            .arg(format!("127.0.0.1:{}", self.node_port))
+            .args(&self.extra)
+            .env("KEEL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("restarting {}", self.binary.display()))?;
+        self.wait_ready().await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut high = memory(self.pid())?.0;
+        let mut grew = Instant::now();
+        while Instant::now() < deadline && grew.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let (rss, _) = memory(self.pid())?;
+            if rss > high + high / 100 {
+                grew = Instant::now();
+            }
+            high = high.max(rss);
+        }
+        memory(self.pid())
+    }
 }

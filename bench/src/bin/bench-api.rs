@@ -326,6 +326,33 @@ async fn api_level(
         "keel-server RSS peak (VmHWM, whole run)",
         format!("{:.1} MB", mb(f.rss_peak)),
     );
+    table.check(
+        &format!("keel-server RSS, {} pods stored, restarted", f.pods_created),
+        format!("{:.1} MB", mb(f.rss_restarted)),
+        "<= 300 MB",
+        mb(f.rss_restarted) <= 300.0,
+    );
+    table.info(
+        "keel-server RSS peak while restarting (VmHWM)",
+        format!("{:.1} MB", mb(f.rss_restart_peak)),
+    );
+    // The same pods in a server without the scheduler and controllers: the API's own share.
+    if !server_args.iter().any(|a| a == "--no-controllers") {
+        eprintln!("  the same pods without the controllers ...");
+        let mut args = server_args.to_vec();
+        args.push("--no-controllers".into());
+        let (idle, with_pods) = api::memory_with_pods(&binary, &args, f.pods_created, w.clients)
+            .await
+            .context("memory without the controllers")?;
+        table.info(
+            "keel-server --no-controllers RSS idle",
+            format!("{:.1} MB", mb(idle)),
+        );
+        table.info(
+            &format!("keel-server --no-controllers RSS, {} pods stored", f.pods_created),
+            format!("{:.1} MB", mb(with_pods)),
+        );
+    }
 
     detail.push(format!(
         "API creates: {} at {:.0}/s",

@@ -40,7 +40,11 @@ fn list_object(rt: &ResourceType, list: crate::objects::ListResult) -> Value {
     if let Some(c) = list.continue_token {
         meta["continue"] = json!(c);
     }
-    json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": list.items})
+    let mut out =
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta});
+    // Moved in, not through `json!` (which would copy every item by serializing it).
+    out["items"] = Value::Array(list.items);
+    out
 }
 
 impl ApiClient for InProcessClient {

@@ -56,14 +56,37 @@ pub fn spawn(objects: Arc<Objects>) {
 /// Resumes work left over from before a restart: objects being deleted.
 async fn sweep(objects: &Arc<Objects>) {
     for rt in stored_types() {
-        let Ok(list) = objects.list(rt, None, &ListParams::default()).await else {
-            continue;
-        };
-        for obj in list.items.into_iter().filter(is_being_deleted) {
+        for obj in list_filtered(objects, rt, None, is_being_deleted).await {
             let objects = objects.clone();
             tokio::spawn(async move { finish(&objects, rt, obj).await });
         }
     }
+}
+
+/// The objects of `rt` in `scope` that `keep` accepts, read a page at a time: a whole list of
+/// thousands of pods as `Value`s is hundreds of megabytes, and these look for a few objects.
+async fn list_filtered(
+    objects: &Objects,
+    rt: &'static ResourceType,
+    scope: Option<&str>,
+    keep: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut params = ListParams {
+        limit: Some(500),
+        ..Default::default()
+    };
+    loop {
+        let Ok(page) = objects.list(rt, scope, &params).await else {
+            break;
+        };
+        out.extend(page.items.into_iter().filter(|o| keep(o)));
+        match page.continue_token {
+            Some(token) => params.continue_token = Some(token),
+            None => break,
+        }
+    }
+    out
 }
 
 /// The resource types that are stored, once each (the storage version).
@@ -92,14 +115,12 @@ async fn dependents(objects: &Objects, owner: &Value) -> Vec<(&'static ResourceT
         if scope.is_some() && !rt.namespaced {
             continue;
         }
-        if let Ok(list) = objects.list(rt, scope, &ListParams::default()).await {
-            out.extend(
-                list.items
-                    .into_iter()
-                    .filter(|o| is_owned_by(o, &uid))
-                    .map(|o| (rt, o)),
-            );
-        }
+        out.extend(
+            list_filtered(objects, rt, scope, |o| is_owned_by(o, &uid))
+                .await
+                .into_iter()
+                .map(|o| (rt, o)),
+        );
     }
     out
 }

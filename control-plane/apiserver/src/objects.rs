@@ -797,38 +797,40 @@ impl Objects {
                     .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
             ),
         };
-        let (initial, from) = match rv {
-            Some(rv) => (Vec::new(), rv),
+        let sel = Arc::new((labels, fields));
+        // The current state is read as stored bytes and each object decoded only when the
+        // watcher takes it: a watch of 10,000 pods does not hold 10,000 decoded objects.
+        let (initial, from): (BoxStream<ApiResult<WatchEvent>>, u64) = match rv {
+            Some(rv) => (Box::pin(futures::stream::empty()), rv),
             None => {
-                let list = self
-                    .list(
-                        rt,
-                        ns,
-                        &ListParams {
-                            label_selector: params.label_selector.clone(),
-                            field_selector: params.field_selector.clone(),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                let events = list
-                    .items
-                    .into_iter()
-                    .map(|object| {
-                        Ok(WatchEvent {
-                            kind: WatchEventKind::Added,
-                            object,
-                        })
-                    })
-                    .collect::<Vec<_>>();
-                (events, list.resource_version)
+                let page = self
+                    .store
+                    .list(&prefix, ListOptions::default())
+                    .await
+                    .map_err(list_error)?;
+                let sel = sel.clone();
+                let added = futures::stream::iter(page.items).filter_map(move |kv| {
+                    let sel = sel.clone();
+                    async move {
+                        match decode(rt, &kv) {
+                            Ok(object) if sel.0.matches_object(&object) && sel.1.matches(&object) => {
+                                Some(Ok(WatchEvent {
+                                    kind: WatchEventKind::Added,
+                                    object,
+                                }))
+                            }
+                            Ok(_) => None,
+                            Err(e) => Some(Err(e)),
+                        }
+                    }
+                });
+                (Box::pin(added), page.revision)
             }
         };
         let stream = self.store.watch(&prefix, from).await.map_err(|e| match e {
             StoreError::Compacted { .. } => ApiError::expired(format!("too old resource version: {from}")),
             other => store_error(other),
         })?;
-        let sel = Arc::new((labels, fields));
         let events = stream.filter_map(move |ev| {
             let sel = sel.clone();
             async move {
@@ -845,7 +847,7 @@ impl Objects {
                 }
             }
         });
-        Ok(Box::pin(futures::stream::iter(initial).chain(events)))
+        Ok(Box::pin(initial.chain(events)))
     }
 }
 

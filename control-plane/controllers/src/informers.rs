@@ -27,6 +27,10 @@ pub type Shared = Arc<WatchEvent>;
 /// preallocates this many slots (~32 bytes each), so it is kept modest: feeds only map events to
 /// keys, and a lagging one just re-queues its keys.
 const CHANNEL: usize = 8_192;
+/// Events queued (not yet seen by every subscriber) before the watch waits for them. A watch
+/// that starts from the current state replays every object at once; without this, thousands of
+/// pods sat decoded in the channel (and a slow subscriber lagged and resynced).
+const HIGH_WATER: usize = 256;
 
 pub struct Informers {
     client: Arc<dyn ApiClient>,
@@ -149,9 +153,20 @@ async fn follow(client: Arc<dyn ApiClient>, rt: &'static ResourceType, tx: broad
             if ev.kind == WatchEventKind::Bookmark {
                 continue;
             }
+            wait_for_room(&tx).await;
             // No subscriber is not an error: they may come later (and then resync).
             let _ = tx.send(Arc::new(ev));
         }
+    }
+}
+
+/// Waits until the subscribers have caught up to below [`HIGH_WATER`] queued events. They only
+/// map events to keys, so this is short; it keeps a burst from piling up decoded objects. A
+/// subscriber that reads nothing for a second does not hold the others up (it will lag).
+async fn wait_for_room(tx: &broadcast::Sender<Shared>) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tx.len() >= HIGH_WATER && tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

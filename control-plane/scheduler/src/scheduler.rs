@@ -30,6 +30,11 @@ use crate::Options;
 
 /// How long an unschedulable pod waits at most before it is tried again without any event.
 pub const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+/// Pods per page when listing (see [`Input::Page`]).
+const LIST_PAGE: u64 = 500;
+/// `FailedScheduling` Events and `PodScheduled` conditions written at once (after a restart
+/// with thousands of pending pods, unbounded, each write's working set added up to gigabytes).
+const STATUS_WRITES: usize = 16;
 const MIN_FEASIBLE_NODES: usize = 100;
 const COMPONENT: &str = "default-scheduler";
 
@@ -44,6 +49,16 @@ pub(crate) enum Kind {
 pub(crate) enum Input {
     /// The whole current state of a kind (first list, or re-list after a gap).
     Reset(Kind, Vec<Value>),
+    /// One page of a pod (re-)list (`first`: a new list begins); [`Input::Listed`] ends it.
+    /// Pods come in pages so that a list of many pods never exists as `Value`s all at once: the
+    /// lister holds a permit per page in flight (released when the page is handled).
+    Page {
+        first: bool,
+        pods: Vec<Value>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// The pod (re-)list is complete: pods it did not show are gone.
+    Listed,
     Event(Kind, WatchEventKind, Value),
     Bound(PodKey, String, BindResult),
 }
@@ -98,6 +113,10 @@ pub(crate) struct Scheduler {
     synced_pods: bool,
     synced_nodes: bool,
     binds: Arc<Semaphore>,
+    /// Permits for the writes that mark pods unschedulable.
+    status_writes: Arc<Semaphore>,
+    /// The keys of the pod list in progress.
+    relist: std::collections::HashSet<PodKey>,
     tx: mpsc::UnboundedSender<Input>,
     /// Counters for logs and benchmarks.
     pub(crate) scheduled: u64,
@@ -211,6 +230,8 @@ impl Scheduler {
             synced_pods: false,
             synced_nodes: false,
             binds,
+            status_writes: Arc::new(Semaphore::new(STATUS_WRITES)),
+            relist: Default::default(),
             tx,
             scheduled: 0,
         }
@@ -278,6 +299,30 @@ impl Scheduler {
                 }
                 self.synced_nodes = true;
                 self.flush_unschedulable();
+            }
+            Input::Page { first, pods, permit } => {
+                if first {
+                    self.relist.clear();
+                }
+                self.relist.extend(pods.iter().map(key_of));
+                for p in pods {
+                    self.on_pod(p);
+                }
+                drop(permit);
+            }
+            Input::Listed => {
+                let seen = std::mem::take(&mut self.relist);
+                let gone: Vec<PodKey> = self
+                    .assigned
+                    .keys()
+                    .chain(self.pending.keys())
+                    .filter(|k| !seen.contains(*k) && !self.assumed.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.forget_pod(&k);
+                }
+                self.synced_pods = true;
             }
             Input::Reset(Kind::Pod, items) => {
                 let seen: std::collections::HashSet<PodKey> = items.iter().map(key_of).collect();
@@ -643,7 +688,11 @@ impl Scheduler {
         let pods_rt = self.pods_rt;
         let events_rt = self.events_rt;
         let pod = p.pod.involved(&key);
+        let permits = self.status_writes.clone();
         tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
             keel_controllers::events::record(
                 client.as_ref(),
                 events_rt,
@@ -779,7 +828,84 @@ pub(crate) async fn bind(
     }
 }
 
-/// Lists and then watches one kind forever, sending a [`Input::Reset`] for each (re-)list.
+/// Lists one kind page by page: pods as [`Input::Page`]s and [`Input::Listed`], nodes as one
+/// [`Input::Reset`]. Returns the list's version, or `None` if it failed (after a backoff) or the
+/// scheduler is gone.
+async fn list_all(
+    client: &dyn ApiClient,
+    rt: &'static ResourceType,
+    kind: Kind,
+    tx: &mpsc::UnboundedSender<Input>,
+    failures: &mut u32,
+) -> Option<Option<String>> {
+    let mut version = None;
+    let mut token: Option<String> = None;
+    let mut nodes = Vec::new();
+    // Two pages in flight at most: the next is read while the scheduler takes in the last.
+    let in_flight = Arc::new(Semaphore::new(2));
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return None;
+        };
+        let params = ListParams {
+            limit: Some(LIST_PAGE),
+            continue_token: token.clone(),
+            ..Default::default()
+        };
+        let mut page = match client.list(rt, None, params).await {
+            Ok(l) => l,
+            Err(e) => {
+                *failures += 1;
+                tracing::warn!(kind = rt.kind, error = %e, "list failed");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from((*failures).min(50)))).await;
+                return None;
+            }
+        };
+        let first = token.is_none();
+        if first {
+            version = page
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+        token = page
+            .pointer("/metadata/continue")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        let items = match page.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        };
+        let sent = match kind {
+            Kind::Pod => tx
+                .send(Input::Page {
+                    first,
+                    pods: items,
+                    permit,
+                })
+                .is_ok(),
+            Kind::Node => {
+                nodes.extend(items);
+                true
+            }
+        };
+        if !sent {
+            return None;
+        }
+        if token.is_none() {
+            break;
+        }
+    }
+    let end = match kind {
+        Kind::Pod => Input::Listed,
+        Kind::Node => Input::Reset(Kind::Node, nodes),
+    };
+    tx.send(end).ok()?;
+    Some(version)
+}
+
+/// Lists and then watches one kind forever, listing again whenever the watch cannot resume.
 pub(crate) async fn follow(
     client: Arc<dyn ApiClient>,
     rt: &'static ResourceType,
@@ -789,27 +915,12 @@ pub(crate) async fn follow(
     use futures::StreamExt;
     let mut failures = 0u32;
     loop {
-        let list = match client.list(rt, None, ListParams::default()).await {
-            Ok(l) => l,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(kind = rt.kind, error = %e, "list failed");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))).await;
-                continue;
+        let Some(mut version) = list_all(client.as_ref(), rt, kind, &tx, &mut failures).await else {
+            if tx.is_closed() {
+                return;
             }
+            continue;
         };
-        let mut version = list
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let items = list
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if tx.send(Input::Reset(kind, items)).is_err() {
-            return;
-        }
         // Follow from the list's version until the watch cannot resume.
         loop {
             let params = ListParams {
