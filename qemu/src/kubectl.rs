@@ -67,6 +67,11 @@ impl Kubectl {
         &self.kubeconfig
     }
 
+    /// The kubectl binary (for long-running commands such as `get -w` a test spawns itself).
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// The HOME this kubectl uses (its discovery cache lives below it).
     pub fn home(&self) -> &Path {
         self.home.path()

@@ -85,8 +85,23 @@ fn ips_of(svc: &Value) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+/// `type: LoadBalancer` with `externalTrafficPolicy: Local` gets a `healthCheckNodePort`.
+fn wants_health_check_port(svc: &Value) -> bool {
+    svc.pointer("/spec/type").and_then(Value::as_str) == Some("LoadBalancer")
+        && svc.pointer("/spec/externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+}
+
+fn health_check_port(svc: &Value) -> Option<u16> {
+    svc.pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+}
+
+/// Every node port the Service holds: its ports' and its health check's.
 fn ports_of(svc: &Value) -> Vec<u16> {
-    svc.pointer("/spec/ports")
+    let mut out: Vec<u16> = svc
+        .pointer("/spec/ports")
         .and_then(Value::as_array)
         .map(|ps| {
             ps.iter()
@@ -94,7 +109,9 @@ fn ports_of(svc: &Value) -> Vec<u16> {
                 .filter_map(|p| u16::try_from(p).ok())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    out.extend(health_check_port(svc));
+    out
 }
 
 impl Allocators {
@@ -315,6 +332,63 @@ impl Allocators {
                     o.remove("nodePort");
                 }
             }
+        }
+
+        if wants_health_check_port(svc) {
+            let (lo, hi) = cfg.node_port_range;
+            let requested = svc
+                .pointer("/spec/healthCheckNodePort")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if requested == 0 {
+                let p = match old.and_then(health_check_port) {
+                    Some(p) => p,
+                    None => match random_free_port(lo, hi, &sets.ports) {
+                        Some(p) => {
+                            sets.ports.insert(p);
+                            taken_ports.push(p);
+                            p
+                        }
+                        None => {
+                            return fail(
+                                sets,
+                                &taken_ips,
+                                &taken_ports,
+                                ApiError::internal("failed to allocate a nodePort: range is full"),
+                            )
+                        }
+                    },
+                };
+                svc["spec"]["healthCheckNodePort"] = json!(p);
+            } else {
+                let field = "spec.healthCheckNodePort".to_string();
+                if requested < i64::from(lo) || requested > i64::from(hi) {
+                    let e = ApiError::invalid(rt, &name, vec![Cause::invalid(
+                        field,
+                        &json!(requested),
+                        &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+                    )]);
+                    return fail(sets, &taken_ips, &taken_ports, e);
+                }
+                let p = requested as u16;
+                if !old_ports.contains(&p) && !taken_ports.contains(&p) {
+                    if !sets.ports.insert(p) {
+                        let e = ApiError::invalid(
+                            rt,
+                            &name,
+                            vec![Cause::invalid(
+                                field,
+                                &json!(requested),
+                                "provided port is already allocated",
+                            )],
+                        );
+                        return fail(sets, &taken_ips, &taken_ports, e);
+                    }
+                    taken_ports.push(p);
+                }
+            }
+        } else if let Some(spec) = svc.pointer_mut("/spec").and_then(Value::as_object_mut) {
+            spec.remove("healthCheckNodePort");
         }
         Ok(())
     }

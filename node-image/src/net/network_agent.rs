@@ -58,6 +58,13 @@ static STATUS: LazyLock<Mutex<Status>> = LazyLock::new(|| Mutex::new(Status::def
 static SERVICES: LazyLock<watch::Sender<Option<Arc<ServiceTable>>>> =
     LazyLock::new(|| watch::Sender::new(None));
 
+/// The node's Service rules as last programmed (later tables are applied as diffs).
+static PROGRAMMER: LazyLock<Mutex<services::Programmer>> =
+    LazyLock::new(|| Mutex::new(services::Programmer::default()));
+
+/// The version of the last service table programmed (for the console).
+static LAST_SERVICES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The session received a service table (ClusterIPs and their endpoints).
 pub fn offer_services(t: ServiceTable) {
     SERVICES.send_replace(Some(Arc::new(t)));
@@ -257,12 +264,25 @@ async fn reconcile(
             bad.join(", ")
         );
     }
+    let version = table.map(|t| t.version).unwrap_or(0);
     let (net, peers) = tokio::task::spawn_blocking(move || {
         net.apply(&peers)?;
-        services::apply(&ports).map_err(|source| NetError::Netlink {
-            what: "programming Services (nftables)".into(),
-            source,
-        })?;
+        let start = std::time::Instant::now();
+        PROGRAMMER
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&ports)
+            .map_err(|source| NetError::Netlink {
+                what: "programming Services (nftables)".into(),
+                source,
+            })?;
+        if LAST_SERVICES.swap(version, std::sync::atomic::Ordering::Relaxed) != version {
+            eprintln!(
+                "keel: services v{version}: {} service ports programmed in {} ms",
+                ports.len(),
+                start.elapsed().as_millis()
+            );
+        }
         Ok::<_, NetError>((net, peers))
     })
     .await

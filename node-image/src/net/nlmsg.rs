@@ -222,6 +222,43 @@ impl Conn {
         self.wait_acks(seqs)
     }
 
+    /// Sends a big nftables batch in which only some messages ask for an ACK (`acked`, the last
+    /// one among them); the kernel answers every failing message anyway. Waits for the last ACK
+    /// and fails with the first error of any message.
+    pub fn send_batch(&mut self, bytes: &[u8], acked: &[u32]) -> io::Result<()> {
+        self.sock.reserve_send(bytes.len())?;
+        self.sock.send(bytes)?;
+        let Some(&last) = acked.last() else {
+            return Ok(());
+        };
+        let mut first_err: Option<io::Error> = None;
+        loop {
+            let n = match self.sock.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) => return Err(first_err.unwrap_or(e)),
+            };
+            let mut done = false;
+            for r in replies(&self.buf[..n]) {
+                if r.ty != NLMSG_ERROR {
+                    continue;
+                }
+                match error_code(r.payload) {
+                    Some(0) => {}
+                    Some(e) => {
+                        first_err.get_or_insert(io::Error::from_raw_os_error(-e));
+                    }
+                    None => {
+                        first_err.get_or_insert(io::Error::other("short netlink error"));
+                    }
+                }
+                done |= r.seq == last;
+            }
+            if done {
+                return first_err.map_or(Ok(()), Err);
+            }
+        }
+    }
+
     fn wait_acks(&mut self, seqs: &[u32]) -> io::Result<()> {
         let mut pending: Vec<u32> = seqs.to_vec();
         let mut first_err: Option<io::Error> = None;

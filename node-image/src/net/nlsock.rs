@@ -79,6 +79,28 @@ impl NlSocket {
         Ok(NlSocket { fd })
     }
 
+    /// Makes room for sending `bytes` at once (a big nftables batch): the send buffer grows
+    /// past `wmem_max` as root (SO_SNDBUFFORCE), else as far as the limit allows.
+    pub fn reserve_send(&self, bytes: usize) -> io::Result<()> {
+        let size = libc::c_int::try_from(bytes.saturating_add(64 * 1024)).unwrap_or(libc::c_int::MAX);
+        for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+            // SAFETY: `size` is a valid c_int and the length matches it.
+            let r = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+        }
+        Err(io::Error::last_os_error())
+    }
+
     /// Sends one buffer (one message or a batch) to the kernel.
     pub fn send(&self, msg: &[u8]) -> io::Result<()> {
         // SAFETY: an all-zero sockaddr_nl addresses the kernel (pid 0).

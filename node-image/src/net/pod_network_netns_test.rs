@@ -11,7 +11,8 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use super::cidr::Cidr;
@@ -328,6 +329,45 @@ fn two_nodes_pods_talk_over_vxlan_and_leave_masqueraded() {
         peer.ip(),
         std::net::IpAddr::V4(ip("192.168.50.12")),
         "policy Local keeps the client's address"
+    );
+
+    // sessionAffinity ClientIP: pod a2's connections to a Service of pods a and b all go to the
+    // endpoint the first one got (eight in a row by chance: 1 in 128).
+    let mut sticky = services::ServicePort::cluster_ip(
+        ip("10.96.0.23"),
+        services::Protocol::Tcp,
+        90,
+        vec![(ip_a.ip, 7790), (ip_b.ip, 7790)],
+    );
+    sticky.affinity_seconds = 60;
+    in_netns(&node_a.path, || services::apply(&[sticky])).expect("affinity service");
+    let counts: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    for (i, (netns, addr)) in [(&pod_a, ip_a.ip), (&pod_b, ip_b.ip)].into_iter().enumerate() {
+        let listener = in_netns(&netns.path, || TcpListener::bind((addr, 7790))).expect("listen");
+        let counts = counts.clone();
+        std::thread::spawn(move || {
+            while let Ok((mut c, _)) = listener.accept() {
+                let _ = c.set_read_timeout(Some(DEADLINE));
+                let mut sink = Vec::new();
+                let _ = c.read_to_end(&mut sink);
+                counts[i].fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let total = || counts[0].load(Ordering::SeqCst) + counts[1].load(Ordering::SeqCst);
+    for n in 1..=8 {
+        send_from(&pod_a2, SocketAddr::from((ip("10.96.0.23"), 90)), "sticky")
+            .expect("pod a2 → sticky service");
+        let start = std::time::Instant::now();
+        while total() < n {
+            assert!(start.elapsed() < DEADLINE, "connection {n} never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let (to_a, to_b) = (counts[0].load(Ordering::SeqCst), counts[1].load(Ordering::SeqCst));
+    assert!(
+        to_a == 8 || to_b == 8,
+        "affinity: {to_a} to pod a, {to_b} to pod b"
     );
 
     // No endpoints: the rule goes, and the ClusterIP answers nothing.
