@@ -180,16 +180,20 @@ fn logs_exec_and_cp_through_the_control_plane() {
 }
 
 fn logs(lab: &Lab) {
-    wait_until("talker's log lines", Duration::from_secs(30), || {
-        let out = kubectl(lab, &["logs", "talker", "-c", "main"]);
-        (out.stdout == "line-0\nline-1\nline-2\noops\n")
-            .then_some(())
-            .ok_or(format!("{out:?}"))
-    });
-    assert_eq!(
-        kubectl_ok(lab, &["logs", "talker", "-c", "side"]),
-        "side-says-hi\n"
-    );
+    // Running containers may not have written their first lines yet: wait for them.
+    for (container, want) in [
+        ("main", "line-0\nline-1\nline-2\noops\n"),
+        ("side", "side-says-hi\n"),
+    ] {
+        wait_until(
+            &format!("talker's {container} log"),
+            Duration::from_secs(30),
+            || {
+                let out = kubectl(lab, &["logs", "talker", "-c", container]);
+                (out.stdout == want).then_some(()).ok_or(format!("{out:?}"))
+            },
+        );
+    }
     assert_eq!(
         kubectl_ok(lab, &["logs", "talker", "-c", "main", "--tail=2"]),
         "line-2\noops\n"
@@ -343,6 +347,33 @@ fn exec(lab: &Lab) {
     eprintln!(
         "figure: 8 MB of exec stdout in {secs:.2} s ({:.1} MB/s)",
         8.0 / secs
+    );
+    // Authorized as upstream: exec is `create pods/exec`, logs `get pods/log`; a user who may
+    // read pods may do neither.
+    apply(
+        lab,
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: pod-reader}\n\
+         rules:\n- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: [get, list]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: pod-reader}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}\n\
+         subjects:\n- {kind: ServiceAccount, name: default, namespace: default}\n",
+    );
+    let sa = "--as=system:serviceaccount:default:default";
+    let denied = kubectl(lab, &[sa, "exec", "talker", "-c", "main", "--", "true"]);
+    assert!(
+        !denied.success()
+            && denied
+                .stderr
+                .contains("cannot create resource \"pods/exec\" in API group \"\""),
+        "{denied:?}"
+    );
+    let denied = kubectl(lab, &[sa, "logs", "talker", "-c", "main"]);
+    assert!(
+        !denied.success()
+            && denied
+                .stderr
+                .contains("cannot get resource \"pods/log\" in API group \"\""),
+        "{denied:?}"
     );
     let missing = kubectl(lab, &["exec", "talker", "-c", "main", "--", "no-such-command"]);
     assert!(!missing.success(), "{missing:?}");

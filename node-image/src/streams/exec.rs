@@ -81,7 +81,7 @@ pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &ExecOp, io
         let Some(mut pipe) = pipe else { continue };
         let tx = out_tx.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
+            let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,

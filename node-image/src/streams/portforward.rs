@@ -72,7 +72,7 @@ pub async fn serve(paths: &Paths, pod: &PodRef, port: u32, io: &mut Io) {
         }
     };
     let (mut rd, mut wr) = tcp.into_split();
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     let mut write_open = true;
     loop {
         tokio::select! {
