@@ -166,6 +166,9 @@ pub struct LabOptions {
     pub node_grace_period: Option<String>,
     /// Extra `keel-server` arguments (e.g. `--default-unreachable-toleration-seconds=20`).
     pub server_args: Vec<String>,
+    /// How many of the last nodes are not booted at start ([`Lab::start_node`] boots them
+    /// later: nodes that join a running cluster).
+    pub held_nodes: u8,
     /// Extra kernel arguments for every node (`KEEL_KERNEL_ARGS`).
     pub extra_kernel_args: String,
     /// `Some((user, password))`: the registry's repositories `private/basic/…` and
@@ -196,6 +199,7 @@ impl LabOptions {
                 .unwrap_or(512),
             node_grace_period: None,
             server_args: Vec::new(),
+            held_nodes: 0,
             extra_kernel_args: std::env::var("KEEL_KERNEL_ARGS").unwrap_or_default(),
             registry_auth: None,
             kernel: out.join("vmlinux"),
@@ -561,7 +565,8 @@ impl Lab {
                 lab.state.write()?;
                 lab.node_env = Some(lab.node_environment(switch_port)?);
                 let names: Vec<String> = lab.nodes.keys().cloned().collect();
-                for name in names {
+                let boot = names.len().saturating_sub(usize::from(lab.options.held_nodes));
+                for name in names.into_iter().take(boot) {
                     lab.start_node(&name)?;
                 }
                 Ok(())

@@ -118,7 +118,7 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, d: Details) -> Self {
+    pub fn with_details(mut self, d: Details) -> Self {
         self.details = Some(Box::new(d));
         self
     }

@@ -639,9 +639,8 @@ async fn subresource(
         }
         ("eviction", &Method::POST) => {
             let eviction = body_json(r)?;
-            let options = eviction.get("deleteOptions").cloned().unwrap_or(json!({}));
             let mut ctx = r.write_ctx()?;
-            objects.delete(rt, ns, name, &options, &mut ctx).await?;
+            crate::eviction::evict(objects, rt, ns.unwrap_or_default(), name, &eviction, &mut ctx).await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -21,6 +21,7 @@ pub mod authz; // RBAC authorization and impersonation of HTTP requests
 pub mod binding; // pods/binding, for HTTP and the in-process client
 pub mod bootstrap;
 pub mod client;
+pub mod eviction;
 pub mod gc;
 pub mod http;
 mod machinery;
@@ -49,6 +50,11 @@ pub struct Config {
     pub cluster_domain: String,
     /// Where `metrics.k8s.io` comes from (the node gate's usage samples); not served if `None`.
     pub metrics: Option<Arc<dyn keel_api::metrics::MetricsSource>>,
+    /// How long pods tolerate `node.kubernetes.io/not-ready:NoExecute` unless they say
+    /// otherwise (the DefaultTolerationSeconds admission plugin; upstream's flag of that name).
+    pub default_not_ready_toleration_seconds: i64,
+    /// The same for `node.kubernetes.io/unreachable:NoExecute`.
+    pub default_unreachable_toleration_seconds: i64,
 }
 
 impl Default for Config {
@@ -62,6 +68,8 @@ impl Default for Config {
             node_port_range: (30000, 32767),
             cluster_domain: "cluster.local".into(),
             metrics: None,
+            default_not_ready_toleration_seconds: keel_api::defaults::DEFAULT_TOLERATION_SECONDS,
+            default_unreachable_toleration_seconds: keel_api::defaults::DEFAULT_TOLERATION_SECONDS,
         }
     }
 }

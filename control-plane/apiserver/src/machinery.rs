@@ -53,14 +53,30 @@ pub fn strategic_merge_patch(
     keel_api::patch::strategic_merge_patch(current, patch, gvk)
 }
 
+/// The DefaultTolerationSeconds admission plugin with this cluster's settings (the generic
+/// defaults then find the tolerations present and add none of their own).
+fn admit_tolerations(rt: &ResourceType, obj: &mut Value, config: &crate::Config) {
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            keel_api::defaults::default_toleration_seconds(
+                spec,
+                config.default_not_ready_toleration_seconds,
+                config.default_unreachable_toleration_seconds,
+            );
+        }
+    }
+}
+
 /// Defaults of a create (including the create-only ones: admission, initial status).
-pub fn apply_create_defaults(rt: &ResourceType, obj: &mut Value) {
+pub fn apply_create_defaults(rt: &ResourceType, obj: &mut Value, config: &crate::Config) {
+    admit_tolerations(rt, obj, config);
     keel_api::defaults::apply_create_defaults(rt, obj);
 }
 
 /// Defaults of an update, carrying over what the old object had allocated (a Service's IPs
 /// and node ports when a `kubectl replace` leaves them out).
-pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value) {
+pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value, config: &crate::Config) {
+    admit_tolerations(rt, new, config);
     keel_api::defaults::apply_update_defaults(rt, new, old);
     // `kubectl taint … key-` of the last taint, or a patch with `taints: []`, leaves no
     // `spec.taints` behind, as Go's omitempty encoding does upstream.

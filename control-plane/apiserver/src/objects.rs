@@ -376,7 +376,7 @@ impl Objects {
             meta_mut(&mut obj).insert("generation".into(), json!(1));
         }
         strategy::prepare_for_create(rt, &mut obj);
-        crate::machinery::apply_create_defaults(rt, &mut obj);
+        crate::machinery::apply_create_defaults(rt, &mut obj, &self.config);
         self.alloc.allocate_on_create(self, rt, &mut obj).await?;
         let name = object_name(&obj).to_string();
         crate::machinery::validate_create(rt, &obj)?;
@@ -463,7 +463,7 @@ impl Objects {
     ) -> ApiResult<Value> {
         let mut obj = strategy::prepare_for_update(rt, subresource, new, &old)?;
         if subresource.is_none() {
-            crate::machinery::apply_update_defaults(rt, &mut obj, &old);
+            crate::machinery::apply_update_defaults(rt, &mut obj, &old, &self.config);
             self.alloc.allocate_on_update(self, rt, &mut obj, &old).await?;
         }
         crate::machinery::validate_update(rt, &obj, &old)?;

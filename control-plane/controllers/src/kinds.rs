@@ -21,6 +21,7 @@ pub struct Kinds {
     pub controller_revisions: &'static ResourceType,
     pub jobs: &'static ResourceType,
     pub cron_jobs: &'static ResourceType,
+    pub pod_disruption_budgets: &'static ResourceType,
 }
 
 fn find(group: &str, plural: &'static str) -> Result<&'static ResourceType, Error> {
@@ -44,6 +45,7 @@ impl Kinds {
             controller_revisions: find("apps", "controllerrevisions")?,
             jobs: find("batch", "jobs")?,
             cron_jobs: find("batch", "cronjobs")?,
+            pod_disruption_budgets: find("policy", "poddisruptionbudgets")?,
         })
     }
 }

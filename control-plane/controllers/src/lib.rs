@@ -20,12 +20,14 @@
 //! * [`volume_binder`]: PersistentVolumes Available/Released, claims bound to the smallest fit.
 //! * [`taint_eviction`]: pods evicted by `NoExecute` taints; pods of deleted nodes removed.
 //! * [`hpa`]: HorizontalPodAutoscalers (autoscaling/v2 over the resource metrics).
+//! * [`disruption`]: PodDisruptionBudget status (healthy, desired, disruptions allowed).
 //!
 //! Entry point: [`run_all`].
 
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod events;
@@ -225,6 +227,13 @@ pub async fn run_all_with(
         Controller::new("cronjob", &informers, k.cron_jobs)
             .owns(k.jobs)
             .run(cronjob::reconcile, ctx.clone(), stopped()),
+    );
+    let budgets = Arc::new(disruption::Budgets::default());
+    tasks.spawn(
+        Controller::new("disruption", &informers, k.pod_disruption_budgets)
+            .watches(k.pod_disruption_budgets, budgets.budget_mapper())
+            .watches(k.pods, budgets.pod_mapper())
+            .run(disruption::reconcile, ctx.clone(), stopped()),
     );
     tasks.spawn(
         Controller::new("statefulset", &informers, k.stateful_sets)

@@ -9,8 +9,8 @@
 //! heartbeating and the API server gives pods the default 300 s toleration for it, so pods of a
 //! lost node are deleted after five minutes and their controllers replace them elsewhere.
 //!
-//! When a Node object is deleted, the pods bound to it are deleted with a zero grace period: no
-//! agent is left to confirm their end.
+//! When a Node object is deleted, the pods bound to it (finished ones too) are deleted with a
+//! zero grace period: no agent is left to confirm their end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,12 +168,9 @@ pub async fn reconcile(node: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Er
 pub fn cleanup() -> Cleanup<Context> {
     Arc::new(|key: ObjectRef, ctx: Arc<Context>| {
         Box::pin(async move {
+            // Finished pods go too (upstream's pod GC deletes every orphaned pod): their logs
+            // went with the node, and their controllers have counted them.
             for pod in pods_on(&ctx, &key.name).await? {
-                if pods::is_terminal(&pod) && !pods::is_terminating(&pod) {
-                    // Finished pods stay for their logs and status, as upstream keeps them
-                    // until the terminated-pod threshold.
-                    continue;
-                }
                 let r = ctx
                     .client
                     .delete(

@@ -66,6 +66,14 @@ struct ServeArgs {
     /// before scaling down (kube-controller-manager's flag; e.g. 5m, 30s).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// Seconds pods tolerate a `node.kubernetes.io/not-ready:NoExecute` taint unless they say
+    /// otherwise (kube-apiserver's DefaultTolerationSeconds flag).
+    #[arg(long, default_value_t = keel_api::defaults::DEFAULT_TOLERATION_SECONDS)]
+    default_not_ready_toleration_seconds: i64,
+    /// The same for `node.kubernetes.io/unreachable:NoExecute`: how long the pods of a lost
+    /// node wait before they are evicted and replaced elsewhere.
+    #[arg(long, default_value_t = keel_api::defaults::DEFAULT_TOLERATION_SECONDS)]
+    default_unreachable_toleration_seconds: i64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -229,6 +237,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         advertise: args.listen,
         service_cidr,
         node_port_range: args.service_node_port_range,
+        default_not_ready_toleration_seconds: args.default_not_ready_toleration_seconds,
+        default_unreachable_toleration_seconds: args.default_unreachable_toleration_seconds,
         ..Config::default()
     };
     let objects = Arc::new(Objects::new(Arc::new(store), Arc::new(config)));

@@ -18,6 +18,8 @@
 
 mod pod;
 
+pub use pod::{default_toleration_seconds, DEFAULT_TOLERATION_SECONDS};
+
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
@@ -212,7 +214,11 @@ pub fn apply_update_defaults(rt: &ResourceType, new: &mut Value, old: &Value) {
     // so re-applying a manifest that leaves the defaulted tolerations out changes nothing.
     if rt.group.is_empty() && rt.kind == "Pod" {
         if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
-            pod::default_toleration_seconds(spec);
+            pod::default_toleration_seconds(
+                spec,
+                pod::DEFAULT_TOLERATION_SECONDS,
+                pod::DEFAULT_TOLERATION_SECONDS,
+            );
         }
     }
 }

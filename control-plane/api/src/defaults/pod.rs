@@ -266,7 +266,7 @@ pub(super) fn pod_create(pod: &mut Map<String, Value>) {
             spec.insert("priority".into(), json!(priority));
         }
         set_if_unset(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-        default_toleration_seconds(spec);
+        default_toleration_seconds(spec, DEFAULT_TOLERATION_SECONDS, DEFAULT_TOLERATION_SECONDS);
     }
     let qos = qos_class(pod);
     let status = pod.entry("status").or_insert_with(|| json!({}));
@@ -278,9 +278,13 @@ pub(super) fn pod_create(pod: &mut Map<String, Value>) {
     }
 }
 
+/// Upstream's `--default-not-ready-toleration-seconds` and `--default-unreachable-toleration-seconds`.
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
 /// The DefaultTolerationSeconds admission plugin: tolerate not-ready and unreachable nodes
-/// for 300 s unless the pod already says otherwise.
-pub(super) fn default_toleration_seconds(spec: &mut Map<String, Value>) {
+/// for `not_ready` and `unreachable` seconds (300 s each by default) unless the pod already
+/// says otherwise.
+pub fn default_toleration_seconds(spec: &mut Map<String, Value>, not_ready: i64, unreachable: i64) {
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if tolerations.is_null() {
         *tolerations = json!([]);
@@ -288,7 +292,10 @@ pub(super) fn default_toleration_seconds(spec: &mut Map<String, Value>) {
     let Some(list) = tolerations.as_array_mut() else {
         return;
     };
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", not_ready),
+        ("node.kubernetes.io/unreachable", unreachable),
+    ] {
         let tolerated = list.iter().any(|t| {
             let k = t.get("key").and_then(Value::as_str).unwrap_or("");
             let e = t.get("effect").and_then(Value::as_str).unwrap_or("");
@@ -296,7 +303,7 @@ pub(super) fn default_toleration_seconds(spec: &mut Map<String, Value>) {
         });
         if !tolerated {
             list.push(json!({
-                "key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300
+                "key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds
             }));
         }
     }
