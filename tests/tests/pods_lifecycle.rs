@@ -9,8 +9,9 @@
 //! 2. graceful deletion timing (preStop exec and httpGet hooks, SIGTERM, SIGKILL at the grace
 //!    period), postStart, an OOM-killed memory hog restarted, and the seed examples pods_run
 //!    does not cover (two containers over localhost, Secret env and files, downwardAPI volume,
-//!    hostPath, cpu requests);
+//!    hostPath, cpu requests) and an emptyDir in memory with a size limit;
 //! 3. image pull secrets against the lab registry's credential gate (Basic and bearer token);
+//!    a ConfigMap update reaching a running container's volume;
 //! 4. a reboot: the node starts its pods again and restart counts go on.
 //!
 //! Labs with QEMU nodes run one at a time (a machine-wide lock).
@@ -224,6 +225,7 @@ fn kubelet_lifecycle_on_a_node() {
     }
     graceful_termination_hooks_oom_and_seeds(&lab);
     registry_credentials(&lab);
+    configmap_updates_reach_running_containers(&lab);
 
     // Probes resumed: the readiness probe turns `aging` unready once it is 75 s old.
     let unready = wait_pod(
@@ -347,6 +349,34 @@ fn registry_credentials(lab: &Lab) {
     }
 }
 
+/// A ConfigMap changed while a container that mounts it runs: the container sees the new value
+/// (it exits 0 once it does).
+fn configmap_updates_reach_running_containers(lab: &Lab) {
+    kubectl_ok(lab, &["create", "configmap", "live", "--from-literal=v=1"]);
+    let mut p = pod(
+        "cm-watch",
+        "test \"$(cat /cfg/v)\" = 1 || exit 2; while [ \"$(cat /cfg/v)\" != 2 ]; do sleep 1; done",
+        "Never",
+    );
+    p["spec"]["volumes"] = json!([{"name": "cfg", "configMap": {"name": "live"}}]);
+    p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "cfg", "mountPath": "/cfg"}]);
+    create(lab, &p);
+    wait_pod(lab, "cm-watch", "Running", POD_READY_TIMEOUT, running);
+    kubectl_ok(
+        lab,
+        &["patch", "configmap", "live", "-p", r#"{"data":{"v":"2"}}"#],
+    );
+    let done = wait_pod(
+        lab,
+        "cm-watch",
+        "done (saw the update)",
+        Duration::from_secs(60),
+        |p| container(p)["state"]["terminated"].is_object(),
+    );
+    assert_eq!(container(&done)["state"]["terminated"]["exitCode"], 0, "{done}");
+    kubectl_ok(lab, &["delete", "pod", "cm-watch", "--wait=false"]);
+}
+
 /// A hostPath directory the hook and check pods share on the node.
 fn hooks_volume(p: &mut Value, container: usize) {
     p["spec"]["volumes"] = json!([{"name": "hooks", "hostPath": {"path": "/var/lib/keel-test-hooks", "type": "DirectoryOrCreate"}}]);
@@ -419,6 +449,8 @@ fn graceful_termination_hooks_oom_and_seeds(lab: &Lab) {
                   test \"$USER_NAME\" = alice || exit 11; test \"$(cat /creds/user)\" = alice || exit 12; \
                   test \"$(cat /info/name)\" = seeds || exit 13; grep -q 'app=\"seeds\"' /info/labels || exit 14; \
                   test \"$(cat /info/mem)\" = 48 || exit 15; test \"$(cat /sys/fs/cgroup/cpu.weight)\" = 10 || exit 16; \
+                  grep -q ' /mem tmpfs ' /proc/mounts || exit 18; \
+                  test \"$(df -k /mem | awk 'NR == 2 { print $2 }')\" = 8192 || exit 19; \
                   echo seed > /hooks/seed-hostpath || exit 17";
     let mut seeds = pod("seeds", client, "Never");
     seeds["metadata"]["labels"]["app"] = json!("seeds");
@@ -431,11 +463,13 @@ fn graceful_termination_hooks_oom_and_seeds(lab: &Lab) {
     c["volumeMounts"] = json!([
         {"name": "hooks", "mountPath": "/hooks"},
         {"name": "creds", "mountPath": "/creds"},
-        {"name": "info", "mountPath": "/info"}
+        {"name": "info", "mountPath": "/info"},
+        {"name": "mem", "mountPath": "/mem"}
     ]);
     seeds["spec"]["volumes"] = json!([
         {"name": "hooks", "hostPath": {"path": "/var/lib/keel-test-hooks", "type": "DirectoryOrCreate"}},
         {"name": "creds", "secret": {"secretName": "creds"}},
+        {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}},
         {"name": "info", "downwardAPI": {"items": [
             {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
             {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},

@@ -6,8 +6,15 @@
 //! from 10 s to 5 min as the kubelet's do: image pulls (`ErrImagePull` → `ImagePullBackOff`)
 //! and restarts (`CrashLoopBackOff`); a container that ran 10 minutes starts over at 10 s.
 //!
-//! Stopping: SIGTERM to the container (through its helper, which forwards it to the
-//! container's PID 1), then, after the grace period, SIGKILL to everything in its cgroup.
+//! Hooks: `postStart` (exec, httpGet or sleep) runs once the container started and before it is
+//! reported running; a failed one kills the container (`FailedPostStartHook`).
+//!
+//! Stopping: the `preStop` hook (within the grace period), SIGTERM to the container (through
+//! its helper, which forwards it to the container's PID 1), then, once the grace period is over
+//! (at least 2 s after a hook), SIGKILL to everything in its cgroup.
+//!
+//! After an agent restart a running container is adopted ([`Resume::Adopt`]): the same run,
+//! waited for through a pidfd, its exit code read from the file its helper writes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

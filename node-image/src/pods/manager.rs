@@ -326,6 +326,7 @@ async fn remove_leftovers(shared: Arc<Shared>, records: BTreeMap<String, PodReco
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        super::volumes::unmount_all(&shared.settings.pods_dir.join(&uid));
         let _ = std::fs::remove_dir_all(shared.settings.pods_dir.join(&uid));
     }
 }

@@ -1,12 +1,13 @@
 //! Pod volumes, first slice: `emptyDir`, `configMap` and `secret` (from what the control plane
-//! resolved, `keelResolved`) and `hostPath` (with its `type` checks), mounted into containers by
+//! resolved, `keelResolved`), `downwardAPI` and `hostPath` (with its `type` checks), mounted into containers by
 //! `volumeMounts` (with `readOnly` and `subPath`).
 //!
 //! Each volume is a directory under the pod's directory (`/var/lib/keel/pods/<uid>/volumes/
 //! <name>`), so an `emptyDir` lives as long as the pod and is shared by its containers and kept
-//! across restarts. ConfigMap and Secret volumes are written again before every container start
-//! (`items` and `defaultMode`/`mode` honoured), so a container restarted after its ConfigMap
-//! changed sees the new data. A missing, non-optional ConfigMap or Secret is the container's
+//! across restarts. ConfigMap, Secret and downward API volumes are written in place (`items` and
+//! `defaultMode`/`mode` honoured) before every container start and whenever what they project
+//! changes, so running containers see updates, as with the kubelet. An `emptyDir` with `medium: Memory` is a tmpfs of its `sizeLimit`.
+//! A missing, non-optional ConfigMap or Secret is the container's
 //! `CreateContainerConfigError`, retried with back-off like the kubelet does.
 
 use std::collections::BTreeMap;
@@ -200,8 +201,10 @@ fn safe_relative(p: &str) -> Option<PathBuf> {
         .then(|| path.to_path_buf())
 }
 
+/// Writes a ConfigMap, Secret or downward API volume in place: each file through a temporary
+/// file renamed over it, files no longer projected removed. The directory itself stays (running
+/// containers have it bind-mounted), so an update reaches them.
 fn write_projection(dir: &Path, data: &BTreeMap<String, String>, p: &Projection) -> Result<(), String> {
-    let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let files: Vec<(String, String, Option<u32>)> = if p.items.is_empty() {
         data.keys().map(|k| (k.clone(), k.clone(), None)).collect()
@@ -211,6 +214,7 @@ fn write_projection(dir: &Path, data: &BTreeMap<String, String>, p: &Projection)
             .map(|i| (i.key.clone(), i.path.clone(), i.mode))
             .collect()
     };
+    let mut wanted = std::collections::BTreeSet::new();
     for (key, rel, mode) in files {
         let Some(value) = data.get(&key) else {
             if p.optional == Some(true) {
@@ -219,16 +223,101 @@ fn write_projection(dir: &Path, data: &BTreeMap<String, String>, p: &Projection)
             return Err(format!("key {key} not found"));
         };
         let rel = safe_relative(&rel).ok_or_else(|| format!("invalid path {rel:?} for key {key}"))?;
-        let file = dir.join(rel);
-        if let Some(parent) = file.parent() {
-            fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-        }
-        fs::write(&file, value).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let file = dir.join(&rel);
+        let parent = file.parent().unwrap_or(dir);
+        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        let tmp = parent.join(format!(
+            "..keel-{}.tmp",
+            file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ));
+        fs::write(&tmp, value).map_err(|e| format!("writing {}: {e}", file.display()))?;
         let mode = mode.or(p.default_mode).unwrap_or(0o644) & 0o777;
-        fs::set_permissions(&file, fs::Permissions::from_mode(mode))
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
             .map_err(|e| format!("chmod {}: {e}", file.display()))?;
+        fs::rename(&tmp, &file).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        wanted.insert(file);
     }
+    remove_unwanted(dir, &wanted);
     Ok(())
+}
+
+/// Removes the files under `dir` not in `wanted`, and directories left empty.
+fn remove_unwanted(dir: &Path, wanted: &std::collections::BTreeSet<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                remove_unwanted(&path, wanted);
+                let _ = fs::remove_dir(&path);
+            }
+            _ if !wanted.contains(&path) => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes the ConfigMap, Secret and downward API volumes of a running pod again (its
+/// ConfigMaps, Secrets, labels or annotations changed), for every container that mounts them.
+pub fn refresh(pod: &Pod, pod_dir: &Path) {
+    for c in &pod.spec.containers {
+        for m in &c.volume_mounts {
+            let Some(v) = pod.spec.volumes.iter().find(|v| v.name == m.name) else {
+                continue;
+            };
+            let dir = pod_dir.join("volumes").join(&v.name);
+            if !dir.is_dir() {
+                continue;
+            }
+            let r = if let Some(p) = &v.config_map {
+                let name = p.name.clone().unwrap_or_default();
+                pod.resolved
+                    .config_maps
+                    .get(&name)
+                    .map_or(Ok(()), |data| write_projection(&dir, data, p))
+            } else if let Some(p) = &v.secret {
+                let name = p.secret_name.clone().unwrap_or_default();
+                pod.resolved
+                    .secrets
+                    .get(&name)
+                    .map_or(Ok(()), |data| write_projection(&dir, data, p))
+            } else if let Some(d) = &v.downward_api {
+                downward_files(pod, c, d).and_then(|(data, p)| write_projection(&dir, &data, &p))
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                eprintln!("keel: pod {}: updating volume {}: {e}", pod.key(), v.name);
+            }
+        }
+    }
+}
+
+/// Whether `dir` is the root of a mount (another device than its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(dir), dir.parent().map(fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Unmounts the pod's memory-backed volumes (before its directory is removed).
+pub fn unmount_all(pod_dir: &Path) {
+    let Ok(entries) = fs::read_dir(pod_dir.join("volumes")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if is_mount_point(&e.path()) {
+            if let Err(err) = crate::runtime::sys::umount_detach(&e.path()) {
+                eprintln!("keel: unmounting {}: {err}", e.path().display());
+            }
+        }
+    }
 }
 
 /// Materialises the volumes `c` mounts under `pod_dir` and returns its mounts.
@@ -264,9 +353,26 @@ pub fn prepare(pod: &Pod, c: &Container, pod_dir: &Path) -> Result<Vec<Mount>, S
         } else if let Some(d) = &v.downward_api {
             let (data, p) = downward_files(pod, c, d)?;
             write_projection(&dir, &data, &p)?;
-        } else if v.empty_dir.is_some() {
+        } else if let Some(e) = &v.empty_dir {
             fs::create_dir_all(&dir).map_err(|e| format!("emptyDir {}: {e}", v.name))?;
             let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o777));
+            if e["medium"] == "Memory" && !is_mount_point(&dir) {
+                // A tmpfs of `sizeLimit` (else the kernel's default, half the node's memory);
+                // its pages are charged to the containers that write them.
+                let size = e
+                    .get("sizeLimit")
+                    .and_then(super::spec::quantity)
+                    .map(|b| format!(",size={}", b.ceil() as u64))
+                    .unwrap_or_default();
+                crate::runtime::sys::mount(
+                    Some("tmpfs"),
+                    &dir,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some(&format!("mode=1777{size}")),
+                )
+                .map_err(|err| format!("emptyDir {} (medium Memory): {err}", v.name))?;
+            }
         } else {
             return Err(format!(
                 "volume {:?}: only emptyDir, hostPath, configMap, secret and downwardAPI volumes are supported",
@@ -391,6 +497,35 @@ mod tests {
         assert_eq!(read("note"), "hi");
         assert_eq!(read("mem"), "64");
         assert_eq!(read("cpu"), "250");
+    }
+
+    #[test]
+    fn projections_update_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("v");
+        let data = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        write_projection(&vol, &data(&[("a", "1"), ("b", "2")]), &Projection::default()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let inode = fs::metadata(&vol).unwrap().ino();
+        write_projection(&vol, &data(&[("a", "3")]), &Projection::default()).unwrap();
+        assert_eq!(fs::read_to_string(vol.join("a")).unwrap(), "3");
+        assert!(!vol.join("b").exists(), "keys gone from the source are removed");
+        assert_eq!(
+            fs::metadata(&vol).unwrap().ino(),
+            inode,
+            "same directory (bind mounts keep it)"
+        );
+        let names: Vec<_> = fs::read_dir(&vol)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary files left: {names:?}");
     }
 
     #[test]

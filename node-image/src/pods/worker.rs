@@ -293,7 +293,17 @@ pub async fn run(
             r = rx.changed() => {
                 let next = if r.is_ok() { rx.borrow_and_update().clone() } else { None };
                 match next {
-                    Some(d) => *lock(&ctx.desired) = d,
+                    Some(d) => {
+                        let old = ctx.desired();
+                        let changed = old.resolved != d.resolved
+                            || old.pod.metadata.labels != d.pod.metadata.labels
+                            || old.pod.metadata.annotations != d.pod.metadata.annotations;
+                        *lock(&ctx.desired) = d;
+                        if changed && set_up.is_some() {
+                            // ConfigMaps, Secrets or metadata changed: running containers see it.
+                            super::volumes::refresh(&ctx.desired().pod, ctx.pod_dir());
+                        }
+                    }
                     None => break false,
                 }
             }
@@ -328,6 +338,7 @@ pub async fn run(
     }
     ctx.closed.store(true, Ordering::SeqCst);
     shared.cgroups.remove(&uid, None);
+    super::volumes::unmount_all(&ctx.dir);
     let _ = std::fs::remove_dir_all(&ctx.dir);
     reporter.send(&ctx, deleting);
 

@@ -7,7 +7,6 @@
 //! another start time. An adopted process is not the agent's child, so its end is watched
 //! through a pidfd and its exit code read from the file the helper writes before exiting.
 
-use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -132,13 +131,6 @@ pub fn exit_code(s: std::process::ExitStatus) -> i32 {
 /// The exit code a helper recorded, if it did.
 pub fn read_exit_file(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Records `code` as the exit code at `path` (written whole, then renamed into place).
-pub fn write_exit_file(path: &Path, code: i32) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, code.to_string())?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
