@@ -473,32 +473,41 @@ fn elements(set: &Set) -> Vec<Msg> {
         .collect()
 }
 
+/// A batch in which only the last message asks for an ACK: the kernel answers every failing
+/// message anyway, and a table of thousands of elements would otherwise flood the socket with
+/// ACKs. Sent with [`Conn::send_batch`], which also makes room for its size.
 struct Batch {
     bytes: Vec<u8>,
-    acked: Vec<u32>,
+    /// Offset and sequence number of the last message pushed.
+    last: Option<(usize, u32)>,
 }
 
 impl Batch {
     fn new(conn: &mut Conn) -> Batch {
-        let mut b = Batch {
-            bytes: Vec::new(),
-            acked: Vec::new(),
-        };
         let seq = conn.next_seq();
-        b.bytes.extend(batch_marker(NFNL_MSG_BATCH_BEGIN).finish(seq));
-        b
+        Batch {
+            bytes: batch_marker(NFNL_MSG_BATCH_BEGIN).finish(seq),
+            last: None,
+        }
     }
 
     fn push(&mut self, conn: &mut Conn, m: Msg) {
         let seq = conn.next_seq();
-        self.acked.push(seq);
-        self.bytes.extend(with_ack(m.finish(seq)));
+        self.last = Some((self.bytes.len(), seq));
+        self.bytes.extend(m.finish(seq));
     }
 
+    /// The bytes, and the sequence number whose ACK ends the batch.
     fn finish(mut self, conn: &mut Conn) -> (Vec<u8>, Vec<u32>) {
+        let mut acked = Vec::new();
+        if let Some((offset, seq)) = self.last {
+            let header = with_ack(self.bytes[offset..offset + 16].to_vec());
+            self.bytes[offset..offset + 16].copy_from_slice(&header);
+            acked.push(seq);
+        }
         let seq = conn.next_seq();
         self.bytes.extend(batch_marker(NFNL_MSG_BATCH_END).finish(seq));
-        (self.bytes, self.acked)
+        (self.bytes, acked)
     }
 }
 
@@ -608,21 +617,21 @@ pub fn apply(policy: &Policy, last: Option<&Applied>) -> io::Result<(Applied, Ch
     let change = match last.filter(|l| l.shape == new.shape) {
         Some(old) => match set_batch(&mut conn, old, &new) {
             None => Change::Nothing,
-            Some((bytes, acked)) => match conn.send_and_wait(&bytes, &acked) {
+            Some((bytes, acked)) => match conn.send_batch(&bytes, &acked) {
                 Ok(()) => Change::Sets,
                 Err(e) => {
                     // The batch was all or nothing: the old table stands. Replace it instead.
                     eprintln!("keel: network policy: updating sets failed ({e}); replacing the table");
                     let mut conn = Conn::open(libc::NETLINK_NETFILTER)?;
                     let (bytes, acked) = full_batch(&mut conn, &new);
-                    conn.send_and_wait(&bytes, &acked)?;
+                    conn.send_batch(&bytes, &acked)?;
                     Change::Table
                 }
             },
         },
         None => {
             let (bytes, acked) = full_batch(&mut conn, &new);
-            conn.send_and_wait(&bytes, &acked)?;
+            conn.send_batch(&bytes, &acked)?;
             Change::Table
         }
     };
@@ -707,7 +716,7 @@ pub async fn serve() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::nlmsg::{attr, attrs, replies};
+    use crate::net::nlmsg::{attr, attrs, replies, NLM_F_ACK};
 
     fn rule(
         policy: &str,
@@ -855,7 +864,14 @@ mod tests {
         assert_eq!(count(NFT_MSG_NEWCHAIN), 4);
         // ingress: established + 2 ports + drop; egress: established + 1 + drop; 3 jumps.
         assert_eq!(count(NFT_MSG_NEWRULE), 4 + 3 + 3);
-        assert_eq!(acked.len(), msgs.len() - 2);
+        // Only the last message before the end marker asks for an ACK.
+        let acks: Vec<bool> = replies(&bytes).map(|r| r.flags & NLM_F_ACK != 0).collect();
+        assert_eq!(acks.iter().filter(|a| **a).count(), 1);
+        assert!(
+            acks[acks.len() - 2],
+            "the last message is not the acknowledged one"
+        );
+        assert_eq!(acked, [replies(&bytes).nth(msgs.len() - 2).unwrap().seq]);
         let has = |m: &[u8], needle: &[u8]| m.windows(needle.len()).any(|w| w == needle);
         // Interval sets: a start key per range, and an end key (the address after it) unless
         // the range runs to the last address.
