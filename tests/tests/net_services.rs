@@ -15,7 +15,12 @@
 //!   comes back once it passes again;
 //! * partition: a node cut off the lab segment cannot be reached at its pod IPs from the others,
 //!   and can again once healed; a killed node goes NotReady, its pods turn not ready and its
-//!   endpoint leaves the rotation.
+//!   endpoint leaves the rotation;
+//! * `type: LoadBalancer` is `<pending>` with a healthCheckNodePort; its
+//!   externalTrafficPolicy Local NodePort answers only from the node's own replica and keeps the
+//!   client's address (Cluster masquerades); sessionAffinity ClientIP keeps one client on one
+//!   replica; a multi-port Service with named targetPorts, a pod reaching itself through its
+//!   Service (hairpin) and a selector-less Service with manual Endpoints work.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -309,6 +314,8 @@ fn services_node_ports_and_dns_on_three_nodes() {
          serviceName: db\n  replicas: 2\n  selector:\n    matchLabels: {app: db}\n  template:\n    metadata:\n      \
          labels: {app: db}\n    spec:\n      containers:\n      - name: echo\n        image: keel/echo:latest\n",
     );
+    // Settled (every pod of the current revision and ready) before its pods' addresses are read.
+    kubectl_ok(&lab, &["rollout", "status", "statefulset/db", "--timeout=180s"]);
     let db = wait_for("two db replicas Ready", POD_READY_TIMEOUT, || {
         let pods = ready_pods(&lab, "app=db");
         if pods.len() == 2 {
@@ -511,6 +518,235 @@ spec:
         &fetch_until(&format!("http://{ip_2}:8080/"), &format!("pod={on_2}")),
     );
     wait_checks(&lab, &["healed-reachable"]);
+
+    // --- externalTrafficPolicy Local on a LoadBalancer (pending: no load-balancer source) ---
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web-lb\nspec:\n  type: LoadBalancer\n  \
+         externalTrafficPolicy: Local\n  selector: {app: web}\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    let lb = kubectl_ok(&lab, &["get", "service", "web-lb"]);
+    let row: Vec<&str> = lb.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(1), Some(&"LoadBalancer"), "{lb}");
+    assert_eq!(row.get(3), Some(&"<pending>"), "EXTERNAL-IP: {lb}");
+    let health: u16 = jsonpath(
+        &lab,
+        &[
+            "get",
+            "service",
+            "web-lb",
+            "-o",
+            "jsonpath={.spec.healthCheckNodePort}",
+        ],
+    )
+    .parse()
+    .expect("web-lb has a healthCheckNodePort");
+    let lb_port: u16 = jsonpath(
+        &lab,
+        &[
+            "get",
+            "service",
+            "web-lb",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    )
+    .parse()
+    .expect("web-lb has a nodePort");
+    assert_ne!(health, lb_port);
+    let (on_1, _) = replicas
+        .iter()
+        .find(|(_, (n, _))| n == "keel-1")
+        .expect("a replica on keel-1");
+    let client_of = |body: &str| {
+        body.split_whitespace()
+            .find_map(|w| w.strip_prefix("client="))
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for(
+        "web-lb's NodePort on keel-1 answers from keel-1's replica only, unmasqueraded",
+        Duration::from_secs(60),
+        || {
+            let addr = lab.nodeport("keel-1", lb_port).expect("forwarded");
+            let mut seen = Vec::new();
+            for _ in 0..10 {
+                match http_get(addr, "/") {
+                    Ok(r) if r.status == 200 => seen.push(r.body),
+                    other => return Poll::Pending(format!("{other:?}")),
+                }
+            }
+            if seen
+                .iter()
+                .all(|b| b.contains(&format!("pod={on_1} ")) && !client_of(b).starts_with("10.244."))
+            {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{seen:?}"))
+            }
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Policy Cluster (web) masquerades: the replica sees a node's pod-network address.
+    let body = http_get(lab.nodeport("keel-1", node_port).expect("forwarded"), "/")
+        .expect("web's NodePort")
+        .body;
+    assert!(
+        client_of(&body).starts_with("10.244."),
+        "policy Cluster is masqueraded: {body}"
+    );
+
+    // --- sessionAffinity ClientIP: every fetch from the host lands on the same replica ---
+    apply(
+        &lab,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web-sticky\nspec:\n  type: NodePort\n  \
+         sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP: {timeoutSeconds: 600}\n  \
+         selector: {app: web}\n  ports:\n  - port: 80\n    targetPort: 8080\n",
+    );
+    let sticky_port: u16 = jsonpath(
+        &lab,
+        &[
+            "get",
+            "service",
+            "web-sticky",
+            "-o",
+            "jsonpath={.spec.ports[0].nodePort}",
+        ],
+    )
+    .parse()
+    .expect("web-sticky has a nodePort");
+    wait_for("web-sticky answering", Duration::from_secs(60), || {
+        let seen = answers(&lab, "keel-2", sticky_port, 1);
+        if seen.contains_key("") {
+            Poll::Pending(format!("{seen:?}"))
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let seen = answers(&lab, "keel-2", sticky_port, 12);
+    assert_eq!(seen.len(), 1, "one replica for one client: {seen:?}");
+
+    // --- Multi-port with named targetPorts, hairpin, a selector-less Service ---
+    let replica_1_ip = &replicas[on_1].1;
+    apply(
+        &lab,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: multi
+  labels: {{app: multi}}
+spec:
+  nodeName: keel-2
+  containers:
+  - name: one
+    image: keel/echo:latest
+    ports: [{{name: web-one, containerPort: 8080}}]
+  - name: two
+    image: keel/echo:latest
+    env: [{{name: PORT, value: "9090"}}]
+    ports: [{{name: web-two, containerPort: 9090}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: multi
+spec:
+  selector: {{app: multi}}
+  ports:
+  - {{name: one, port: 80, targetPort: web-one}}
+  - {{name: two, port: 81, targetPort: web-two}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: hairpin
+spec:
+  selector: {{app: hairpin}}
+  ports:
+  - {{port: 80, targetPort: 8080}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hairpin
+  labels: {{app: hairpin}}
+spec:
+  nodeName: keel-1
+  restartPolicy: Never
+  containers:
+  - name: echo
+    image: keel/echo:latest
+    command:
+    - sh
+    - -c
+    - |
+      /echo/serve &
+      for i in $(seq 90); do wget -q -O- http://hairpin.default/ | grep -q 'pod=hairpin ' && exit 0; sleep 1; done
+      exit 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: manual
+spec:
+  ports:
+  - {{port: 80}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata:
+  name: manual
+subsets:
+- addresses: [{{ip: "{replica_1_ip}"}}]
+  ports: [{{port: 8080}}]
+"#
+        ),
+    );
+    start_check(
+        &lab,
+        "multi-one",
+        "keel-1",
+        &fetch_until("http://multi:80/", "pod=multi "),
+    );
+    start_check(
+        &lab,
+        "multi-two",
+        "keel-1",
+        &fetch_until("http://multi:81/", "pod=multi "),
+    );
+    // (A pod's own name resolves to itself through its /etc/hosts: the checks are named apart
+    // from the Services they fetch, and the hairpin pod asks for `hairpin.default`.)
+    start_check(
+        &lab,
+        "manual-1",
+        "keel-1",
+        &fetch_until("http://manual/", &format!("pod={on_1} ")),
+    );
+    start_check(
+        &lab,
+        "manual-3",
+        "keel-3",
+        &fetch_until("http://manual/", &format!("pod={on_1} ")),
+    );
+    start_check(
+        &lab,
+        "clusterip-3",
+        "keel-3",
+        &fetch_until(&format!("http://{cluster_ip}/"), "pod=web-"),
+    );
+    wait_checks(
+        &lab,
+        &[
+            "multi-one",
+            "multi-two",
+            "manual-1",
+            "hairpin",
+            "manual-3",
+            "clusterip-3",
+        ],
+    );
 
     // --- A killed node: NotReady, its pods not ready, its endpoint out of the rotation ---
     let (on_3, (_, ip_3)) = replicas
