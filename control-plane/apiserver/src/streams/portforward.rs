@@ -67,6 +67,12 @@ pub(crate) async fn open(
                 "at least 1 port must be specified (query parameter ports)",
             ));
         }
+        // Two channels per port, numbered by one byte.
+        if ports.len() > 127 {
+            return Err(ApiError::bad_request(
+                "at most 127 ports can be forwarded over one connection",
+            ));
+        }
         ports
     };
     let on_upgrade = upgrade

@@ -204,13 +204,19 @@ impl HeaderInflater {
         }
         let mut out = Vec::with_capacity(block.len() * 4 + 64);
         loop {
-            let before = self.raw.total_in();
+            let (before, produced_before) = (self.raw.total_in(), out.len());
             let status = self
                 .raw
                 .decompress_vec(input, &mut out, FlushDecompress::Sync)
                 .map_err(|e| bad(e.to_string()))?;
             let used = (self.raw.total_in() - before) as usize;
             input = &input[used..];
+            if used == 0 && out.len() == produced_before && out.len() < out.capacity() {
+                if input.is_empty() {
+                    break;
+                }
+                return Err(bad("the compressed block does not decode".into()));
+            }
             if out.len() > MAX_HEADERS {
                 return Err(bad("too large".into()));
             }
@@ -245,7 +251,9 @@ impl HeaderDeflater {
         let mut input = block;
         loop {
             let before = self.c.total_in();
-            let _ = self.c.compress_vec(input, &mut out, FlushCompress::Sync);
+            if self.c.compress_vec(input, &mut out, FlushCompress::Sync).is_err() {
+                return out;
+            }
             input = &input[(self.c.total_in() - before) as usize..];
             if input.is_empty() && out.len() < out.capacity() {
                 return out;
@@ -521,6 +529,14 @@ mod tests {
             }
             self.out
         }
+    }
+
+    #[test]
+    fn garbage_header_blocks_are_errors_not_hangs() {
+        let mut inflater = HeaderInflater::default();
+        assert!(inflater.inflate(b"\x78\x9c\xff\xff\xff\xff\xff").is_err());
+        let mut inflater = HeaderInflater::default();
+        assert!(inflater.inflate(b"not zlib").is_err());
     }
 
     #[test]
