@@ -219,6 +219,10 @@ pub struct Figures {
     /// The same list as raw bytes (the server's share, without client-side decoding).
     pub list_raw: Latencies,
     pub list_bytes: usize,
+    /// What `kubectl get pods` asks for: a server-side Table, 500 rows a request, all pages.
+    pub list_table: Latencies,
+    /// `kubectl get pods -n pods` itself (its own decoding and printing included).
+    pub list_kubectl: Latencies,
     /// Resident memory right after the lists (still 10,000 pods stored, no watches yet).
     pub rss_after_lists: u64,
     /// Per delivery: from the write being sent to one watcher receiving its event.
@@ -392,6 +396,42 @@ pub async fn measure(server: &mut Server, w: Workload) -> anyhow::Result<Figures
         list_bytes = body.len();
     }
 
+    eprintln!("  listing them as Tables (kubectl's request) and with kubectl ...");
+    let mut list_table = Latencies::new();
+    for _ in 0..w.list_runs {
+        let t = Instant::now();
+        let rows = table_pages(&admin, "/api/v1/namespaces/pods/pods", 500).await?;
+        list_table.push(t.elapsed());
+        if rows != w.pods {
+            bail!("the Table had {rows} rows, expected {}", w.pods);
+        }
+    }
+    let kubectl = keel_lab::kubectl::Kubectl::new(Path::new("kubectl"), &server.kubeconfig())
+        .context("kubectl with a fresh HOME")?;
+    let mut list_kubectl = Latencies::new();
+    for _ in 0..w.list_runs.min(3) {
+        let t = Instant::now();
+        let out = Command::new(kubectl.binary())
+            .args(["get", "pods", "-n", "pods", "--no-headers"])
+            .env("HOME", kubectl.home())
+            .env("KUBECONFIG", kubectl.kubeconfig())
+            .output()
+            .context("running kubectl")?;
+        list_kubectl.push(t.elapsed());
+        let lines = out
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        if !out.status.success() || lines != w.pods {
+            bail!(
+                "kubectl get pods printed {lines} lines (expected {}): {}",
+                w.pods,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     let (rss_after_lists, _) = memory(server.pid())?;
 
     eprintln!("  opening {} watches ...", w.watchers);
@@ -415,6 +455,8 @@ pub async fn measure(server: &mut Server, w: Workload) -> anyhow::Result<Figures
         list_typed,
         list_raw,
         list_bytes,
+        list_table,
+        list_kubectl,
         rss_after_lists,
         watch_deliveries,
         watch_all,
@@ -610,5 +652,43 @@ impl Server {
             high = high.max(rss);
         }
         memory(self.pid())
+    }
+}
+
+/// Lists `path` as a server-side Table in pages of `limit`, as `kubectl get` does; returns the rows.
+async fn table_pages(client: &Client, path: &str, limit: usize) -> anyhow::Result<usize> {
+    let mut rows = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut uri = format!("{path}?limit={limit}");
+        if let Some(t) = &token {
+            uri.push_str("&continue=");
+            for b in t.bytes() {
+                match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => uri.push(b as char),
+                    _ => uri.push_str(&format!("%{b:02X}")),
+                }
+            }
+        }
+        let req = http::Request::get(uri)
+            .header(
+                "Accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+            )
+            .body(Vec::new())
+            .context("Table request")?;
+        let body = client.request_text(req).await?;
+        let page: serde_json::Value = serde_json::from_str(&body).context("Table JSON")?;
+        if page["kind"] != "Table" {
+            bail!("asked for a Table, got {}", page["kind"]);
+        }
+        rows += page["rows"].as_array().map_or(0, Vec::len);
+        token = page["metadata"]["continue"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        if token.is_none() {
+            return Ok(rows);
+        }
     }
 }

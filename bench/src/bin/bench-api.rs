@@ -289,6 +289,14 @@ async fn api_level(
         &format!("list {} pods (raw bytes, median)", f.pods_created),
         fmt_ms(f.list_raw.p50()),
     );
+    table.info(
+        &format!("list {} pods as a Table, 500 a page (median)", f.pods_created),
+        fmt_ms(f.list_table.p50()),
+    );
+    table.info(
+        &format!("kubectl get pods, {} pods (median)", f.pods_created),
+        fmt_ms(f.list_kubectl.p50()),
+    );
     let wd = f.watch_deliveries.p99();
     table.check(
         &format!("event to {} watchers, p99 delivery", w.watchers),

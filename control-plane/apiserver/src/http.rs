@@ -466,6 +466,17 @@ async fn resource(server: &ApiServer, p: ResourcePath, r: &Req) -> ApiResult<Res
                         ));
                     }
                 }
+                if r.wants() == Format::Table {
+                    let table = objects
+                        .list_table(rt, ns, &params, table::TableOptions::default())
+                        .await?;
+                    return Ok(bytes_response(
+                        StatusCode::OK,
+                        "application/json;as=Table;v=v1;g=meta.k8s.io",
+                        Bytes::from(table),
+                        &[],
+                    ));
+                }
                 let list = objects.list(rt, ns, &params).await?;
                 list_response(rt, list, r)
             }

@@ -201,6 +201,43 @@ impl Objects {
         ns: Option<&str>,
         params: &ListParams,
     ) -> ApiResult<ListResult> {
+        let mut items = Vec::new();
+        let (resource_version, continue_token) = self.scan(rt, ns, params, |obj| items.push(obj)).await?;
+        Ok(ListResult {
+            items,
+            resource_version,
+            continue_token,
+            remaining: None,
+        })
+    }
+
+    /// A list as a server-side Table, written row by row: each object is decoded, printed and
+    /// dropped, so a Table of 10,000 pods never holds them all (nor copies of their metadata).
+    pub async fn list_table(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        params: &ListParams,
+        options: keel_api::table::TableOptions,
+    ) -> ApiResult<Vec<u8>> {
+        let mut table = keel_api::table::TableWriter::new(rt, options);
+        let (resource_version, continue_token) = self.scan(rt, ns, params, |obj| table.push(&obj)).await?;
+        Ok(table.finish(&keel_api::table::ListMeta {
+            resource_version: resource_version.to_string(),
+            continue_token: continue_token.unwrap_or_default(),
+            remaining_item_count: None,
+        }))
+    }
+
+    /// Reads a list (selectors, limit, continue token) and hands each matching object to
+    /// `each`, in key order; returns the list's revision and continue token.
+    async fn scan(
+        &self,
+        rt: &'static ResourceType,
+        ns: Option<&str>,
+        params: &ListParams,
+        mut each: impl FnMut(Value),
+    ) -> ApiResult<(u64, Option<String>)> {
         let labels = LabelSelector::parse(params.label_selector.as_deref().unwrap_or(""))?;
         let fields = FieldSelector::parse(rt, params.field_selector.as_deref().unwrap_or(""))?;
         let prefix = rt.namespace_prefix(ns);
@@ -213,12 +250,12 @@ impl Objects {
             start_after = Some(format!("{prefix}{start}"));
         }
 
-        let mut items = Vec::new();
+        let mut taken = 0usize;
         let mut last_key: Option<String> = None;
         let mut more = false;
         'pages: loop {
             // Read in batches, filtering as we go, until the page is full or the range ends.
-            let batch = limit.map(|l| (l - items.len()).max(64));
+            let batch = limit.map(|l| (l - taken).max(64));
             let page = self
                 .store
                 .list(
@@ -233,14 +270,15 @@ impl Objects {
                 .map_err(list_error)?;
             revision = Some(page.revision);
             for kv in &page.items {
-                if limit.is_some_and(|l| items.len() >= l) {
+                if limit.is_some_and(|l| taken >= l) {
                     more = true;
                     break 'pages;
                 }
                 last_key = Some(kv.key.to_string());
                 let obj = decode(rt, kv)?;
                 if labels.matches_object(&obj) && fields.matches(&obj) {
-                    items.push(obj);
+                    taken += 1;
+                    each(obj);
                 }
             }
             if !page.more {
@@ -257,12 +295,7 @@ impl Objects {
             )),
             _ => None,
         };
-        Ok(ListResult {
-            items,
-            resource_version: read_revision,
-            continue_token,
-            remaining: None,
-        })
+        Ok((read_revision, continue_token))
     }
 
     // --------------------------------------------------------------------------------- writes

@@ -205,14 +205,113 @@ pub fn table_at(
     let (cols, row) = printer_of(rt);
     let printer = Printer { now };
     build(cols, objects, list_meta, options, |o| {
-        let mut r = json!({"cells": row(&printer, o)});
-        if rt.kind == "Pod" && rt.group.is_empty() {
-            if let Some(c) = core::pod_row_conditions(o) {
-                r["conditions"] = c;
+        row_value(rt, row, &printer, o)
+    })
+}
+
+/// A row without its `object`: the cells, and the conditions of pods.
+fn row_value(rt: &ResourceType, row: RowFn, printer: &Printer, o: &Value) -> Value {
+    let mut r = json!({"cells": row(printer, o)});
+    if rt.kind == "Pod" && rt.group.is_empty() {
+        if let Some(c) = core::pod_row_conditions(o) {
+            r["conditions"] = c;
+        }
+    }
+    r
+}
+
+/// A Table written as JSON a row at a time, the same document [`table_with`] gives: for lists
+/// of thousands of objects, each object can be decoded, turned into its row and dropped, instead
+/// of holding every object (and a copy of each one's metadata) as one `Value`.
+pub struct TableWriter {
+    rt: &'static ResourceType,
+    cols: &'static [Column],
+    row: RowFn,
+    printer: Printer,
+    options: TableOptions,
+    rows: Vec<u8>,
+    count: usize,
+}
+
+impl TableWriter {
+    pub fn new(rt: &'static ResourceType, options: TableOptions) -> Self {
+        let (cols, row) = printer_of(rt);
+        TableWriter {
+            rt,
+            cols,
+            row,
+            printer: Printer {
+                now: Timestamp::now(),
+            },
+            options,
+            rows: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Ages relative to `now` instead of the current time.
+    pub fn at(mut self, now: Timestamp) -> Self {
+        self.printer = Printer { now };
+        self
+    }
+
+    /// Appends the row of `obj`.
+    pub fn push(&mut self, obj: &Value) {
+        if self.count > 0 {
+            self.rows.push(b',');
+        }
+        self.count += 1;
+        let r = row_value(self.rt, self.row, &self.printer, obj);
+        // Serializing a Value into a Vec cannot fail. The row is an object: its closing brace
+        // is taken off to add `object` as the last key.
+        let _ = serde_json::to_writer(&mut self.rows, &r);
+        match self.options.include_object {
+            IncludeObject::None => {}
+            IncludeObject::Metadata => {
+                self.rows.pop();
+                self.rows.extend_from_slice(
+                    br#","object":{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#,
+                );
+                match obj.get("metadata") {
+                    Some(meta) => {
+                        let _ = serde_json::to_writer(&mut self.rows, meta);
+                    }
+                    None => self.rows.extend_from_slice(b"{}"),
+                }
+                self.rows.extend_from_slice(b"}}");
+            }
+            IncludeObject::Object => {
+                self.rows.pop();
+                self.rows.extend_from_slice(br#","object":"#);
+                let _ = serde_json::to_writer(&mut self.rows, obj);
+                self.rows.push(b'}');
             }
         }
-        r
-    })
+    }
+
+    /// How many rows were pushed.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The whole Table document.
+    pub fn finish(self, list_meta: &ListMeta) -> Vec<u8> {
+        let mut head = build(self.cols, &[], list_meta, self.options, |_| Value::Null);
+        if let Some(t) = head.as_object_mut() {
+            t.remove("rows");
+        }
+        let mut out = serde_json::to_vec(&head).unwrap_or_default();
+        // `head` is an object: replace its closing brace with the rows.
+        out.pop();
+        out.extend_from_slice(b",\"rows\":[");
+        out.extend_from_slice(&self.rows);
+        out.extend_from_slice(b"]}");
+        out
+    }
 }
 
 /// The `NAME AGE` Table of kinds without a printer of their own (custom resources without

@@ -169,3 +169,50 @@ fn descriptions_come_from_the_schema() {
         "podIP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."
     );
 }
+
+#[test]
+fn table_writer_writes_the_same_table_row_by_row() {
+    let pods = find("", "v1", "pods").unwrap();
+    let now: Timestamp = "2025-01-02T03:04:05Z".parse().unwrap();
+    let objects = vec![
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "a", "namespace": "ns", "creationTimestamp": "2025-01-01T03:04:05Z",
+                            "labels": {"app": "x"}, "resourceVersion": "7"},
+               "spec": {"containers": [{"name": "c", "image": "i"}], "nodeName": "n1"},
+               "status": {"phase": "Running", "podIP": "10.0.0.1",
+                          "conditions": [{"type": "Ready", "status": "True"}],
+                          "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": []}}),
+    ];
+    let meta = ListMeta {
+        resource_version: "9".into(),
+        continue_token: "more".into(),
+        remaining_item_count: None,
+    };
+    for include_object in [
+        IncludeObject::None,
+        IncludeObject::Metadata,
+        IncludeObject::Object,
+    ] {
+        for no_headers in [false, true] {
+            let options = TableOptions {
+                include_object,
+                no_headers,
+            };
+            let mut w = TableWriter::new(pods, options).at(now);
+            for o in &objects {
+                w.push(o);
+            }
+            assert_eq!(w.len(), 2);
+            let bytes = w.finish(&meta);
+            let got: Value = serde_json::from_slice(&bytes).unwrap();
+            let want = table_at(pods, &objects, &meta, options, now);
+            assert_eq!(got, want, "{options:?}");
+            // Same keys in the same order as the Value form serializes them.
+            assert_eq!(bytes, serde_json::to_vec(&want).unwrap(), "{options:?}");
+        }
+    }
+    let empty = TableWriter::new(pods, TableOptions::default()).finish(&meta);
+    let got: Value = serde_json::from_slice(&empty).unwrap();
+    assert_eq!(got, table(pods, &[], &meta));
+}
