@@ -34,7 +34,7 @@ impl Default for Workload {
         Workload {
             writers: 16,
             write_rate: 500.0,
-            write_time: Duration::from_secs(6),
+            write_time: Duration::from_secs(8),
             readers: 16,
             read_rate: 2_000.0,
             read_time: Duration::from_secs(4),

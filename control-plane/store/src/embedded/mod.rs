@@ -544,12 +544,16 @@ impl Committer {
             for a in &accepted {
                 events.push(state.apply(a.change.clone()));
             }
-            state.compact_to_bounds(self.options.history_revisions, self.options.history_bytes);
         }
         for a in accepted {
             let _ = a.reply.send(Ok(a.outcome));
         }
         self.shared.watchers.publish(&events);
+        // Compaction (every ~1/8 of the history, a pass over the oldest events under the write
+        // lock) comes after the answers, off the writers' latency.
+        self.shared
+            .write()
+            .compact_to_bounds(self.options.history_revisions, self.options.history_bytes);
     }
 
     /// Checks each request against the state and the batch's earlier requests; answers the ones
