@@ -33,6 +33,20 @@ fn exec(lab: &Lab, pod: &str, script: &str) -> String {
     kubectl_ok(lab, &["exec", pod, "--", "sh", "-c", script])
 }
 
+/// `exec`, retried for a while (a container that just started may not take exec yet).
+fn exec_retry(lab: &Lab, pod: &str, script: &str) {
+    wait_for(
+        &format!("kubectl exec {pod} -- {script}"),
+        Duration::from_secs(30),
+        || match lab.kubectl(&["exec", pod, "--", "sh", "-c", script]) {
+            Ok(o) if o.success() => Poll::Ready(()),
+            Ok(o) => Poll::Pending(o.stderr),
+            Err(e) => Poll::Pending(e.to_string()),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn pod(name: &str, node: &str, host_network: bool, script: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  nodeName: {node}\n  \
@@ -164,7 +178,7 @@ fn bench_net() {
     let out = exec(
         &lab,
         "pod-cli",
-        "t() { adjtimex | awk '/tv_sec/{s=$2} /tv_usec/{u=$2} END{printf \"%d\\n\", s*1000000+u}'; }; \
+        "t() { adjtimex | awk '/tv_sec/{s=$2} /tv_usec/{u=$2} END{printf \"%.0f\\n\", s*1000000+u}'; }; \
          for i in $(seq 200); do a=$(t); nslookup web.default.svc.cluster.local >/dev/null 2>&1; b=$(t); c=$(t); \
          echo $((b - a - (c - b))); done",
     );
@@ -190,6 +204,14 @@ fn bench_net() {
          readinessProbe:\n      exec:\n        command: [\"test\", \"-f\", \"/tmp/ready\"]\n      periodSeconds: 1\n      failureThreshold: 1\n---\n\
          apiVersion: v1\nkind: Service\nmetadata:\n  name: late\nspec:\n  type: NodePort\n  selector: {app: late}\n  ports:\n  - port: 80\n    targetPort: 8080\n",
     );
+    // Running (not ready: no /tmp/ready yet) before anything is exec'd in it.
+    wait_for("late running", POD_READY_TIMEOUT, || {
+        match jsonpath(&lab, &["get", "pod", "late", "-o", "jsonpath={.status.phase}"]).as_str() {
+            "Running" => Poll::Ready(()),
+            other => Poll::Pending(other.to_string()),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let node_port: u16 = jsonpath(
         &lab,
         &[
@@ -236,7 +258,7 @@ fn bench_net() {
     let mut delays = Vec::new();
     for round in 0..10 {
         // Not ready, and out of every node's rotation.
-        exec(&lab, "late", "rm -f /tmp/ready");
+        exec_retry(&lab, "late", "rm -f /tmp/ready");
         wait_for("late out of the rotation", Duration::from_secs(60), || {
             if addrs.iter().all(|a| !answers(*a)) {
                 Poll::Ready(())
@@ -246,7 +268,7 @@ fn bench_net() {
         })
         .unwrap_or_else(|e| panic!("round {round}: {e}"));
         while rx.try_recv().is_ok() {}
-        exec(&lab, "late", "touch /tmp/ready");
+        exec_retry(&lab, "late", "touch /tmp/ready");
         let ready_at = loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok((at, status)) if status == "True" => break at,
