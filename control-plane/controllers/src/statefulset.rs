@@ -146,9 +146,16 @@ pub async fn reconcile(sts: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Err
         .max(0);
     let parallel = sts.pointer("/spec/podManagementPolicy").and_then(Value::as_str) == Some("Parallel");
     let template = sts.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    // Upstream hashes with a collision count of 0 until one is recorded: hashing "none" on the
+    // first pass and the 0 the status then records on later ones made a second revision of an
+    // unchanged template, and the rolling update restarted web-0 after the set had started.
     let hash = template_hash(
         &template,
-        sts.pointer("/status/collisionCount").and_then(Value::as_i64),
+        Some(
+            sts.pointer("/status/collisionCount")
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+        ),
     );
     let update_revision = format!("{set}-{hash}");
 
