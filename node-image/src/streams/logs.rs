@@ -163,12 +163,18 @@ fn runs(dir: &Path) -> Vec<u32> {
     runs
 }
 
-fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    Ok(buf)
+/// The file from `offset` on, read off the agent's thread (logs can be large).
+async fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 async fn send_chunks(io: &Io, data: Vec<u8>) -> bool {
@@ -210,7 +216,7 @@ pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &LogsOp, io
         timestamps: op.timestamps,
         remaining: op.limit_bytes.map(|l| u64::try_from(l).unwrap_or(0)),
     };
-    let data = match read_from(&path, 0) {
+    let data = match read_from(&path, 0).await {
         Ok(d) => d,
         Err(e) => {
             io.fail(500, "InternalError", format!("reading {}: {e}", path.display()))
@@ -236,7 +242,7 @@ pub async fn serve(paths: &Paths, pod: &PodRef, container: &str, op: &LogsOp, io
                 }
             }
             let running = pod.running_pid(paths, container).is_some_and(|(r, _)| r == run);
-            let data = read_from(&path, offset).unwrap_or_default();
+            let data = read_from(&path, offset).await.unwrap_or_default();
             let (out, consumed) = render_all(&data, None, &mut r);
             offset += consumed as u64;
             if !out.is_empty() && !send_chunks(io, out).await {
@@ -282,7 +288,7 @@ pub async fn attach(paths: &Paths, pod: &PodRef, container: &str, op: &keel_prot
             },
         }
         let running = pod.running_pid(paths, container).is_some_and(|(r, _)| r == run);
-        let data = read_from(&path, offset).unwrap_or_default();
+        let data = read_from(&path, offset).await.unwrap_or_default();
         let consumed = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         offset += consumed as u64;
         for e in data[..consumed].split(|b| *b == b'\n').filter_map(parse_line) {
