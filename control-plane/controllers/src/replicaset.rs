@@ -13,8 +13,9 @@
 //! pods the previous one created; the burst is large because that list is the expensive part of
 //! a pass (a 10,000-replica scale-up is two passes, not twenty).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use keel_api::client::{ListParams, Patch, WriteOptions};
@@ -81,8 +82,60 @@ impl Flavor {
     }
 }
 
+/// Time per pod between two passes over one object that found nothing to create or delete, at
+/// most [`PACE_MAX`]: a pass lists the namespace's pods, and every status change of one of
+/// 10,000 pods would otherwise start another (a small ReplicaSet is not slowed down).
+const PACE_PER_POD: Duration = Duration::from_micros(100);
+const PACE_MAX: Duration = Duration::from_secs(1);
+
+/// When each object (by uid) may have its next pass.
+static NEXT_PASS: LazyLock<Mutex<HashMap<String, Instant>>> = LazyLock::new(Default::default);
+
+fn next_pass() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
+    NEXT_PASS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// One reconcile pass of a ReplicaSet or ReplicationController.
 pub async fn reconcile(rs: Arc<Value>, ctx: Arc<Context>, flavor: Flavor) -> Result<Action, Error> {
+    let uid = pods::uid(&rs).to_string();
+    if let Some(at) = next_pass().get(&uid).copied() {
+        let now = Instant::now();
+        if at > now {
+            return Ok(Action::RequeueAfter(at - now));
+        }
+    }
+    let result = pass(&rs, ctx, flavor).await;
+    let mut paced = next_pass();
+    match &result {
+        Ok((Action::RequeueAfter(d), _)) if d.is_zero() => {
+            paced.remove(&uid);
+        }
+        _ if rs.pointer("/metadata/deletionTimestamp").is_some() => {
+            paced.remove(&uid);
+        }
+        Ok((_, pods)) | Err((_, pods)) => {
+            let gap = (PACE_PER_POD * (*pods).min(1_000_000) as u32).min(PACE_MAX);
+            paced.insert(uid, Instant::now() + gap);
+        }
+    }
+    result.map(|(a, _)| a).map_err(|(e, _)| e)
+}
+
+/// A pass, and how many pods the object owned in it.
+async fn pass(rs: &Arc<Value>, ctx: Arc<Context>, flavor: Flavor) -> Result<(Action, usize), (Error, usize)> {
+    let mut owned_count = 0;
+    reconcile_once(rs.clone(), ctx, flavor, &mut owned_count)
+        .await
+        .map(|a| (a, owned_count))
+        .map_err(|e| (e, owned_count))
+}
+
+async fn reconcile_once(
+    rs: Arc<Value>,
+    ctx: Arc<Context>,
+    flavor: Flavor,
+    owned_count: &mut usize,
+) -> Result<Action, Error> {
     let rt = flavor.rt(&ctx);
     let ns = pods::namespace(&rs);
     let selector = match flavor.selector(&rs) {
@@ -113,6 +166,7 @@ pub async fn reconcile(rs: Arc<Value>, ctx: Arc<Context>, flavor: Flavor) -> Res
     };
     let mut owned = claim_pods(&ctx, rt, &rs, &selector, all).await;
     owned.retain(pods::is_active);
+    *owned_count = owned.len();
 
     let want = rs
         .pointer("/spec/replicas")
