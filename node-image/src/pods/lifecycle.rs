@@ -279,9 +279,11 @@ impl ContainerTask {
                 }
                 None => {
                     let c = self.spec();
+                    let t_pull = Instant::now();
                     let Some(image) = self.pull(&c).await else {
                         return;
                     };
+                    let pull_ms = t_pull.elapsed().as_millis();
                     let image_ref = Reference::parse(&c.image)
                         .map(|r| r.to_string())
                         .unwrap_or_else(|_| c.image.clone());
@@ -362,6 +364,16 @@ impl ContainerTask {
                         v.restart_count = run_number;
                         v.probe_ready = c.readiness_probe.as_ref().map(|_| false);
                     });
+                    if run_number == 0 {
+                        eprintln!(
+                            "keel: pod {}: {} running {} ms after the pod arrived ({}; image {pull_ms} ms, container {} ms)",
+                            self.ctx.desired().pod.key(),
+                            c.name,
+                            self.ctx.arrived.elapsed().as_millis(),
+                            self.ctx.setup_timing(),
+                            started.elapsed().as_millis()
+                        );
+                    }
                     (c, started_wall, started, proc, cgroup, id)
                 }
             };

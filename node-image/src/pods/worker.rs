@@ -50,6 +50,10 @@ pub struct PodCtx {
     /// Set once the pod is torn down: nothing is recorded any more.
     closed: AtomicBool,
     boot_id: String,
+    /// When this worker got the pod, and how long its sandbox and network took (for the
+    /// console line that says how fast a pod came up).
+    pub arrived: std::time::Instant,
+    pub setup_timing: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,6 +163,10 @@ impl PodCtx {
             v.state = State::waiting(reason, None);
         }
         self.changed.notify_one();
+    }
+
+    pub fn setup_timing(&self) -> String {
+        lock(&self.setup_timing).clone()
     }
 
     pub fn pod_dir(&self) -> &std::path::Path {
@@ -271,6 +279,8 @@ pub async fn run(
         start_time,
         closed: AtomicBool::new(false),
         boot_id: crate::runtime::process::boot_id(),
+        arrived: std::time::Instant::now(),
+        setup_timing: Mutex::new(String::new()),
     });
     let mut reporter = Reporter {
         transitions: Transitions::default(),
@@ -435,6 +445,7 @@ async fn setup(
             .collect();
         return (adopted, tasks);
     }
+    let t_sandbox = std::time::Instant::now();
     let sandbox = match adopted {
         Some(s) => {
             *lock(&ctx.pod_ip) = record.as_ref().map(|r| r.pod_ip.clone()).unwrap_or_default();
@@ -450,6 +461,8 @@ async fn setup(
             }
         },
     };
+    let sandbox_ms = t_sandbox.elapsed().as_millis();
+    let t_network = std::time::Instant::now();
     let attached = netns && !lock(&ctx.pod_ip).is_empty();
     if let (Some(s), true, false) = (&sandbox, netns, attached) {
         let mut backoff = Duration::from_secs(1);
@@ -485,6 +498,10 @@ async fn setup(
             );
         }
     }
+    *lock(&ctx.setup_timing) = format!(
+        "sandbox {sandbox_ms} ms, network and /etc {} ms",
+        t_network.elapsed().as_millis()
+    );
     if let Some(s) = &sandbox {
         *lock(&ctx.sandbox) = Some((s.pid, s.netns));
         *lock(&ctx.sandbox_ref) = ProcRef::of(s.pid).map(|proc| SandboxRecord { proc, netns: s.netns });
