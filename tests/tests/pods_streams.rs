@@ -1,19 +1,25 @@
-//! `kubectl logs / exec / cp` reaching containers through the control plane, as a user sees it:
+//! `kubectl logs / exec / attach / port-forward / cp` reaching containers through the control
+//! plane, as a user sees it:
 //! one QEMU node, the lab's registry, the real kubectl. The node dials out; every stream here is
 //! a `StreamRequest` down its session answered by a `Stream` it opens (see `proto/node.proto`).
 //!
 //! * logs: plain, `-c`, `--tail`, `--timestamps`, `--limit-bytes`, `--since`/`--since-time`,
 //!   `--previous` after a restart, `-f` that picks up new lines and ends with the container,
-//!   and upstream's errors (unknown container, container waiting to start);
-//! * exec: output, stderr apart, exit codes (`sh -c 'exit 3'` → kubectl exits 3), stdin (`-i`);
+//!   `--all-containers --prefix`, and upstream's errors (unknown container, container waiting
+//!   to start, no previous run);
+//! * exec: output, stderr apart, exit codes (`sh -c 'exit 3'` → kubectl exits 3), stdin (`-i`),
+//!   8 MB of output intact; exec and logs Forbidden to a user who may only read pods;
 //! * exec `-it` under a real terminal (`script`): `tty` names a `/dev/pts` terminal and the
 //!   size kubectl sends is what `stty size` reads inside;
 //! * cp both ways (tar over exec);
 //! * port-forward (SPDY/3.1 inside a WebSocket) fetching HTTP from the `keel/echo` image, two
-//!   connections over one tunnel;
+//!   connections over one tunnel, then a 3 MB response;
 //! * attach: the output of a running container as it comes;
-//! * the official Python client: exec (output, exit code, stdin) and port-forward in the plain
-//!   channel WebSocket form (`ports=`).
+//! * the official Python client: exec (output, exit code, stdin; v5 and v4.channel.k8s.io) and
+//!   port-forward in the plain channel WebSocket form (`ports=`).
+//!
+//! Figures (`figure:` lines with `--nocapture`): an exec round trip, exec and port-forward
+//! throughput.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
