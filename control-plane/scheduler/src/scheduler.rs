@@ -991,6 +991,57 @@ mod tests {
         assert!(t.get_mut("a").is_none());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_are_listed_in_pages_and_at_most_two_wait_for_the_scheduler() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = keel_store::embedded::EmbeddedStore::open(dir.path(), Default::default()).expect("store");
+        let objects = Arc::new(keel_apiserver::Objects::new(
+            Arc::new(store),
+            Arc::new(keel_apiserver::Config::default()),
+        ));
+        keel_apiserver::bootstrap::ensure(&objects)
+            .await
+            .expect("bootstrap");
+        let client: Arc<dyn ApiClient> = Arc::new(keel_apiserver::client::InProcessClient::new(objects));
+        let pods = keel_api::registry::find("", "v1", "pods").expect("pods");
+        for i in 0..1_100 {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i:04}")},
+                             "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+            client
+                .create(pods, Some("default".into()), pod, WriteOptions::default())
+                .await
+                .expect("pod");
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let lister = tokio::spawn(async move {
+            let mut failures = 0;
+            list_all(client.as_ref(), pods, Kind::Pod, &tx, &mut failures).await
+        });
+        async fn page(
+            rx: &mut mpsc::UnboundedReceiver<Input>,
+        ) -> (bool, usize, tokio::sync::OwnedSemaphorePermit) {
+            match rx.recv().await {
+                Some(Input::Page { first, pods, permit }) => (first, pods.len(), permit),
+                _ => panic!("expected a page"),
+            }
+        }
+        let (first, n1, held1) = page(&mut rx).await;
+        let (second, n2, held2) = page(&mut rx).await;
+        assert_eq!((first, n1, second, n2), (true, 500, false, 500));
+        // Both permits are held (the scheduler has not taken those pages in): no third page.
+        let waited = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
+        assert!(
+            waited.is_err(),
+            "a third page was sent before the first two were handled"
+        );
+        drop((held1, held2));
+        let (third, n3, _) = page(&mut rx).await;
+        assert_eq!((third, n3), (false, 100));
+        assert!(matches!(rx.recv().await, Some(Input::Listed)));
+        let version = lister.await.expect("lister").expect("listed");
+        assert!(version.is_some_and(|v| v.parse::<u64>().is_ok()));
+    }
+
     #[test]
     fn backoff_doubles_to_eight_seconds() {
         assert_eq!(backoff(1), Duration::from_secs(1));
