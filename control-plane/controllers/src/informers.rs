@@ -174,6 +174,38 @@ async fn wait_for_room(tx: &broadcast::Sender<Shared>) {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_watch_waits_while_subscribers_are_behind() {
+        let (tx, mut rx) = broadcast::channel::<Shared>(CHANNEL);
+        let ev: Shared = Arc::new(WatchEvent {
+            kind: WatchEventKind::Added,
+            object: Value::Null,
+        });
+        for _ in 0..HIGH_WATER {
+            let _ = tx.send(ev.clone());
+        }
+        // A subscriber that reads: the wait ends once it has caught up below the mark.
+        let reader = tokio::spawn(async move {
+            for _ in 0..HIGH_WATER {
+                let _ = rx.recv().await;
+            }
+            rx
+        });
+        wait_for_room(&tx).await;
+        assert!(tx.len() < HIGH_WATER);
+        let rx = reader.await.expect("reader");
+        // A subscriber that reads nothing holds the watch up for a second at most.
+        for _ in 0..HIGH_WATER {
+            let _ = tx.send(ev.clone());
+        }
+        let started = tokio::time::Instant::now();
+        wait_for_room(&tx).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(900), "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        drop(rx);
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         assert!(backoff_delay(1) < backoff_delay(2));
