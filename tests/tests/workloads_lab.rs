@@ -101,9 +101,14 @@ impl T {
 
     /// Waits until `selector` has exactly `n` Ready pods (and no other live ones).
     fn ready(&self, selector: &str, n: usize, secs: u64) -> Vec<Pod> {
-        self.wait(&format!("{n} ready pods {selector}"), secs, || {
+        self.ready_off(selector, n, "", secs)
+    }
+
+    /// [`T::ready`], with none of the pods on node `avoid`.
+    fn ready_off(&self, selector: &str, n: usize, avoid: &str, secs: u64) -> Vec<Pod> {
+        self.wait(&format!("{n} ready pods {selector} off {avoid:?}"), secs, || {
             let pods = self.pods(selector);
-            (pods.len() == n && pods.iter().all(|p| p.ready)).then_some(pods)
+            (pods.len() == n && pods.iter().all(|p| p.ready && p.node != avoid)).then_some(pods)
         })
     }
 
@@ -549,12 +554,8 @@ spec:
     let taints = t.ok(&["get", "node", &victim, "-o", "jsonpath={.spec.taints[*].key}"]);
     assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
     let gone = Instant::now();
-    let rc = t.ready("app=rc-web", 4, 90);
-    let dep = t.ready("app=dep", 2, 60);
-    assert!(
-        rc.iter().chain(&dep).all(|p| p.node != victim),
-        "replacements avoid the lost node: {rc:?} {dep:?}"
-    );
+    t.ready_off("app=rc-web", 4, &victim, 90);
+    t.ready_off("app=dep", 2, &victim, 60);
     assert!(
         gone.elapsed() >= Duration::from_secs(TOLERATION_SECONDS - 5),
         "pods left before their toleration ran out ({:?})",

@@ -12,6 +12,9 @@
 //!   `NoSchedule` and `NoExecute` are added.
 //! * Lease fresh again → the node's session is asked to post its status again (it restores
 //!   `Ready`), and once `Ready` is `True` the unreachable taints are removed.
+//! * A node that posts `Ready` `False` itself gets the `node.kubernetes.io/not-ready`
+//!   `NoSchedule` and `NoExecute` taints instead (removed when it is `Ready` again), so its
+//!   pods are evicted after their not-ready toleration, as upstream's taint-based evictions do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use crate::gate::Gate;
 use crate::node_status::{KUBELET_CONDITIONS, LEASE_NAMESPACE};
 
 pub(crate) const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+pub(crate) const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 const UNKNOWN_REASON: &str = "NodeStatusUnknown";
 const UNKNOWN_MESSAGE: &str = "Kubelet stopped posting node status.";
 
@@ -58,16 +62,13 @@ pub(crate) fn mark_conditions_unknown(conditions: &mut Vec<Value>, now: &str) ->
     changed
 }
 
-/// Adds the unreachable `NoSchedule` and `NoExecute` taints if missing. Returns whether
-/// anything changed.
-pub(crate) fn add_unreachable_taints(taints: &mut Vec<Value>, now: &str) -> bool {
+/// Adds `key`'s `NoSchedule` and `NoExecute` taints if missing (the `NoExecute` one with its
+/// `timeAdded`, from which tolerations count). Returns whether anything changed.
+fn add_condition_taints(taints: &mut Vec<Value>, key: &str, now: &str) -> bool {
     let mut changed = false;
     for effect in ["NoSchedule", "NoExecute"] {
-        if !taints
-            .iter()
-            .any(|t| t["key"] == UNREACHABLE_TAINT && t["effect"] == effect)
-        {
-            let mut t = json!({"key": UNREACHABLE_TAINT, "effect": effect});
+        if !taints.iter().any(|t| t["key"] == key && t["effect"] == effect) {
+            let mut t = json!({"key": key, "effect": effect});
             if effect == "NoExecute" {
                 t["timeAdded"] = json!(now);
             }
@@ -132,11 +133,48 @@ async fn mark_pods_not_ready(gate: &Gate, name: &str, now: &str) -> ApiResult<()
     Ok(())
 }
 
-/// Removes the unreachable taints. Returns whether anything changed.
-pub(crate) fn remove_unreachable_taints(taints: &mut Vec<Value>) -> bool {
+/// Removes `key`'s taints. Returns whether anything changed.
+fn remove_condition_taints(taints: &mut Vec<Value>, key: &str) -> bool {
     let before = taints.len();
-    taints.retain(|t| t["key"] != UNREACHABLE_TAINT);
+    taints.retain(|t| t["key"] != key);
     taints.len() != before
+}
+
+/// The taints a node whose `Ready` condition says `ready` should carry: none of the two for
+/// `True`, not-ready for `False`, unreachable otherwise (`Unknown`). `Some` with the new list
+/// when it differs from `taints`.
+pub(crate) fn condition_taints(taints: &[Value], ready: &str, now: &str) -> Option<Vec<Value>> {
+    let mut t = taints.to_vec();
+    let changed = match ready {
+        "True" => {
+            remove_condition_taints(&mut t, UNREACHABLE_TAINT)
+                | remove_condition_taints(&mut t, NOT_READY_TAINT)
+        }
+        "False" => {
+            remove_condition_taints(&mut t, UNREACHABLE_TAINT)
+                | add_condition_taints(&mut t, NOT_READY_TAINT, now)
+        }
+        _ => {
+            remove_condition_taints(&mut t, NOT_READY_TAINT)
+                | add_condition_taints(&mut t, UNREACHABLE_TAINT, now)
+        }
+    };
+    changed.then_some(t)
+}
+
+/// Writes a node's taints (no `spec.taints` at all when none are left, as Go's omitempty).
+async fn write_taints(gate: &Gate, mut node: Value, taints: Vec<Value>) -> ApiResult<()> {
+    if taints.is_empty() {
+        if let Some(spec) = node["spec"].as_object_mut() {
+            spec.remove("taints");
+        }
+    } else {
+        node["spec"]["taints"] = Value::Array(taints);
+    }
+    gate.client
+        .update(gate.kinds.nodes, None, node, None, WriteOptions::default())
+        .await?;
+    Ok(())
 }
 
 fn ready_status(node: &Value) -> &str {
@@ -231,7 +269,7 @@ async fn reconcile_all(gate: &Gate, observed: &mut Observed) -> ApiResult<()> {
 
 async fn reconcile_node(gate: &Gate, name: &str, node: &Value, stale: bool) -> ApiResult<()> {
     let now = keel_api::time::now_rfc3339();
-    let mut taints: Vec<Value> = node
+    let taints: Vec<Value> = node
         .pointer("/spec/taints")
         .and_then(Value::as_array)
         .cloned()
@@ -261,35 +299,27 @@ async fn reconcile_node(gate: &Gate, name: &str, node: &Value, stale: bool) -> A
                 .await?;
             gate.request_status_repost(name);
         }
-        if add_unreachable_taints(&mut taints, &now) {
+        if let Some(taints) = condition_taints(&taints, "Unknown", &now) {
             tracing::info!(node = name, "tainting unreachable node");
-            node["spec"]["taints"] = Value::Array(taints);
-            gate.client
-                .update(gate.kinds.nodes, None, node, None, WriteOptions::default())
-                .await?;
+            write_taints(gate, node, taints).await?;
         }
         return mark_pods_not_ready(gate, name, &now).await;
     }
-    match ready_status(node) {
-        "True" => {
-            if remove_unreachable_taints(&mut taints) {
-                tracing::info!(node = name, "node is back; removing unreachable taints");
-                let mut node = node.clone();
-                if taints.is_empty() {
-                    if let Some(spec) = node["spec"].as_object_mut() {
-                        spec.remove("taints");
-                    }
-                } else {
-                    node["spec"]["taints"] = Value::Array(taints);
-                }
-                gate.client
-                    .update(gate.kinds.nodes, None, node, None, WriteOptions::default())
-                    .await?;
+    let ready = ready_status(node);
+    if ready == "True" || ready == "False" {
+        if let Some(new) = condition_taints(&taints, ready, &now) {
+            if ready == "True" {
+                tracing::info!(node = name, "node is back; removing unreachable/not-ready taints");
+            } else {
+                tracing::warn!(node = name, "node reports NotReady; tainting it not-ready");
             }
+            write_taints(gate, node.clone(), new).await?;
         }
-        // The lease is fresh but the status still says what we wrote while it was stale: ask
-        // the node's session to post its real status.
-        _ => gate.request_status_repost(name),
+    }
+    if ready != "True" {
+        // The lease is fresh but the status may still say what we wrote while it was stale:
+        // ask the node's session to post its real status.
+        gate.request_status_repost(name);
     }
     Ok(())
 }
@@ -329,19 +359,38 @@ mod tests {
     }
 
     #[test]
+    fn ready_status_picks_the_condition_taints() {
+        let own = json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"});
+        let not_ready = condition_taints(std::slice::from_ref(&own), "False", "t1").unwrap_or_default();
+        assert_eq!(not_ready.len(), 3);
+        assert!(not_ready
+            .iter()
+            .any(|t| t["key"] == NOT_READY_TAINT && t["effect"] == "NoExecute" && t["timeAdded"] == "t1"));
+        assert_eq!(condition_taints(&not_ready, "False", "t2"), None);
+        // Lost after being not ready: the NoExecute taint swaps to unreachable.
+        let lost = condition_taints(&not_ready, "Unknown", "t3").unwrap_or_default();
+        assert!(lost.iter().all(|t| t["key"] != NOT_READY_TAINT));
+        assert!(lost
+            .iter()
+            .any(|t| t["key"] == UNREACHABLE_TAINT && t["effect"] == "NoExecute" && t["timeAdded"] == "t3"));
+        assert_eq!(condition_taints(&lost, "True", "t4"), Some(vec![own.clone()]));
+        assert_eq!(condition_taints(&[own], "True", "t4"), None);
+    }
+
+    #[test]
     fn taints_are_added_once_and_removed_alone() {
         let mut ts = vec![json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"})];
-        assert!(add_unreachable_taints(&mut ts, "t1"));
-        assert!(!add_unreachable_taints(&mut ts, "t2"));
+        assert!(add_condition_taints(&mut ts, UNREACHABLE_TAINT, "t1"));
+        assert!(!add_condition_taints(&mut ts, UNREACHABLE_TAINT, "t2"));
         assert_eq!(ts.len(), 3);
         assert_eq!(ts[2]["effect"], "NoExecute");
         assert_eq!(ts[2]["timeAdded"], "t1");
-        assert!(remove_unreachable_taints(&mut ts));
+        assert!(remove_condition_taints(&mut ts, UNREACHABLE_TAINT));
         assert_eq!(
             ts,
             vec![json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"})]
         );
-        assert!(!remove_unreachable_taints(&mut ts));
+        assert!(!remove_condition_taints(&mut ts, UNREACHABLE_TAINT));
     }
 
     #[test]
