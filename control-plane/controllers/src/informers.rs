@@ -109,6 +109,7 @@ fn backoff_delay(failures: u32) -> Duration {
 async fn follow(client: Arc<dyn ApiClient>, rt: &'static ResourceType, tx: broadcast::Sender<Shared>) {
     let mut version: Option<String> = None;
     let mut failures = 0u32;
+    let mut stalled = false;
     loop {
         let params = ListParams {
             resource_version: version.clone(),
@@ -153,7 +154,7 @@ async fn follow(client: Arc<dyn ApiClient>, rt: &'static ResourceType, tx: broad
             if ev.kind == WatchEventKind::Bookmark {
                 continue;
             }
-            wait_for_room(&tx).await;
+            wait_for_room(&tx, &mut stalled).await;
             // No subscriber is not an error: they may come later (and then resync).
             let _ = tx.send(Arc::new(ev));
         }
@@ -162,10 +163,19 @@ async fn follow(client: Arc<dyn ApiClient>, rt: &'static ResourceType, tx: broad
 
 /// Waits until the subscribers have caught up to below [`HIGH_WATER`] queued events. They only
 /// map events to keys, so this is short; it keeps a burst from piling up decoded objects. A
-/// subscriber that reads nothing for a second does not hold the others up (it will lag).
-async fn wait_for_room(tx: &broadcast::Sender<Shared>) {
+/// subscriber that reads nothing for a second does not hold the others up: the watch stops
+/// waiting (`stalled`) until the queue is below the mark again, and that subscriber will lag.
+async fn wait_for_room(tx: &broadcast::Sender<Shared>, stalled: &mut bool) {
+    if *stalled {
+        *stalled = tx.len() >= HIGH_WATER;
+        return;
+    }
     let give_up = tokio::time::Instant::now() + Duration::from_secs(1);
-    while tx.len() >= HIGH_WATER && tokio::time::Instant::now() < give_up {
+    while tx.len() >= HIGH_WATER {
+        if tokio::time::Instant::now() >= give_up {
+            *stalled = true;
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -191,19 +201,28 @@ mod tests {
             }
             rx
         });
-        wait_for_room(&tx).await;
-        assert!(tx.len() < HIGH_WATER);
+        let mut stalled = false;
+        wait_for_room(&tx, &mut stalled).await;
+        assert!(tx.len() < HIGH_WATER && !stalled);
         let rx = reader.await.expect("reader");
         // A subscriber that reads nothing holds the watch up for a second at most.
         for _ in 0..HIGH_WATER {
             let _ = tx.send(ev.clone());
         }
         let started = tokio::time::Instant::now();
-        wait_for_room(&tx).await;
+        wait_for_room(&tx, &mut stalled).await;
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(900), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert!(stalled);
+        // Once stalled, the watch does not wait again while that subscriber stays behind...
+        let started = tokio::time::Instant::now();
+        wait_for_room(&tx, &mut stalled).await;
+        assert!(started.elapsed() < Duration::from_millis(500) && stalled);
+        // ...and waits again once the queue has drained below the mark.
         drop(rx);
+        wait_for_room(&tx, &mut stalled).await;
+        assert!(!stalled);
     }
 
     #[test]
