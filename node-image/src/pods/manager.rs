@@ -120,6 +120,10 @@ pub struct Shared {
     pub outbox: Arc<Outbox>,
     pub puller: tokio::sync::Mutex<Puller>,
     pub cgroups: Cgroups,
+    /// Pod sandboxes are set up (process, network namespace, pod network) a few at a time, two
+    /// per CPU: on a busy node the first pods of a burst then run early, instead of every pod
+    /// of the burst finishing together at its end.
+    pub start_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// One pod as desired, with what the control plane resolved for it.
@@ -156,6 +160,9 @@ impl Manager {
                 store: Store::new(settings.images_dir.clone()),
             }),
             cgroups: Cgroups::new(settings.cgroup_root.clone()),
+            start_slots: Arc::new(tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             settings,
         });
         let records = record::load_all(&shared.settings.pods_dir, &boot_id());

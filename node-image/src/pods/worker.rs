@@ -446,6 +446,15 @@ async fn setup(
         return (adopted, tasks);
     }
     let t_sandbox = std::time::Instant::now();
+    let mut slot = if adopted.is_none() {
+        let slots = ctx.shared.start_slots.clone();
+        tokio::select! {
+            p = slots.acquire_owned() => p.ok(),
+            _ = stop.wait_for(Option::is_some) => return (None, Vec::new()),
+        }
+    } else {
+        None
+    };
     let sandbox = match adopted {
         Some(s) => {
             *lock(&ctx.pod_ip) = record.as_ref().map(|r| r.pod_ip.clone()).unwrap_or_default();
@@ -481,6 +490,8 @@ async fn setup(
                         eprintln!("keel: pod {key}: {msg}; retrying");
                         said = msg;
                     }
+                    // Waiting for the network does not hold up other pods' sandboxes.
+                    slot = None;
                     if sleep_or_stop(backoff, &mut stop).await {
                         return (sandbox, Vec::new());
                     }
@@ -498,6 +509,7 @@ async fn setup(
             );
         }
     }
+    drop(slot);
     *lock(&ctx.setup_timing) = format!(
         "sandbox {sandbox_ms} ms, network and /etc {} ms",
         t_network.elapsed().as_millis()
