@@ -104,7 +104,10 @@ async fn main() -> anyhow::Result<()> {
         node_bin.display()
     );
     let load_start = load_average();
-    let mut server = Server::start(&server_bin, &args.server_args)?;
+    // 1,000 nodes need more than the default pod range's 256 node CIDRs.
+    let mut server_args = vec!["--cluster-cidr".to_string(), "10.128.0.0/12".to_string()];
+    server_args.extend(args.server_args.iter().cloned());
+    let mut server = Server::start(&server_bin, &server_args)?;
     let f = control::measure(&mut server, &server_bin, &node_bin, s, |line| {
         eprintln!("  {line}")
     })

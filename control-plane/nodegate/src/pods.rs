@@ -458,27 +458,52 @@ async fn follow(
             .unwrap_or("0")
             .to_string();
         {
+            // A re-list (after a watch fell behind) changes only what changed: unchanged pods
+            // wake no node, so a thousand nodes do not all get their sets again.
             let mut st = lock(&state);
+            let items = match list {
+                Value::Object(mut m) => match m.remove("items") {
+                    Some(Value::Array(items)) => items,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            let listed: std::collections::HashSet<(String, String)> = items.iter().map(ns_name).collect();
             match kind {
                 Kind::Pods => {
-                    let keys: Vec<String> = st.pods.keys().cloned().collect();
-                    for k in keys {
+                    let gone: Vec<String> = st
+                        .pods
+                        .keys()
+                        .filter(|k| {
+                            let (ns, name) = k.split_once('/').unwrap_or_default();
+                            !listed.contains(&(ns.to_string(), name.to_string()))
+                        })
+                        .cloned()
+                        .collect();
+                    for k in gone {
                         st.remove_pod(&k);
                     }
                 }
-                Kind::ConfigMaps => st.config_maps.clear(),
-                Kind::Secrets => st.secrets.clear(),
-            }
-            if let Value::Object(mut m) = list {
-                if let Some(Value::Array(items)) = m.remove("items") {
-                    for obj in items {
-                        apply(&mut st, kind, obj, false);
+                Kind::ConfigMaps | Kind::Secrets => {
+                    let is_cm = matches!(kind, Kind::ConfigMaps);
+                    let map = if is_cm { &st.config_maps } else { &st.secrets };
+                    let gone: Vec<(String, String)> =
+                        map.keys().filter(|k| !listed.contains(*k)).cloned().collect();
+                    for k in gone {
+                        let obj = json!({"metadata": {"namespace": k.0, "name": k.1}});
+                        apply(&mut st, kind, obj, true);
                     }
                 }
             }
+            for obj in items {
+                apply(&mut st, kind, obj, false);
+            }
             st.revision = st.revision.max(version.parse().unwrap_or(0));
+            let first = !st.listed[kind as usize];
             st.listed[kind as usize] = true;
-            st.signal_all();
+            if first {
+                st.signal_all();
+            }
         }
         let params = ListParams {
             resource_version: Some(version),
@@ -510,9 +535,20 @@ async fn follow(
                         let mut st = lock(&state);
                         st.revision = st.revision.max(revision_of(&e.object));
                     }
-                    WatchEventKind::Error => break,
+                    WatchEventKind::Error => {
+                        tracing::warn!(
+                            kind = rt.kind,
+                            "node gate: the pod feed's watch ended ({}); listing again",
+                            e.object
+                        );
+                        break;
+                    }
                 },
-                _ => break,
+                Some(Err(e)) => {
+                    tracing::warn!(kind = rt.kind, error = %e, "node gate: the pod feed's watch fell behind; listing again");
+                    break;
+                }
+                None => break,
             }
         }
     }

@@ -55,6 +55,13 @@ struct ServeArgs {
     /// The Service IP range.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// The pod range nodes' pod CIDRs are cut from (kube-controller-manager's flag); 256 nodes
+    /// with the default range and mask.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// The prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// The NodePort range, `LOW-HIGH` (kube-apiserver's flag).
     #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
     service_node_port_range: (u16, u16),
@@ -285,6 +292,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         Arc::new(keel_apiserver::client::InProcessClient::new(objects.clone()));
     let mut gate = keel_nodegate::NodeGateConfig::new(pki.server_tls_config(&[b"h2"]), pki.clone(), client);
     gate.grace_period = args.node_grace_period;
+    gate.pod_cidrs = Some(
+        keel_nodegate::PodCidrs::parse(&args.cluster_cidr, args.node_cidr_mask_size)
+            .with_context(|| format!("--cluster-cidr {:?}", args.cluster_cidr))?,
+    );
     gate.streams = streams;
     gate.usage = usage.clone();
     let gate_task = tokio::spawn(keel_nodegate::serve(node_listener, gate, stopped()));
