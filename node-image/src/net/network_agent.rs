@@ -142,7 +142,7 @@ pub async fn serve(
         }
     };
     wait_for_modules().await;
-    tokio::spawn(serve_dns());
+    start_dns();
     tokio::spawn(super::netpol::serve());
     let mut services_rx = SERVICES.subscribe();
     let mut last_problem = String::new();
@@ -289,6 +289,20 @@ async fn reconcile(
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     Ok((net, peers))
+}
+
+/// Cluster DNS on a thread of its own: the agent's runtime has one thread, and answers should
+/// not wait behind pod work.
+fn start_dns() {
+    let spawned = std::thread::Builder::new().name("dns".into()).spawn(|| {
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(serve_dns()),
+            Err(e) => eprintln!("keel: cluster DNS: no runtime: {e}"),
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("keel: cluster DNS: no thread: {e}");
+    }
 }
 
 /// Cluster DNS at 10.96.0.10 for as long as the agent runs (re-bound after any failure).
