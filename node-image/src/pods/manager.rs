@@ -79,6 +79,8 @@ impl Settings {
 pub struct Puller {
     pub client: Option<Client>,
     pub store: Store,
+    /// The images the desired pods name (normalised), which garbage collection keeps.
+    pub wanted: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Puller {
@@ -90,6 +92,7 @@ impl Puller {
         registries: &Registries,
         credentials: Vec<(String, String)>,
     ) -> Result<(Image, Option<PullStats>), ImageError> {
+        self.collect_garbage_if_full();
         if self.client.is_none() {
             self.client = Some(Client::new()?);
         }
@@ -111,6 +114,33 @@ impl Puller {
         }
         client.set_credentials(credentials);
         self.store.ensure(client, image, policy, registries).await
+    }
+}
+
+/// Image garbage collection starts when the image store's filesystem is this full (percent;
+/// the kubelet's `imageGCHighThresholdPercent`) …
+const IMAGE_GC_HIGH: u64 = 85;
+
+impl Puller {
+    /// … and removes every image no desired pod names (the kubelet goes down to its low
+    /// threshold, oldest first; on a node whose store is in RAM, all unused images go).
+    fn collect_garbage_if_full(&self) {
+        let Ok((total, available)) = crate::runtime::sys::fs_space(self.store.root()) else {
+            return;
+        };
+        if total == 0 || (total - available.min(total)) * 100 / total < IMAGE_GC_HIGH {
+            return;
+        }
+        let keep = self
+            .wanted
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let (images, layers) = self.store.collect_garbage(&keep);
+        eprintln!(
+            "keel: image store {}% full: removed {images} unused images ({layers} layers)",
+            (total - available.min(total)) * 100 / total
+        );
     }
 }
 
@@ -145,6 +175,8 @@ pub struct Manager {
     /// What an earlier agent of this boot left (pod records by uid), until the first snapshot
     /// says which pods to adopt; the rest is then stopped.
     records: Option<BTreeMap<String, PodRecord>>,
+    /// The images the desired pods name, shared with the puller's garbage collection.
+    wanted: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// The annotation that makes the agent ask PID 1 (booted with `keel.selftest=kill-agent-on-request`)
@@ -153,11 +185,13 @@ pub const SELFTEST_KILL_ANNOTATION: &str = "keel.dev/selftest-kill-agent";
 
 impl Manager {
     pub fn new(settings: Settings) -> Manager {
+        let wanted = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         let shared = Arc::new(Shared {
             outbox: Arc::new(Outbox::default()),
             puller: tokio::sync::Mutex::new(Puller {
                 client: None,
                 store: Store::new(settings.images_dir.clone()),
+                wanted: wanted.clone(),
             }),
             cgroups: Cgroups::new(settings.cgroup_root.clone()),
             start_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -177,6 +211,7 @@ impl Manager {
             pods: HashMap::new(),
             last_version: 0,
             records: Some(records),
+            wanted,
         }
     }
 
@@ -188,6 +223,7 @@ impl Manager {
     pub fn apply(&mut self, version: u64, pods: &[Value]) {
         self.pods.retain(|_, h| !h.task.is_finished());
         let mut seen = std::collections::HashSet::new();
+        let mut images = std::collections::BTreeSet::new();
         for json in pods {
             let pod = match Pod::from_value(json) {
                 Ok(p) => p,
@@ -196,6 +232,11 @@ impl Manager {
                     continue;
                 }
             };
+            for c in pod.spec.containers.iter().chain(&pod.spec.init_containers) {
+                if let Ok(r) = crate::runtime::reference::Reference::parse(&c.image) {
+                    images.insert(r.to_string());
+                }
+            }
             let uid = pod.metadata.uid.clone();
             seen.insert(uid.clone());
             if let Some(token) = json
@@ -255,6 +296,10 @@ impl Manager {
             if !seen.contains(uid) {
                 let _ = h.tx.send(None);
             }
+        }
+        match self.wanted.lock() {
+            Ok(mut w) => *w = images,
+            Err(p) => *p.into_inner() = images,
         }
         if let Some(left) = self.records.take() {
             // The first snapshot: what an earlier agent ran and is no longer wanted goes.

@@ -17,6 +17,7 @@
 //! Endpoints are tried in order (mirrors first, see [`reference::endpoints`]); the first that
 //! serves the image wins.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -252,6 +253,10 @@ impl Store {
         Store { root: root.into() }
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(hex_of(digest))
     }
@@ -271,6 +276,84 @@ impl Store {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         fs::write(&tmp, bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
         fs::rename(&tmp, path).map_err(io_err(format!("renaming {}", tmp.display())))
+    }
+
+    /// The blobs (manifests, index, config) and layers an image's top manifest needs.
+    fn reachable(&self, top: &str, blobs: &mut BTreeSet<String>, layers: &mut BTreeSet<String>) {
+        blobs.insert(hex_of(top).to_string());
+        let Some(m) = fs::read(self.blob_path(top))
+            .ok()
+            .and_then(|b| parse_manifest(&b).ok())
+        else {
+            return;
+        };
+        match m {
+            Manifest::Index(idx) => {
+                for d in idx {
+                    self.reachable(&d.digest, blobs, layers);
+                }
+            }
+            Manifest::Image { config, layers: ls } => {
+                blobs.insert(hex_of(&config.digest).to_string());
+                layers.extend(ls.iter().map(|l| hex_of(&l.digest).to_string()));
+            }
+        }
+    }
+
+    /// Image garbage collection: forgets every tag not in `keep` (normalised references, e.g.
+    /// `docker.io/library/busybox:1.35`, the images of the node's pods), then removes the blobs
+    /// and unpacked layers no kept image needs. Runs under the pull lock, so no pull is half
+    /// done. Returns the number of images and layers removed.
+    pub fn collect_garbage(&self, keep: &BTreeSet<String>) -> (usize, usize) {
+        let (mut blobs, mut layers) = (BTreeSet::new(), BTreeSet::new());
+        let mut images = 0;
+        for e in fs::read_dir(self.root.join("refs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let reference = hex::decode(&name)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_default();
+            if keep.contains(&reference) {
+                if let Ok(top) = fs::read_to_string(e.path()) {
+                    self.reachable(top.trim(), &mut blobs, &mut layers);
+                }
+            } else if fs::remove_file(e.path()).is_ok() {
+                images += 1;
+            }
+        }
+        // Images named by digest have no tag.
+        for r in keep.iter().filter_map(|k| Reference::parse(k).ok()) {
+            if let Some(d) = &r.digest {
+                self.reachable(d, &mut blobs, &mut layers);
+            }
+        }
+        let is_digest = |n: &str| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit());
+        for e in fs::read_dir(self.root.join("blobs/sha256"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_digest(&name) && !blobs.contains(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let mut removed_layers = 0;
+        for e in fs::read_dir(self.root.join("layers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_digest(&name) && !layers.contains(&name) && fs::remove_dir_all(e.path()).is_ok() {
+                removed_layers += 1;
+            }
+        }
+        (images, removed_layers)
     }
 
     /// The image if everything it needs is in the store.
@@ -585,6 +668,49 @@ mod tests {
         assert_eq!(PullPolicy::of(None, &latest), PullPolicy::Always);
         assert_eq!(PullPolicy::of(None, &pinned), PullPolicy::IfNotPresent);
         assert_eq!(PullPolicy::of(Some("Never"), &latest), PullPolicy::Never);
+    }
+
+    #[test]
+    fn garbage_collection_keeps_what_pods_use_and_shared_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        // Two images sharing layer 1; the second also has layer 2.
+        let put = |tag: &str, layers: &[char]| {
+            let config = format!(r#"{{"config":{{"Cmd":["{tag}"]}}}}"#);
+            let cfg_d = sha256(config.as_bytes());
+            store
+                .write_atomic(&store.blob_path(&cfg_d), config.as_bytes())
+                .unwrap();
+            let ls: Vec<String> = layers
+                .iter()
+                .map(|c| format!(r#"{{"digest":"{}","size":1}}"#, d(*c)))
+                .collect();
+            let manifest = format!(
+                r#"{{"schemaVersion":2,"config":{{"digest":"{cfg_d}","size":1}},"layers":[{}]}}"#,
+                ls.join(",")
+            );
+            let man_d = sha256(manifest.as_bytes());
+            store
+                .write_atomic(&store.blob_path(&man_d), manifest.as_bytes())
+                .unwrap();
+            let r = Reference::parse(tag).unwrap();
+            store.write_atomic(&store.ref_path(&r), man_d.as_bytes()).unwrap();
+            for c in layers {
+                fs::create_dir_all(store.layer_path(&d(*c))).unwrap();
+            }
+            (r, man_d, cfg_d)
+        };
+        let (a, _, _) = put("a:1", &['1']);
+        let (b, b_man, b_cfg) = put("b:1", &['1', '2']);
+        assert!(store.local(&a).is_some() && store.local(&b).is_some());
+        let keep: BTreeSet<String> = [a.to_string()].into();
+        assert_eq!(store.collect_garbage(&keep), (1, 1));
+        assert!(store.local(&a).is_some(), "the image in use stays whole");
+        assert!(store.local(&b).is_none());
+        assert!(store.layer_path(&d('1')).is_dir(), "a shared layer stays");
+        assert!(!store.layer_path(&d('2')).exists());
+        assert!(!store.blob_path(&b_man).exists() && !store.blob_path(&b_cfg).exists());
+        assert_eq!(store.collect_garbage(&keep), (0, 0), "nothing more to do");
     }
 
     #[test]

@@ -363,3 +363,14 @@ pub fn pidfd_async(pid: libc::pid_t) -> io::Result<tokio::io::unix::AsyncFd<std:
     // long as it is registered; nothing else closes it.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
 }
+
+/// statvfs(2): (total bytes, available bytes) of the filesystem holding `path`.
+pub fn fs_space(path: &Path) -> io::Result<(u64, u64)> {
+    let p = cpath(path)?;
+    // SAFETY: zeroed statvfs is a valid out-parameter; `p` is NUL-terminated and outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statvfs writes only into `st`.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, "statvfs")?;
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
