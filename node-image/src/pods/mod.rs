@@ -8,14 +8,17 @@
 //! * [`spec`]: the pod JSON as the node reads it (own serde structs, no Kubernetes crates) and
 //!   the command line, environment and limits derived from it;
 //! * [`status`]: the PodStatus as the kubelet computes it (pure, tested);
-//! * [`probes`]: readiness and liveness probes (tcpSocket, httpGet);
-//! * [`volumes`]: emptyDir, configMap and secret volumes and the containers' mounts of them;
+//! * [`probes`]: readiness and liveness probes (exec, tcpSocket, httpGet), also the handlers of
+//!   postStart and preStop hooks;
+//! * [`volumes`]: emptyDir (disk or memory), hostPath, configMap, secret and downwardAPI
+//!   volumes, updated in place, and the containers' mounts of them;
 //! * [`outbox`]: statuses and events waiting for the session to send them;
 //! * [`record`]: each pod's record on disk, from which an agent that restarted adopts the
 //!   sandboxes and containers still running (same container IDs and restart counts);
 //! * [`usage`]: the node's and its containers' CPU and memory, sampled for `kubectl top`.
 //!
-//! Not yet: exec and startup probes, sidecar (restartable) init containers, other volume kinds.
+//! Not yet: startup probes, sidecar (restartable) init containers, projected volumes (the
+//! service account token needs the TokenRequest API).
 
 pub mod lifecycle;
 pub mod manager;
