@@ -300,11 +300,14 @@ fn container_start_vs_runc_and_crun() {
     assert!(!p50[2].is_nan() && !p50[5].is_nan(), "keel-node container failed");
 }
 
+/// Per pod: when it was first seen, and when first seen with every container running.
+type Sightings = Arc<Mutex<std::collections::BTreeMap<String, (Instant, Option<Instant>)>>>;
+
 /// Streams `kubectl get pods -w -o json` and notes when each pod was first seen and first seen
 /// with every container running.
 struct Watch {
     child: std::process::Child,
-    seen: Arc<Mutex<std::collections::BTreeMap<String, (Instant, Option<Instant>)>>>,
+    seen: Sightings,
 }
 
 impl Watch {

@@ -271,7 +271,7 @@ fn kubelet_lifecycle_on_a_node() {
     );
 }
 
-/// 3. Images from repositories that need credentials (the lab registry's gate: HTTP Basic
+/// Step 3: images from repositories that need credentials (the lab registry's gate: HTTP Basic
 /// for `private/basic/…`, bearer tokens for `private/token/…`), through the docker.io mirror:
 /// without an image pull secret ErrImagePull/ImagePullBackOff with containerd's words, with a
 /// `kubernetes.io/dockerconfigjson` secret Running.
@@ -393,7 +393,7 @@ fn timed_delete(lab: &Lab, name: &str) -> Duration {
     t.elapsed()
 }
 
-/// 2. Graceful termination (preStop exec and httpGet, SIGTERM, SIGKILL at the grace period),
+/// Step 2: graceful termination (preStop exec and httpGet, SIGTERM, SIGKILL at the grace period),
 /// postStart, an OOM kill, and the seed examples pods_run does not cover: two containers over
 /// localhost, a Secret as env and file, a downwardAPI volume, a hostPath, cpu requests.
 fn graceful_termination_hooks_oom_and_seeds(lab: &Lab) {
