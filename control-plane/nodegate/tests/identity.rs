@@ -3,38 +3,18 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use keel_auth::ClientCredentials;
 use keel_proto::node_gate_client::NodeGateClient;
 use keel_proto::{ClusterInfoRequest, JoinRequest, NodeMessage, RenewRequest};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::ServerName;
 use support::{csrs, Gate};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::Code;
 
 async fn client(gate: &Gate, identity: Option<&ClientCredentials>) -> NodeGateClient<Channel> {
-    let mut cfg = (*gate.pki.client_tls_config(identity).unwrap()).clone();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let cfg = Arc::new(cfg);
-    let addr = gate.addr;
-    let connector = tower::service_fn(move |_: Uri| {
-        let cfg = cfg.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let name = ServerName::IpAddress(addr.ip().into());
-            let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(connector)
-        .await
-        .unwrap();
+    let channel = gate.channel(identity).await;
     NodeGateClient::new(channel)
 }
 

@@ -4,23 +4,19 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use hyper_util::rt::TokioIo;
 use keel_proto::control_message::Msg as ControlMsg;
 use keel_proto::node_gate_client::NodeGateClient;
 use keel_proto::node_message::Msg as NodeMsg;
 use keel_proto::{
     ControlMessage, DesiredPods, NodeMessage, NodeReport, OverlayEndpoint, OverlayPeers, PodStatusReport,
 };
-use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use support::{pods, rt, wait_for, Gate, DEADLINE};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Endpoint, Uri};
 use tonic::Streaming;
 
 struct NodeSession {
@@ -29,33 +25,7 @@ struct NodeSession {
 }
 
 async fn node_session(gate: &Gate, node: &str) -> NodeSession {
-    let creds = gate
-        .pki
-        .issue_client_certificate(
-            &format!("system:node:{node}"),
-            &["system:nodes"],
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let mut cfg = (*gate.pki.client_tls_config(Some(&creds)).unwrap()).clone();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let cfg = Arc::new(cfg);
-    let addr = gate.addr;
-    let connector = tower::service_fn(move |_: Uri| {
-        let cfg = cfg.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(connector)
-        .await
-        .unwrap();
+    let channel = gate.node_channel(node).await;
     let (up, rx) = mpsc::channel(8);
     let down = NodeGateClient::new(channel)
         .session(ReceiverStream::new(rx))

@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use keel_api::streams::{Down, LogOptions, StreamOp, StreamTarget, Up};
 use keel_proto::control_message::Msg as ControlMsg;
 use keel_proto::node_gate_client::NodeGateClient;
@@ -17,41 +15,14 @@ use keel_proto::node_message::Msg as NodeMsg;
 use keel_proto::stream_frame::Frame;
 use keel_proto::stream_request::Op;
 use keel_proto::{NodeMessage, NodeReport, StreamData, StreamEnd, StreamFrame, StreamRequest};
-use rustls::pki_types::ServerName;
 use support::Gate;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// A channel to the gate with `node`'s own client certificate.
 async fn channel(gate: &Gate, node: &str) -> Channel {
-    let creds = gate
-        .pki
-        .issue_client_certificate(
-            &format!("system:node:{node}"),
-            &["system:nodes"],
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let mut cfg = (*gate.pki.client_tls_config(Some(&creds)).unwrap()).clone();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let cfg = Arc::new(cfg);
-    let addr = gate.addr;
-    let connector = tower::service_fn(move |_: Uri| {
-        let cfg = cfg.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(connector)
-        .await
-        .unwrap()
+    gate.node_channel(node).await
 }
 
 /// Opens `node`'s session; returns its channel and the stream requests it receives.

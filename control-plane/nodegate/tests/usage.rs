@@ -4,49 +4,19 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use keel_api::metrics::MetricsSource;
 use keel_proto::node_gate_client::NodeGateClient;
 use keel_proto::node_message::Msg as NodeMsg;
 use keel_proto::{ContainerUsage, NodeMessage, NodeReport, PodUsage, UsageReport};
-use rustls::pki_types::ServerName;
 use support::{wait_for, Gate};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Endpoint, Uri};
 
 /// Opens a session as `node` (its own client certificate); returns the sending side.
 async fn session(gate: &Gate, node: &str) -> mpsc::Sender<NodeMessage> {
-    let creds = gate
-        .pki
-        .issue_client_certificate(
-            &format!("system:node:{node}"),
-            &["system:nodes"],
-            Duration::from_secs(600),
-        )
-        .unwrap();
-    let mut cfg = (*gate.pki.client_tls_config(Some(&creds)).unwrap()).clone();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let cfg = Arc::new(cfg);
-    let addr = gate.addr;
-    let connector = tower::service_fn(move |_: Uri| {
-        let cfg = cfg.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let tls = tokio_rustls::TlsConnector::from(cfg)
-                .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-                .await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    });
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(connector)
-        .await
-        .unwrap();
+    let channel = gate.node_channel(node).await;
     let (up, rx) = mpsc::channel(8);
     let down = NodeGateClient::new(channel)
         .session(ReceiverStream::new(rx))

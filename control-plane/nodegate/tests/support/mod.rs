@@ -164,6 +164,45 @@ impl Gate {
         t
     }
 
+    /// A gRPC channel to the gate over TLS, with `identity`'s client certificate if any.
+    pub async fn channel(
+        &self,
+        identity: Option<&keel_auth::ClientCredentials>,
+    ) -> tonic::transport::Channel {
+        use rustls::pki_types::ServerName;
+        let mut cfg = (*self.pki.client_tls_config(identity).unwrap()).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let cfg = Arc::new(cfg);
+        let addr = self.addr;
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let cfg = cfg.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::IpAddress(addr.ip().into());
+                let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector(connector)
+            .await
+            .unwrap()
+    }
+
+    /// A channel with `node`'s own client certificate (`system:node:<node>`).
+    pub async fn node_channel(&self, node: &str) -> tonic::transport::Channel {
+        let creds = self
+            .pki
+            .issue_client_certificate(
+                &format!("system:node:{node}"),
+                &["system:nodes"],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        self.channel(Some(&creds)).await
+    }
+
     pub fn node(&self, name: &str) -> Option<Value> {
         self.api.object(nodes(), None, name)
     }
