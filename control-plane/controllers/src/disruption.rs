@@ -22,8 +22,8 @@
 //! The eviction side (checking and decrementing `disruptionsAllowed`) lives in the API server,
 //! where the pod is deleted.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::client::{ListParams, WriteOptions};
@@ -33,6 +33,7 @@ use serde_json::{json, Map, Value};
 use crate::events;
 use crate::pods;
 use crate::runner::{Action, Error, Mapper, ObjectRef};
+use crate::selecting::SelectorIndex;
 use crate::Context;
 
 const COMPONENT: &str = "controllermanager";
@@ -43,13 +44,7 @@ const DELETION_TIMEOUT_SECONDS: i64 = 120;
 /// Which budgets select which pods, maintained from the watches.
 #[derive(Default)]
 pub struct Budgets {
-    budgets: Mutex<HashMap<ObjectRef, LabelSelector>>,
-    /// The budgets each pod was mapped to when last seen.
-    pods: Mutex<HashMap<ObjectRef, Vec<ObjectRef>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    index: SelectorIndex,
 }
 
 /// A budget's selector (`{}` selects every pod of the namespace in policy/v1).
@@ -68,15 +63,8 @@ impl Budgets {
             let Some(key) = ObjectRef::from_object(pdb) else {
                 return Vec::new();
             };
-            let mut budgets = lock(&me.budgets);
-            match selector_of(pdb) {
-                Ok(s) if !pods::is_terminating(pdb) => {
-                    budgets.insert(key.clone(), s);
-                }
-                _ => {
-                    budgets.remove(&key);
-                }
-            }
+            let selector = selector_of(pdb).ok().filter(|_| !pods::is_terminating(pdb));
+            me.index.set(&key, selector);
             vec![key]
         })
     }
@@ -84,31 +72,7 @@ impl Budgets {
     /// The mapper of pod events: the budgets selecting the pod now or before.
     pub fn pod_mapper(self: &Arc<Self>) -> Mapper {
         let me = self.clone();
-        Arc::new(move |pod: &Value| {
-            let Some(key) = ObjectRef::from_object(pod) else {
-                return Vec::new();
-            };
-            let now: Vec<ObjectRef> = lock(&me.budgets)
-                .iter()
-                .filter(|(b, sel)| b.namespace == key.namespace && sel.matches_object(pod))
-                .map(|(b, _)| b.clone())
-                .collect();
-            let mut all = now.clone();
-            let mut pods = lock(&me.pods);
-            if let Some(before) = pods.get(&key) {
-                for b in before {
-                    if !all.contains(b) {
-                        all.push(b.clone());
-                    }
-                }
-            }
-            if now.is_empty() {
-                pods.remove(&key);
-            } else {
-                pods.insert(key, now);
-            }
-            all
-        })
+        Arc::new(move |pod: &Value| me.index.selecting(pod))
     }
 }
 

@@ -9,8 +9,8 @@
 //! map of selectors is kept from the Service watch. Services without a selector are left alone
 //! (their Endpoints are the user's), and the Endpoints of a deleted Service are deleted.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use keel_api::client::{ListParams, WriteOptions};
 use keel_api::selector::LabelSelector;
@@ -18,18 +18,13 @@ use serde_json::{json, Value};
 
 use crate::pods;
 use crate::runner::{Action, Cleanup, Error, Mapper, ObjectRef};
+use crate::selecting::SelectorIndex;
 use crate::Context;
 
 /// Which Services select which pods, maintained from the watches.
 #[derive(Default)]
 pub struct Selectors {
-    services: Mutex<HashMap<ObjectRef, LabelSelector>>,
-    /// The Services each pod was mapped to when last seen.
-    pods: Mutex<HashMap<ObjectRef, Vec<ObjectRef>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    index: SelectorIndex,
 }
 
 impl Selectors {
@@ -44,15 +39,8 @@ impl Selectors {
                 .pointer("/spec/selector")
                 .and_then(Value::as_object)
                 .map(LabelSelector::from_map);
-            let mut services = lock(&me.services);
-            match selector {
-                Some(s) if !pods::is_terminating(svc) => {
-                    services.insert(key.clone(), s);
-                }
-                _ => {
-                    services.remove(&key);
-                }
-            }
+            me.index
+                .set(&key, selector.filter(|_| !pods::is_terminating(svc)));
             vec![key]
         })
     }
@@ -60,31 +48,7 @@ impl Selectors {
     /// The mapper of pod events: the Services selecting the pod now or before.
     pub fn pod_mapper(self: &Arc<Self>) -> Mapper {
         let me = self.clone();
-        Arc::new(move |pod: &Value| {
-            let Some(key) = ObjectRef::from_object(pod) else {
-                return Vec::new();
-            };
-            let now: Vec<ObjectRef> = lock(&me.services)
-                .iter()
-                .filter(|(svc, sel)| svc.namespace == key.namespace && sel.matches_object(pod))
-                .map(|(svc, _)| svc.clone())
-                .collect();
-            let mut all = now.clone();
-            let mut pods = lock(&me.pods);
-            if let Some(before) = pods.get(&key) {
-                for s in before {
-                    if !all.contains(s) {
-                        all.push(s.clone());
-                    }
-                }
-            }
-            if now.is_empty() {
-                pods.remove(&key);
-            } else {
-                pods.insert(key, now);
-            }
-            all
-        })
+        Arc::new(move |pod: &Value| me.index.selecting(pod))
     }
 }
 

@@ -39,6 +39,7 @@ pub mod namespace_defaults;
 pub mod pods;
 pub mod replicaset;
 pub mod runner;
+pub mod selecting;
 pub mod statefulset;
 pub mod taint_eviction;
 pub mod volume_binder;
