@@ -108,3 +108,27 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send; drop it here, not across the caller's awaits.
     let _ = rx.wait_for(|stop| *stop).await.map(|_| ());
 }
+
+/// Waits until `events` reports a change (anything but a bookmark, an error or its end).
+/// Returns false when the session's outbound side closed or the gate is shutting down: the
+/// caller's feed should end.
+pub(crate) async fn until_changed<S>(
+    events: &mut S,
+    out: &crate::session::Outbound,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool
+where
+    S: futures::Stream<Item = keel_api::status::ApiResult<keel_api::client::WatchEvent>> + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(e)) if e.kind == keel_api::client::WatchEventKind::Bookmark => continue,
+                _ => return true,
+            },
+            _ = out.closed() => return false,
+            _ = stopped(shutdown) => return false,
+        }
+    }
+}

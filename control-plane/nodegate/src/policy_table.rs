@@ -27,8 +27,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use keel_api::client::{ListParams, WatchEventKind};
+use keel_api::client::ListParams;
 use keel_api::registry;
 use keel_api::selector::LabelSelector;
 use keel_proto::control_message::Msg as ControlMsg;
@@ -36,7 +35,7 @@ use keel_proto::{ControlMessage, PolicyPeer, PolicyPort, PolicyRule, PolicyTable
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-use crate::gate::{stopped, Gate};
+use crate::gate::{stopped, until_changed, Gate};
 use crate::session::Outbound;
 
 /// The shortest time between two lists for one node.
@@ -489,15 +488,8 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
                 continue;
             }
         };
-        loop {
-            tokio::select! {
-                ev = events.next() => match ev {
-                    Some(Ok(e)) if e.kind == WatchEventKind::Bookmark => continue,
-                    _ => break,
-                },
-                _ = out.closed() => return,
-                _ = stopped(&mut shutdown) => return,
-            }
+        if !until_changed(&mut events, &out, &mut shutdown).await {
+            return;
         }
     }
 }

@@ -10,15 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use keel_api::client::{ListParams, WatchEventKind};
+use keel_api::client::ListParams;
 use keel_api::registry;
 use keel_proto::control_message::Msg as ControlMsg;
 use keel_proto::{ClusterService, ClusterServicePort, ControlMessage, ServiceEndpoint, ServiceTable};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::gate::{stopped, Gate};
+use crate::gate::{stopped, until_changed, Gate};
 use crate::session::Outbound;
 
 /// The shortest time between two lists for one node.
@@ -220,15 +219,8 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
                 continue;
             }
         };
-        loop {
-            tokio::select! {
-                ev = events.next() => match ev {
-                    Some(Ok(e)) if e.kind == WatchEventKind::Bookmark => continue,
-                    _ => break,
-                },
-                _ = out.closed() => return,
-                _ = stopped(&mut shutdown) => return,
-            }
+        if !until_changed(&mut events, &out, &mut shutdown).await {
+            return;
         }
     }
 }
