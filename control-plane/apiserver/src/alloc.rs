@@ -267,63 +267,28 @@ impl Allocators {
                     .get("nodePort")
                     .and_then(Value::as_i64)
                     .unwrap_or(0);
-                if requested == 0 {
-                    // Keep the old port of the same service port on update.
-                    let port = svc["spec"]["ports"][i].get("port").cloned();
-                    let reuse = old
-                        .and_then(|o| o.pointer("/spec/ports"))
-                        .and_then(Value::as_array)
-                        .and_then(|ps| {
-                            ps.iter()
-                                .find(|p| p.get("port") == port.as_ref())
-                                .and_then(|p| p.get("nodePort"))
-                                .and_then(Value::as_u64)
-                        });
-                    let p = match reuse.and_then(|p| u16::try_from(p).ok()) {
-                        Some(p) => p,
-                        None => match random_free_port(lo, hi, &sets.ports) {
-                            Some(p) => {
-                                sets.ports.insert(p);
-                                taken_ports.push(p);
-                                p
-                            }
-                            None => {
-                                return fail(
-                                    sets,
-                                    &taken_ips,
-                                    &taken_ports,
-                                    ApiError::internal("failed to allocate a nodePort: range is full"),
-                                )
-                            }
-                        },
-                    };
-                    svc["spec"]["ports"][i]["nodePort"] = json!(p);
-                } else {
-                    let field = format!("spec.ports[{i}].nodePort");
-                    if requested < i64::from(lo) || requested > i64::from(hi) {
-                        let e = ApiError::invalid(rt, &name, vec![Cause::invalid(
-                            field,
-                            &json!(requested),
-                            &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
-                        )]);
-                        return fail(sets, &taken_ips, &taken_ports, e);
-                    }
-                    let p = requested as u16;
-                    if !old_ports.contains(&p) && !taken_ports.contains(&p) {
-                        if !sets.ports.insert(p) {
-                            let e = ApiError::invalid(
-                                rt,
-                                &name,
-                                vec![Cause::invalid(
-                                    field,
-                                    &json!(requested),
-                                    "provided port is already allocated",
-                                )],
-                            );
-                            return fail(sets, &taken_ips, &taken_ports, e);
-                        }
-                        taken_ports.push(p);
-                    }
+                // Keep the old port of the same service port on update.
+                let port = svc["spec"]["ports"][i].get("port").cloned();
+                let reuse = old
+                    .and_then(|o| o.pointer("/spec/ports"))
+                    .and_then(Value::as_array)
+                    .and_then(|ps| {
+                        ps.iter()
+                            .find(|p| p.get("port") == port.as_ref())
+                            .and_then(|p| p.get("nodePort"))
+                            .and_then(Value::as_u64)
+                    });
+                let reuse = reuse.and_then(|p| u16::try_from(p).ok());
+                let field = format!("spec.ports[{i}].nodePort");
+                let want = NodePortRequest {
+                    requested,
+                    reuse,
+                    field,
+                    range: (lo, hi),
+                };
+                match claim_node_port(sets, &mut taken_ports, &old_ports, want, rt, &name) {
+                    Ok(p) => svc["spec"]["ports"][i]["nodePort"] = json!(p),
+                    Err(e) => return fail(sets, &taken_ips, &taken_ports, e),
                 }
             }
         } else if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
@@ -340,52 +305,17 @@ impl Allocators {
                 .pointer("/spec/healthCheckNodePort")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
-            if requested == 0 {
-                let p = match old.and_then(health_check_port) {
-                    Some(p) => p,
-                    None => match random_free_port(lo, hi, &sets.ports) {
-                        Some(p) => {
-                            sets.ports.insert(p);
-                            taken_ports.push(p);
-                            p
-                        }
-                        None => {
-                            return fail(
-                                sets,
-                                &taken_ips,
-                                &taken_ports,
-                                ApiError::internal("failed to allocate a nodePort: range is full"),
-                            )
-                        }
-                    },
-                };
-                svc["spec"]["healthCheckNodePort"] = json!(p);
-            } else {
-                let field = "spec.healthCheckNodePort".to_string();
-                if requested < i64::from(lo) || requested > i64::from(hi) {
-                    let e = ApiError::invalid(rt, &name, vec![Cause::invalid(
-                        field,
-                        &json!(requested),
-                        &format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
-                    )]);
-                    return fail(sets, &taken_ips, &taken_ports, e);
-                }
-                let p = requested as u16;
-                if !old_ports.contains(&p) && !taken_ports.contains(&p) {
-                    if !sets.ports.insert(p) {
-                        let e = ApiError::invalid(
-                            rt,
-                            &name,
-                            vec![Cause::invalid(
-                                field,
-                                &json!(requested),
-                                "provided port is already allocated",
-                            )],
-                        );
-                        return fail(sets, &taken_ips, &taken_ports, e);
-                    }
-                    taken_ports.push(p);
-                }
+            let reuse = old.and_then(health_check_port);
+            let field = "spec.healthCheckNodePort".to_string();
+            let want = NodePortRequest {
+                requested,
+                reuse,
+                field,
+                range: (lo, hi),
+            };
+            match claim_node_port(sets, &mut taken_ports, &old_ports, want, rt, &name) {
+                Ok(p) => svc["spec"]["healthCheckNodePort"] = json!(p),
+                Err(e) => return fail(sets, &taken_ips, &taken_ports, e),
             }
         } else if let Some(spec) = svc.pointer_mut("/spec").and_then(Value::as_object_mut) {
             spec.remove("healthCheckNodePort");
@@ -452,6 +382,60 @@ fn random_free_ip(cidr: Cidr, used: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     (2..size - 1).map(|n| cidr.nth(n)).find(|ip| !used.contains(ip))
 }
 
+/// A node port a Service asks for (`spec.ports[i].nodePort` or `spec.healthCheckNodePort`).
+struct NodePortRequest {
+    /// What the object says; 0 = allocate one.
+    requested: i64,
+    /// The port the object had before this update, kept when it asks for none.
+    reuse: Option<u16>,
+    field: String,
+    range: (u16, u16),
+}
+
+/// Claims the port of `want`: the requested one (checked against the range and the ports
+/// already allocated, with upstream's messages), else the old one, else a random free one.
+/// Ports newly claimed are recorded in `sets.ports` and `taken` so a failure can release them.
+fn claim_node_port(
+    sets: &mut Sets,
+    taken: &mut Vec<u16>,
+    old_ports: &[u16],
+    want: NodePortRequest,
+    rt: &ResourceType,
+    name: &str,
+) -> ApiResult<u16> {
+    let (lo, hi) = want.range;
+    if want.requested == 0 {
+        if let Some(p) = want.reuse {
+            return Ok(p);
+        }
+        let p = random_free_port(lo, hi, &sets.ports)
+            .ok_or_else(|| ApiError::internal("failed to allocate a nodePort: range is full"))?;
+        sets.ports.insert(p);
+        taken.push(p);
+        return Ok(p);
+    }
+    let invalid = |detail: &str| {
+        ApiError::invalid(
+            rt,
+            name,
+            vec![Cause::invalid(want.field.clone(), &json!(want.requested), detail)],
+        )
+    };
+    if want.requested < i64::from(lo) || want.requested > i64::from(hi) {
+        return Err(invalid(&format!(
+            "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+        )));
+    }
+    let p = want.requested as u16;
+    if !old_ports.contains(&p) && !taken.contains(&p) {
+        if !sets.ports.insert(p) {
+            return Err(invalid("provided port is already allocated"));
+        }
+        taken.push(p);
+    }
+    Ok(p)
+}
+
 fn random_free_port(lo: u16, hi: u16, used: &HashSet<u16>) -> Option<u16> {
     let mut rng = rand::rng();
     for _ in 0..64 {
@@ -475,5 +459,60 @@ mod tests {
         assert!(c.contains("10.111.255.255".parse().unwrap()));
         assert!(!c.contains("10.112.0.0".parse().unwrap()));
         assert_eq!(c.nth(1), "10.96.0.1".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn node_ports_are_claimed_checked_kept_and_released_by_the_caller() {
+        let rt = keel_api::registry::find("", "v1", "services").unwrap();
+        let mut sets = Sets {
+            ips: HashSet::new(),
+            ports: HashSet::new(),
+        };
+        let mut taken = Vec::new();
+        let want = |requested: i64, reuse: Option<u16>| NodePortRequest {
+            requested,
+            reuse,
+            field: "spec.ports[0].nodePort".to_string(),
+            range: (30000, 30002),
+        };
+        // Requested in range: claimed and recorded.
+        assert_eq!(
+            claim_node_port(&mut sets, &mut taken, &[], want(30001, None), rt, "s").unwrap(),
+            30001
+        );
+        assert_eq!(taken, vec![30001]);
+        // The same port again, by another Service: upstream's message.
+        let e = claim_node_port(&mut sets, &mut Vec::new(), &[], want(30001, None), rt, "t").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spec.ports[0].nodePort: Invalid value: 30001: provided port is already allocated"),
+            "{e}"
+        );
+        // An update keeping its own port is no conflict, and claims nothing new.
+        let mut none = Vec::new();
+        assert_eq!(
+            claim_node_port(&mut sets, &mut none, &[30001], want(30001, None), rt, "s").unwrap(),
+            30001
+        );
+        assert!(none.is_empty());
+        // Out of range.
+        let e = claim_node_port(&mut sets, &mut Vec::new(), &[], want(3333, None), rt, "s").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("provided port is not in the valid range. The range of valid ports is 30000-30002"),
+            "{e}"
+        );
+        // None asked for: the old one is kept, else a free one is picked until the range is full.
+        assert_eq!(
+            claim_node_port(&mut sets, &mut Vec::new(), &[], want(0, Some(30001)), rt, "s").unwrap(),
+            30001
+        );
+        let a = claim_node_port(&mut sets, &mut taken, &[], want(0, None), rt, "u").unwrap();
+        let b = claim_node_port(&mut sets, &mut taken, &[], want(0, None), rt, "v").unwrap();
+        let mut all = vec![30001, a, b];
+        all.sort_unstable();
+        assert_eq!(all, vec![30000, 30001, 30002]);
+        let e = claim_node_port(&mut sets, &mut taken, &[], want(0, None), rt, "w").unwrap_err();
+        assert!(e.to_string().contains("range is full"), "{e}");
     }
 }
