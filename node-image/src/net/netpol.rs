@@ -316,35 +316,6 @@ fn plan(p: &Policy) -> Applied {
     }
 }
 
-fn expr(m: Msg, name: &str, body: impl FnOnce(Msg) -> Msg) -> Msg {
-    body(
-        m.begin(NFTA_LIST_ELEM)
-            .str(NFTA_EXPR_NAME, name)
-            .begin(NFTA_EXPR_DATA),
-    )
-    .end()
-    .end()
-}
-
-fn cmp(m: Msg, op: u32, value: &[u8]) -> Msg {
-    expr(m, "cmp", |m| {
-        m.be32(NFTA_CMP_SREG, NFT_REG_1)
-            .be32(NFTA_CMP_OP, op)
-            .begin(NFTA_CMP_DATA)
-            .attr(NFTA_DATA_VALUE, value)
-            .end()
-    })
-}
-
-fn payload(m: Msg, base: u32, offset: u32, len: u32) -> Msg {
-    expr(m, "payload", |m| {
-        m.be32(NFTA_PAYLOAD_DREG, NFT_REG_1)
-            .be32(NFTA_PAYLOAD_BASE, base)
-            .be32(NFTA_PAYLOAD_OFFSET, offset)
-            .be32(NFTA_PAYLOAD_LEN, len)
-    })
-}
-
 /// `ip saddr|daddr @set`.
 fn addr_in(m: Msg, offset: u32, set: &str, ids: &BTreeMap<String, u32>) -> Msg {
     let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, offset, 4);

@@ -1,5 +1,6 @@
 //! The nftables netlink vocabulary the node's rule sets share (egress masquerade, Services):
-//! message types, attribute numbers, and the two message builders every batch starts with.
+//! message types, attribute numbers, the two message builders every batch starts with, and the
+//! expression builders rules are made of.
 //! Kept in one place so both rule sets speak the same dialect.
 
 use super::nlmsg::Msg;
@@ -52,4 +53,36 @@ pub(super) fn batch_marker(ty: u16) -> Msg {
     let mut nfgen = [0u8, 0, 0, 0];
     nfgen[2..4].copy_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
     Msg::new(ty, 0).fixed(&nfgen)
+}
+
+/// One expression of a rule: `name` with the attributes `body` adds.
+pub(super) fn expr(m: Msg, name: &str, body: impl FnOnce(Msg) -> Msg) -> Msg {
+    body(
+        m.begin(NFTA_LIST_ELEM)
+            .str(NFTA_EXPR_NAME, name)
+            .begin(NFTA_EXPR_DATA),
+    )
+    .end()
+    .end()
+}
+
+/// Compares register 1 with `value` (`op`: `NFT_CMP_EQ`, …).
+pub(super) fn cmp(m: Msg, op: u32, value: &[u8]) -> Msg {
+    expr(m, "cmp", |m| {
+        m.be32(NFTA_CMP_SREG, NFT_REG_1)
+            .be32(NFTA_CMP_OP, op)
+            .begin(NFTA_CMP_DATA)
+            .attr(NFTA_DATA_VALUE, value)
+            .end()
+    })
+}
+
+/// Loads `len` bytes at `offset` of header `base` into register 1.
+pub(super) fn payload(m: Msg, base: u32, offset: u32, len: u32) -> Msg {
+    expr(m, "payload", |m| {
+        m.be32(NFTA_PAYLOAD_DREG, NFT_REG_1)
+            .be32(NFTA_PAYLOAD_BASE, base)
+            .be32(NFTA_PAYLOAD_OFFSET, offset)
+            .be32(NFTA_PAYLOAD_LEN, len)
+    })
 }

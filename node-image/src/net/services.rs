@@ -171,35 +171,6 @@ enum Dest {
     NodePort,
 }
 
-fn expr(m: Msg, name: &str, body: impl FnOnce(Msg) -> Msg) -> Msg {
-    body(
-        m.begin(NFTA_LIST_ELEM)
-            .str(NFTA_EXPR_NAME, name)
-            .begin(NFTA_EXPR_DATA),
-    )
-    .end()
-    .end()
-}
-
-fn cmp_eq(m: Msg, value: &[u8]) -> Msg {
-    expr(m, "cmp", |m| {
-        m.be32(NFTA_CMP_SREG, NFT_REG_1)
-            .be32(NFTA_CMP_OP, NFT_CMP_EQ)
-            .begin(NFTA_CMP_DATA)
-            .attr(NFTA_DATA_VALUE, value)
-            .end()
-    })
-}
-
-fn payload(m: Msg, base: u32, offset: u32, len: u32) -> Msg {
-    expr(m, "payload", |m| {
-        m.be32(NFTA_PAYLOAD_DREG, NFT_REG_1)
-            .be32(NFTA_PAYLOAD_BASE, base)
-            .be32(NFTA_PAYLOAD_OFFSET, offset)
-            .be32(NFTA_PAYLOAD_LEN, len)
-    })
-}
-
 fn immediate(m: Msg, reg: u32, value: &[u8]) -> Msg {
     expr(m, "immediate", |m| {
         m.be32(NFTA_IMMEDIATE_DREG, reg)
@@ -219,7 +190,7 @@ fn match_service(chain: &str, p: &ServicePort, dest: Dest) -> Msg {
     let (m, port) = match dest {
         Dest::ClusterIp => {
             let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_DADDR, 4);
-            (cmp_eq(m, &p.cluster_ip.octets()), p.port)
+            (cmp(m, NFT_CMP_EQ, &p.cluster_ip.octets()), p.port)
         }
         Dest::NodePort => {
             let m = expr(m, "fib", |m| {
@@ -227,16 +198,16 @@ fn match_service(chain: &str, p: &ServicePort, dest: Dest) -> Msg {
                     .be32(NFTA_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE)
                     .be32(NFTA_FIB_FLAGS, NFTA_FIB_F_DADDR)
             });
-            (cmp_eq(m, &RTN_LOCAL.to_ne_bytes()), p.node_port)
+            (cmp(m, NFT_CMP_EQ, &RTN_LOCAL.to_ne_bytes()), p.node_port)
         }
     };
     let m = expr(m, "meta", |m| {
         m.be32(NFTA_META_KEY, NFT_META_L4PROTO)
             .be32(NFTA_META_DREG, NFT_REG_1)
     });
-    let m = cmp_eq(m, &[p.protocol.number()]);
+    let m = cmp(m, NFT_CMP_EQ, &[p.protocol.number()]);
     let m = payload(m, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
-    cmp_eq(m, &port.to_be_bytes())
+    cmp(m, NFT_CMP_EQ, &port.to_be_bytes())
 }
 
 /// `… meta mark set 0x4000`: the rest of the rule's connection is masqueraded.
@@ -254,7 +225,7 @@ fn set_mark(m: Msg) -> Msg {
 fn hairpin_rule(chain: &str, p: &ServicePort, i: usize) -> Msg {
     let m = match_service(chain, p, Dest::ClusterIp);
     let m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_SADDR, 4);
-    let m = cmp_eq(m, &p.endpoints[i].0.octets());
+    let m = cmp(m, NFT_CMP_EQ, &p.endpoints[i].0.octets());
     set_mark(m).end()
 }
 
@@ -311,7 +282,7 @@ fn endpoint_rule(
                 .be32(NFTA_NG_MODULUS, (n - i) as u32)
                 .be32(NFTA_NG_TYPE, NFT_NG_RANDOM)
         });
-        m = cmp_eq(m, &0u32.to_ne_bytes());
+        m = cmp(m, NFT_CMP_EQ, &0u32.to_ne_bytes());
     }
     if let Some(k) = affinity {
         m = payload(m, NFT_PAYLOAD_NETWORK_HEADER, IPV4_SADDR, 4);
