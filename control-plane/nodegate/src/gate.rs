@@ -132,3 +132,39 @@ where
         }
     }
 }
+
+/// Sends a node its snapshot whenever it differs from the last one sent: on connect (once
+/// `snapshot` has one), then after each change `changes` signals, at most every `min_interval`
+/// so a burst (a Deployment scaling up) becomes one message. Ends when the session's outbound
+/// side closes or the gate shuts down.
+pub(crate) async fn feed_snapshots<S, T: PartialEq>(
+    mut changes: watch::Receiver<S>,
+    out: &crate::session::Outbound,
+    shutdown: &mut watch::Receiver<bool>,
+    min_interval: Duration,
+    mut snapshot: impl FnMut() -> Option<(u64, T)>,
+    message: impl Fn(u64, &T) -> keel_proto::ControlMessage,
+) {
+    let mut last_sent: Option<T> = None;
+    loop {
+        let _ = changes.borrow_and_update();
+        if let Some((version, current)) = snapshot() {
+            if last_sent.as_ref() != Some(&current) {
+                if out.send(Ok(message(version, &current))).await.is_err() {
+                    return;
+                }
+                last_sent = Some(current);
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return },
+            _ = out.closed() => return,
+            _ = stopped(shutdown) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(min_interval) => {}
+            _ = out.closed() => return,
+            _ = stopped(shutdown) => return,
+        }
+    }
+}

@@ -22,7 +22,7 @@ use keel_proto::{ControlMessage, OverlayPeer, OverlayPeers};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::gate::{stopped, Gate};
+use crate::gate::{feed_snapshots, stopped, Gate};
 use crate::node_status;
 use crate::session::Outbound;
 
@@ -199,37 +199,30 @@ async fn follow(
 pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
     let mut shutdown = gate.shutdown.clone();
     gate.peer_index.start(&gate);
-    let mut all = gate.peer_index.all.subscribe();
-    let mut last_sent: Option<Vec<OverlayPeer>> = None;
-    loop {
-        let current = all.borrow_and_update().clone();
-        if let Some((version, everyone)) = current {
-            let peers: Vec<OverlayPeer> = everyone.iter().filter(|p| p.node_name != node).cloned().collect();
-            if last_sent.as_ref() != Some(&peers) {
-                let msg = ControlMessage {
-                    msg: Some(ControlMsg::Peers(OverlayPeers {
-                        version,
-                        peers: peers.clone(),
-                    })),
-                };
-                if out.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-                tracing::debug!(node = %node, peers = peers.len(), version, "sent overlay peers");
-                last_sent = Some(peers);
+    let changes = gate.peer_index.all.subscribe();
+    let all = &gate.peer_index.all;
+    let snapshot = || {
+        let (version, everyone) = all.borrow().clone()?;
+        let peers: Vec<OverlayPeer> = everyone.iter().filter(|p| p.node_name != node).cloned().collect();
+        Some((version, peers))
+    };
+    feed_snapshots(
+        changes,
+        &out,
+        &mut shutdown,
+        MIN_INTERVAL,
+        snapshot,
+        |version, peers| {
+            tracing::debug!(node = %node, peers = peers.len(), version, "sending overlay peers");
+            ControlMessage {
+                msg: Some(ControlMsg::Peers(OverlayPeers {
+                    version,
+                    peers: peers.clone(),
+                })),
             }
-        }
-        tokio::select! {
-            r = all.changed() => if r.is_err() { return },
-            _ = out.closed() => return,
-            _ = stopped(&mut shutdown) => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(MIN_INTERVAL) => {}
-            _ = out.closed() => return,
-            _ = stopped(&mut shutdown) => return,
-        }
-    }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
-use crate::gate::{stopped, Gate};
+use crate::gate::{feed_snapshots, stopped, Gate};
 use crate::session::Outbound;
 
 /// The top-level field of a pod's JSON that carries its resolved references.
@@ -561,37 +561,24 @@ pub(crate) async fn feed(gate: Arc<Gate>, node: String, out: Outbound) {
     let mut shutdown = gate.shutdown.clone();
     let index = &gate.pod_index;
     index.start(&gate);
-    let mut changes = index.subscribe(&node);
-    let mut last_sent: Option<Vec<Vec<u8>>> = None;
-    loop {
-        changes.borrow_and_update();
-        if let Some((version, content)) = index.snapshot(&node) {
-            if last_sent.as_ref() != Some(&content) {
-                let msg = ControlMessage {
-                    msg: Some(ControlMsg::Pods(DesiredPods {
-                        version,
-                        pods_json: content.clone(),
-                    })),
-                };
-                if out.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-                tracing::debug!(node = %node, pods = content.len(), version, "sent desired pods");
-                last_sent = Some(content);
+    let changes = index.subscribe(&node);
+    feed_snapshots(
+        changes,
+        &out,
+        &mut shutdown,
+        MIN_INTERVAL,
+        || index.snapshot(&node),
+        |version, content: &Vec<Vec<u8>>| {
+            tracing::debug!(node = %node, pods = content.len(), version, "sending desired pods");
+            ControlMessage {
+                msg: Some(ControlMsg::Pods(DesiredPods {
+                    version,
+                    pods_json: content.clone(),
+                })),
             }
-        }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = out.closed() => return,
-            _ = stopped(&mut shutdown) => return,
-        }
-        // Coalesce a burst (a Deployment scaling up) into one snapshot.
-        tokio::select! {
-            _ = tokio::time::sleep(MIN_INTERVAL) => {}
-            _ = out.closed() => return,
-            _ = stopped(&mut shutdown) => return,
-        }
-    }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
